@@ -190,5 +190,10 @@ class ResNet(nn.Module):
     def forward_head(self, features: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.avgpool(features), 1))
 
+    def forward_cam(self, features: Tensor) -> Tensor:
+        """Class-activation maps (N, classes, h, w): the FC layer applied at every position, i.e. a
+        1x1 convolution. Their spatial mean is exactly the logits, since GAP and FC commute."""
+        return F.conv2d(features, self.fc.weight[:, :, None, None], self.fc.bias)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))

@@ -1,0 +1,1 @@
+"""The rescam service: FastAPI + ONNX Runtime. Never imports torch."""

@@ -1,0 +1,168 @@
+"""Class-activation maps and the boxes drawn from them: pure numpy, shared by the service and
+the evaluation in training/.
+
+CAM (Zhou et al. 2016): with global average pooling and a linear classifier, the score of class c
+is the spatial mean of CAM_c = sum_k w_ck f_k + b_c, so CAM_c shows where the evidence for c lies.
+The exported graph outputs these maps at feature resolution; here they are resampled into the
+coordinates of the original image, normalised, and thresholded into boxes.
+
+Coordinates: a box is (x0, y0, x1, y1) in continuous pixel coordinates, pixel i spanning [i, i+1),
+so a box of one pixel at column 3 is x0=3, x1=4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the model's input window lies in the original image.
+
+    The model saw the window [left, left + width) x [top, top + height) of the original image
+    (original pixel units; width/height need not be integers after a resize), resampled to its
+    input size. The CAM covers exactly that window.
+    """
+
+    image_width: int
+    image_height: int
+    left: float
+    top: float
+    width: float
+    height: float
+
+    @classmethod
+    def full(cls, width: int, height: int) -> Geometry:
+        return cls(width, height, 0.0, 0.0, float(width), float(height))
+
+    def scaled(self, width: int, height: int) -> Geometry:
+        """The same window on a copy of the image resized to width x height."""
+        sx, sy = width / self.image_width, height / self.image_height
+        return Geometry(width, height, self.left * sx, self.top * sy, self.width * sx, self.height * sy)
+
+
+def interpolation_matrix(out_n: int, in_n: int, scale: float, offset: float,
+                         zero_outside: bool = False) -> np.ndarray:
+    """Rows of bilinear weights, sampling an axis of in_n cells at out_n points.
+
+    Output pixel i reads source coordinate (i + 0.5) * scale + offset - 0.5, in source cells. With
+    scale = in_n / out_n and offset = 0 this is torch's interpolate(..., align_corners=False),
+    clamping included. zero_outside gives zero rows for pixels outside [0, in_n) in source units.
+    """
+    centres = (np.arange(out_n, dtype=np.float64) + 0.5) * scale + offset
+    src = np.maximum(centres - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_n - 1)
+    i1 = np.minimum(i0 + 1, in_n - 1)
+    frac = src - i0
+    m = np.zeros((out_n, in_n), dtype=np.float64)
+    rows = np.arange(out_n)
+    np.add.at(m, (rows, i0), 1.0 - frac)
+    np.add.at(m, (rows, i1), frac)
+    if zero_outside:
+        m[(centres < 0) | (centres > in_n)] = 0.0
+    return m.astype(np.float32)
+
+
+def resize_bilinear(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize of (..., h, w) maps, equal to torch's align_corners=False."""
+    h, w = maps.shape[-2:]
+    wy = interpolation_matrix(out_h, h, h / out_h, 0.0)
+    wx = interpolation_matrix(out_w, w, w / out_w, 0.0)
+    return wy @ maps.astype(np.float32) @ wx.T
+
+
+def window_matrices(cam_shape: tuple[int, int], geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column interpolation matrices from a (h, w) CAM onto the original image: bilinear
+    inside the window the model saw, zero rows outside it (the model saw nothing there)."""
+    h, w = cam_shape
+    wy = interpolation_matrix(geometry.image_height, h, h / geometry.height,
+                              -geometry.top * h / geometry.height, zero_outside=True)
+    wx = interpolation_matrix(geometry.image_width, w, w / geometry.width,
+                              -geometry.left * w / geometry.width, zero_outside=True)
+    return wy, wx
+
+
+def cam_to_image(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Resample a (h, w) CAM onto the whole original image (H, W); zero outside the window."""
+    wy, wx = window_matrices(cam.shape, geometry)
+    return wy @ cam.astype(np.float32) @ wx.T
+
+
+def normalize(heatmap: np.ndarray) -> np.ndarray:
+    """Min-max normalise to [0, 1]; a flat map becomes all zeros."""
+    lo, hi = float(heatmap.min()), float(heatmap.max())
+    if hi - lo <= 1e-12:
+        return np.zeros_like(heatmap, dtype=np.float32)
+    return ((heatmap - lo) / (hi - lo)).astype(np.float32)
+
+
+def heatmap(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The CAM of one class on the original image, normalised to [0, 1] over the window the model
+    saw, 0 outside it."""
+    wy, wx = window_matrices(cam.shape, geometry)
+    rows = wy.sum(axis=1) > 0.5
+    cols = wx.sum(axis=1) > 0.5
+    out = np.zeros((geometry.image_height, geometry.image_width), dtype=np.float32)
+    if rows.any() and cols.any():
+        out[np.ix_(rows, cols)] = normalize(wy[rows] @ cam.astype(np.float32) @ wx[cols].T)
+    return out
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    area: int  # pixels of the component on the grid it was found on
+    peak: float  # the largest heat inside the component
+
+    def scaled(self, sx: float, sy: float) -> Box:
+        return Box(self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy, self.area, self.peak)
+
+    def as_list(self) -> list[float]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def boxes_from_heatmap(heat: np.ndarray, threshold: float = 0.2, all_components: bool = False,
+                       min_area_fraction: float = 0.0) -> list[Box]:
+    """Boxes as in the CAM paper: keep pixels above threshold * max, then the bounding box of the
+    largest connected component (or of every component above min_area_fraction of the image).
+    Largest first."""
+    top = float(heat.max())
+    if top <= 0:
+        return []
+    mask = heat >= threshold * top
+    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    if count == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    peaks = ndimage.maximum(heat, labels, index=np.arange(1, count + 1))
+    slices = ndimage.find_objects(labels)
+    order = np.argsort(-areas, kind="stable")
+    if not all_components:
+        order = order[:1]
+    min_area = min_area_fraction * heat.size
+    boxes = []
+    for i in order:
+        if all_components and areas[i] < min_area:
+            continue
+        ys, xs = slices[i]
+        boxes.append(Box(float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), int(areas[i]),
+                         float(peaks[i])))
+    return boxes
+
+
+def iou(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

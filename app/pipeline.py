@@ -1,0 +1,195 @@
+"""The inference pipeline: decode -> preprocess -> batch -> infer -> CAM -> answer.
+
+`Service` holds the live model (an Engine), the batcher and the prediction store; the HTTP
+routes only translate between HTTP and these calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import cam, imaging
+from .batcher import Batcher
+from .engine import Engine, ModelLoadError
+from .metrics import Metrics
+from .registry import Registry
+from .settings import Settings
+from .store import PredictionStore, StoredImage, StoredPrediction
+
+log = logging.getLogger("rescam.pipeline")
+BOX_GRID = 224  # boxes are found on a heatmap at most this long, then scaled to original pixels
+
+
+@dataclass
+class Options:
+    top_k: int
+    cams: bool = True
+    boxes: bool = True
+    threshold: float = 0.2
+    all_boxes: bool = False
+    min_area: float = 0.0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def box_grid_geometry(g: cam.Geometry) -> cam.Geometry:
+    scale = min(1.0, BOX_GRID / max(g.image_width, g.image_height))
+    return g.scaled(max(1, round(g.image_width * scale)), max(1, round(g.image_height * scale)))
+
+
+def find_boxes(cams: np.ndarray, index: int, g: cam.Geometry, width: int, height: int, opts: Options
+               ) -> list[dict[str, float]]:
+    """CAM boxes of class `index`, in the original image's pixels."""
+    grid = box_grid_geometry(g)
+    heat = cam.heatmap(cams[index], grid)
+    found = cam.boxes_from_heatmap(heat, opts.threshold, opts.all_boxes, opts.min_area)
+    sx, sy = width / grid.image_width, height / grid.image_height
+    out = []
+    for b in found:
+        x0, y0, x1, y1 = b.scaled(sx, sy).as_list()
+        out.append({"x0": round(x0, 1), "y0": round(y0, 1), "x1": round(x1, 1), "y1": round(y1, 1),
+                    "area_fraction": round(b.area / heat.size, 4), "peak": round(b.peak, 4)})
+    return out
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+        self.metrics = Metrics()
+        self.store = PredictionStore(max_bytes=256 * 1024 * 1024, ttl_s=settings.prediction_ttl_s)
+        self.batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms, settings.batching,
+                               on_batch=self.metrics.observe_batch)
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+
+    # --- model life cycle --------------------------------------------------------------------
+
+    def load_deployed(self) -> None:
+        """Load the registry's live version; keep the current engine if that fails."""
+        name = self.settings.model_name
+        version = self.registry.deployed(name)
+        if version is None:
+            self.load_error = f"no version of model {name!r} is deployed in {self.settings.registry}"
+            log.warning(self.load_error)
+            return
+        if self.engine is not None and self.engine.version == version:
+            return
+        try:
+            engine = Engine.load(self.registry.version_dir(name, version), name, version, self.settings.providers,
+                                 self.settings.intra_op_threads, self.settings.inter_op_threads)
+        except (ModelLoadError, Exception) as e:  # noqa: BLE001 - a bad model must never take the service down
+            self.load_error = str(e)
+            log.error("model %s v%s not loaded: %s", name, version, e)
+            return
+        old, self.engine, self.load_error = self.engine, engine, None
+        if old is not None:
+            self.metrics.model_version.remove(old.name, old.provider)
+        self.metrics.model_version.labels(engine.name, engine.provider).set(engine.version)
+
+    async def start(self) -> None:
+        self.batcher.start()
+        await asyncio.get_running_loop().run_in_executor(None, self.load_deployed)
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    # --- predictions ---------------------------------------------------------------------------
+
+    def resolve_label(self, labels: list[str], label: str | int) -> int:
+        if isinstance(label, int) or (isinstance(label, str) and label.isdigit()):
+            i = int(label)
+            if 0 <= i < len(labels):
+                return i
+        elif label in labels:
+            return labels.index(label)
+        raise KeyError(label)
+
+    async def predict(self, uploads: list[tuple[str, bytes]], opts: Options) -> dict[str, Any]:
+        engine = self.engine
+        if engine is None:
+            raise ModelLoadError(self.load_error or "no model is loaded")
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        s = self.settings
+
+        async def one(filename: str, data: bytes) -> tuple[dict[str, Any], StoredImage]:
+            t0 = time.perf_counter()
+            decoded = await loop.run_in_executor(None, imaging.decode, data, s.max_pixels, s.work_max_side)
+            array, window = engine.prep.crop_resize(decoded.image)
+            x = engine.prep.normalize(array[None])[0]
+            t1 = time.perf_counter()
+            result = await self.batcher.submit(engine.run, x, s.request_timeout_s)
+            t2 = time.perf_counter()
+            probs = softmax(result.logits.astype(np.float64))
+            top = np.argsort(-probs)[: opts.top_k]
+            predictions = []
+            for i in top:
+                entry: dict[str, Any] = {"label": engine.labels[i], "index": int(i), "score": round(float(probs[i]), 6)}
+                if opts.boxes:
+                    entry["boxes"] = find_boxes(result.cams, int(i), window, decoded.width, decoded.height, opts)
+                predictions.append(entry)
+            t3 = time.perf_counter()
+            self.metrics.queue.observe(result.queue_ms / 1000)
+            self.metrics.cam.observe(t3 - t2)
+            timings = {"decode_ms": (t1 - t0) * 1000, "queue_ms": result.queue_ms,
+                       "inference_ms": result.inference_ms, "cam_ms": (t3 - t2) * 1000,
+                       "batch_size": result.batch_size}
+            answer = {"filename": filename, "width": decoded.width, "height": decoded.height,
+                      "format": decoded.format, "predictions": predictions,
+                      "timings": {k: round(v, 3) for k, v in timings.items()}}
+            stored = StoredImage(filename, decoded.image, window, decoded.width, decoded.height, result.cams)
+            return answer, stored
+
+        outcomes = await asyncio.gather(*(one(f, d) for f, d in uploads), return_exceptions=True)
+        pid = uuid.uuid4().hex
+        results, stored = [], []
+        for k, ((filename, _), outcome) in enumerate(zip(uploads, outcomes)):
+            if isinstance(outcome, imaging.ImageError):
+                self.metrics.images.labels("rejected").inc()
+                results.append({"filename": filename, "error": {"status": outcome.status, "message": outcome.message}})
+                continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            answer, image = outcome
+            self.metrics.images.labels("answered").inc()
+            if opts.cams:
+                for p in answer["predictions"]:
+                    p["cam_url"] = f"/v1/predictions/{pid}/cam?image={len(stored)}&label={p['index']}"
+            answer["image"] = len(stored) if opts.cams else None
+            results.append(answer)
+            stored.append(image)
+        if stored and opts.cams:
+            self.store.put(StoredPrediction(pid, engine.name, engine.version, engine.labels, stored, time.time()))
+        return {"id": pid, "model": {"name": engine.name, "version": engine.version,
+                                     "architecture": engine.card.get("architecture")},
+                "provider": engine.provider, "results": results,
+                "total_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def overlay_image(self, stored: StoredImage, index: int, label: str, alpha: float, cmap: str, threshold: float,
+                      max_side: int) -> Image.Image:
+        from . import overlay
+
+        image = stored.image
+        scale = min(1.0, max_side / max(image.size))
+        if scale < 1.0:
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.Resampling.BILINEAR)
+        g = stored.geometry.scaled(image.width, image.height)
+        heat = cam.heatmap(stored.cams[index], g)
+        boxes = [b.as_list() for b in cam.boxes_from_heatmap(heat, threshold)]
+        return overlay.render(image, heat, boxes, label, alpha=alpha, cmap=cmap, max_side=max_side)
+
+    def heatmap(self, stored: StoredImage, index: int) -> np.ndarray:
+        return cam.heatmap(stored.cams[index], stored.geometry)

@@ -1,0 +1,129 @@
+"""The model registry on disk, in Triton's model-repository layout:
+
+    <root>/<model>/<version>/model.onnx   immutable, version a positive integer
+    <root>/<model>/<version>/card.json
+    <root>/<model>/DEPLOYED               {"version": v, "history": [...]}, replaced atomically
+    <root>/<model>/audit.jsonl            who deployed what, when and why
+
+Pure Python: used by the service and by training's `register` step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+POINTER = "DEPLOYED"
+AUDIT = "audit.jsonl"
+
+
+class RegistryError(Exception):
+    """A request the registry cannot honour; the message says why."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Registry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def model_dir(self, model: str) -> Path:
+        if not model or "/" in model or model.startswith("."):
+            raise RegistryError(f"invalid model name {model!r}")
+        return self.root / model
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def versions(self, model: str) -> list[int]:
+        d = self.model_dir(model)
+        if not d.is_dir():
+            return []
+        return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / MODEL_FILE).is_file())
+
+    def version_dir(self, model: str, version: int) -> Path:
+        d = self.model_dir(model) / str(int(version))
+        if not (d / MODEL_FILE).is_file():
+            raise RegistryError(f"model {model!r} has no version {version}")
+        return d
+
+    def card(self, model: str, version: int) -> dict[str, Any]:
+        return json.loads((self.version_dir(model, version) / CARD_FILE).read_text())
+
+    def register(self, model: str, source: str | Path) -> int:
+        """Copy source/{model.onnx, card.json} in as the next version; the new directory appears
+        whole or not at all."""
+        source = Path(source)
+        for name in (MODEL_FILE, CARD_FILE):
+            if not (source / name).is_file():
+                raise RegistryError(f"{source} has no {name}")
+        d = self.model_dir(model)
+        d.mkdir(parents=True, exist_ok=True)
+        staging = d / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            for name in (MODEL_FILE, CARD_FILE):
+                shutil.copy2(source / name, staging / name)
+            while True:
+                version = max(self.versions(model) + [0]) + 1
+                try:
+                    os.rename(staging, d / str(version))  # fails if another writer took the number
+                    return version
+                except OSError:
+                    if not (d / str(version)).exists():
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def pointer(self, model: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.model_dir(model) / POINTER).read_text())
+        except FileNotFoundError:
+            return None
+
+    def deployed(self, model: str) -> int | None:
+        p = self.pointer(model)
+        return None if p is None else int(p["version"])
+
+    def deploy(self, model: str, version: int, actor: str = "cli", reason: str = "", **audit: Any) -> None:
+        self.version_dir(model, version)
+        current = self.pointer(model)
+        history = [] if current is None else current["history"] + [current["version"]]
+        self._set(model, version, history[-50:], "deploy", actor, reason, audit)
+
+    def rollback(self, model: str, actor: str = "cli", reason: str = "") -> int:
+        current = self.pointer(model)
+        if current is None or not current["history"]:
+            raise RegistryError(f"model {model!r} has no earlier deployment to roll back to")
+        *history, previous = current["history"]
+        self._set(model, previous, history, "rollback", actor, reason, {"from": current["version"]})
+        return previous
+
+    def _set(self, model: str, version: int, history: list[int], action: str, actor: str, reason: str,
+             audit: dict[str, Any]) -> None:
+        d = self.model_dir(model)
+        write_atomic(d / POINTER, json.dumps({"version": int(version), "history": history}))
+        entry = {"time": time.time(), "action": action, "version": int(version), "actor": actor,
+                 "reason": reason, **audit}
+        with open(d / AUDIT, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def audit_log(self, model: str) -> list[dict[str, Any]]:
+        try:
+            lines = (self.model_dir(model) / AUDIT).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]

@@ -1,0 +1,36 @@
+"""The service's one settings object; every field can be set from the environment as RESCAM_<NAME>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RESCAM_", protected_namespaces=())
+
+    registry: Path = Path("registry")
+    model_name: str = "default"
+    # ONNX Runtime providers, tried in order; the one that really loaded is reported.
+    providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    inter_op_threads: int = 0
+    # input limits
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 64_000_000  # decompression bombs stop here
+    max_files: int = 16
+    # dynamic batching
+    batching: bool = True
+    max_batch_size: int = 16
+    max_batch_wait_ms: float = 3.0
+    request_timeout_s: float = 30.0
+    # answers
+    top_k: int = 5
+    cam_threshold: float = Field(0.2, gt=0, lt=1)
+    work_max_side: int = 1024  # heatmaps, boxes and overlays are computed at most this long
+    overlay_max_side: int = 1024
+    prediction_ttl_s: float = 900.0
+    prediction_store_size: int = 512
+    cors_origins: list[str] = []

@@ -1,0 +1,76 @@
+"""A live uvicorn on loopback, started as a user would, and the rule that serving never imports torch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shape_jpeg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--registry",
+                             str(tiny_model.registry)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("server did not become ready: " + proc.stdout.read())
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_live_predict_and_overlay(server):
+    req = urllib.request.Request(server + "/v1/predict", data=shape_jpeg(), headers={"Content-Type": "image/jpeg"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = json.loads(r.read())
+    url = body["results"][0]["predictions"][0]["cam_url"]
+    with urllib.request.urlopen(server + url, timeout=10) as r:
+        assert r.headers["content-type"] == "image/png" and r.read()[:8] == b"\x89PNG\r\n\x1a\n"
+    with urllib.request.urlopen(server + "/docs", timeout=10) as r:
+        assert b"swagger" in r.read().lower()
+
+
+def test_serving_never_imports_torch(tiny_model):
+    code = f"""
+import asyncio, sys
+from fastapi.testclient import TestClient
+from app.main import create_app
+from app.settings import Settings
+with TestClient(create_app(Settings(registry={str(tiny_model.registry)!r}))) as c:
+    r = c.post('/v1/predict', content=open({str(tiny_model.root / 'shape.jpg')!r}, 'rb').read(),
+               headers={{'content-type': 'image/jpeg'}})
+    assert r.status_code == 200, r.text
+    assert c.get(r.json()['results'][0]['predictions'][0]['cam_url']).status_code == 200
+print('torch' in sys.modules)
+"""
+    (tiny_model.root / "shape.jpg").write_bytes(shape_jpeg())
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

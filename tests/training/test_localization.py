@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from app.cam import Geometry
+from training.localization import LocalizationTally
+
+
+def blob(h, w, y0, y1, x0, x1):
+    cam = np.zeros((h, w), dtype=np.float32)
+    cam[y0:y1, x0:x1] = 1.0
+    return cam
+
+
+def test_known_answers_for_top1_gt_known_and_max_box_acc():
+    g = Geometry.full(8, 8)
+    tally = LocalizationTally(threshold=0.5)
+    box = np.array([2, 2, 6, 6], dtype=np.float32)
+    tally.add(blob(8, 8, 2, 6, 2, 6), True, box, g)  # exact hit, right class
+    tally.add(blob(8, 8, 2, 6, 2, 6), False, box, g)  # exact hit, wrong class
+    tally.add(blob(8, 8, 0, 2, 6, 8), True, box, g)  # right class, box elsewhere
+    r = tally.result()
+    assert r["images_with_boxes"] == 3
+    assert r["top1_loc"] == pytest.approx(1 / 3)
+    assert r["gt_known_loc"] == pytest.approx(2 / 3)
+    assert r["max_box_acc"] == pytest.approx(2 / 3)
+
+
+def test_max_box_acc_finds_the_best_threshold():
+    g = Geometry.full(16, 16)
+    cam = np.zeros((16, 16), dtype=np.float32)
+    cam[4:12, 4:12] = 0.3  # the object
+    cam[7:9, 7:9] = 1.0  # a hot core that a high threshold shrinks to
+    tally = LocalizationTally(threshold=0.9)
+    tally.add(cam, True, np.array([4, 4, 12, 12]), g)
+    r = tally.result()
+    assert r["gt_known_loc"] == 0  # at 0.9 the box is the 2x2 core
+    assert r["max_box_acc"] == 1 and r["best_threshold"] <= 0.3
+
+
+def test_boxes_are_compared_in_original_coordinates_through_the_window():
+    # A 100x50 image whose centre 50x50 the model saw; the CAM's hot half is the window's right half.
+    g = Geometry(100, 50, 25, 0, 50, 50)
+    cam = blob(4, 4, 0, 4, 2, 4)
+    tally = LocalizationTally(threshold=0.5)
+    tally.add(cam, True, np.array([50, 0, 75, 50]), g)
+    assert tally.result()["gt_known_loc"] == 1

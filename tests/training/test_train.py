@@ -1,0 +1,48 @@
+import json
+
+import torch
+
+from training.config import recipe
+from training.train import load_checkpoint_model, train
+
+TINY = dict(model="resnet8", image_size=24, synthetic_train=256, synthetic_val=32, batch_size=32, warmup_steps=0,
+            lr=0.05, log_every=1, channels_last=False)
+
+
+def test_a_short_run_lowers_the_loss(tmp_path):
+    cfg = recipe("demo", **TINY, epochs=3, schedule="step")
+    train(cfg, tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if r["event"] == "step"]
+    assert {"step", "epoch", "loss", "lr", "images_per_s", "eta_s"} <= steps[0].keys()
+    first = sum(r["loss"] for r in steps[:4]) / 4
+    last = sum(r["loss"] for r in steps[-4:]) / 4
+    assert last < first * 0.95, (first, last)
+    done = lines[-1]
+    assert done["event"] == "done" and {"top1", "top5", "gt_known_loc", "max_box_acc"} <= done.keys()
+
+
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    cfg = recipe("demo", **TINY, epochs=2)
+    whole = train(cfg, tmp_path / "whole")
+    train(cfg.replace(stop_after_epochs=1), tmp_path / "split")
+    first_half = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=False)
+    assert first_half["epoch"] == 1
+    train(cfg, tmp_path / "split", resume=True)
+    a, _ = load_checkpoint_model(whole)
+    b, ckpt = load_checkpoint_model(tmp_path / "split" / "checkpoint.pth")
+    assert ckpt["epoch"] == 2
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_init_from_a_torchvision_style_state_dict_replaces_the_head(tmp_path):
+    from models import create_model
+
+    source = create_model("resnet8", num_classes=3)
+    torch.save(source.state_dict(), tmp_path / "init.pth")
+    cfg = recipe("demo", **TINY, epochs=1, init=str(tmp_path / "init.pth"), lr=0.0, weight_decay=0.0,
+                 momentum=0.0)
+    model, ckpt = load_checkpoint_model(train(cfg, tmp_path / "run"))
+    assert model.fc.out_features == 8
+    torch.testing.assert_close(model.conv1.weight, source.conv1.weight)  # lr 0: the body is the init

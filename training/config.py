@@ -1,0 +1,87 @@
+"""One dataclass configures a training run; named recipes are sets of overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = "resnet8"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "synthetic"  # synthetic | folder:PATH | cifar10:PATH | cifar100:PATH
+    boxes_csv: str | None = None  # path,label,x0,y0,x1,y1 for localization on image folders
+    val_fraction: float = 0.1  # for folders without a val/ subfolder
+    image_size: int = 48  # the network's input side, pixels
+    resize: int | None = None  # shorter side before the centre crop at evaluation; None = image_size
+    synthetic_train: int = 8000  # images
+    synthetic_val: int = 1000  # images
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    augment: str = "none"  # none | cifar (4-px pad, crop, flip) | imagenet (scale [256, 480], crop, flip)
+    # optimisation
+    epochs: int = 6
+    max_steps: int | None = None  # stop after this many optimizer steps (the paper counts iterations)
+    batch_size: int = 128  # global, across all processes
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | step | plateau
+    warmup_steps: int = 0
+    milestones: tuple[int, ...] = ()  # steps at which "step" divides the lr by 10
+    label_smoothing: float = 0.0
+    freeze_bn: bool = False  # BatchNorm keeps its running statistics (small per-device batches)
+    # machinery
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True
+    compile: bool = False
+    workers: int = 0  # DataLoader workers for image folders
+    init: str | None = None  # torchvision-format state_dict to start from
+    log_every: int = 10  # steps between metric lines
+    stop_after_epochs: int | None = None  # end this invocation early (a later --resume continues)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        return cls(**d)
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # The default model: trains on 2 CPU cores in a few minutes (BENCHMARKS.md).
+    "demo": dict(model="resnet8", data="synthetic", image_size=48, epochs=6, batch_size=128, lr=0.2,
+                 weight_decay=5e-4, schedule="cosine", warmup_steps=30),
+    # Sec. 4.2: 45k/5k split, batch 128, lr 0.1 / 10 at 32k and 48k iterations, stop at 64k,
+    # weight decay 1e-4, momentum 0.9, 4-pixel pad + 32x32 crop + flip.
+    "paper-cifar": dict(model="resnet20", image_size=32, batch_size=128, lr=0.1, momentum=0.9,
+                        weight_decay=1e-4, schedule="step", milestones=(32_000, 48_000), max_steps=64_000,
+                        epochs=200, augment="cifar", mean=CIFAR_MEAN, std=CIFAR_STD, val_fraction=0.1),
+    # Sec. 3.4: batch 256, lr 0.1 / 10 when the error plateaus, weight decay 1e-4, momentum 0.9,
+    # shorter side sampled in [256, 480], 224 crop + flip; up to 60e4 iterations.
+    "paper-imagenet": dict(model="resnet50", image_size=224, resize=256, batch_size=256, lr=0.1,
+                           momentum=0.9, weight_decay=1e-4, schedule="plateau", max_steps=600_000,
+                           epochs=120, augment="imagenet", mean=IMAGENET_MEAN, std=IMAGENET_STD),
+}
+
+
+def recipe(name: str, **overrides: Any) -> TrainConfig:
+    try:
+        base = RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
+    return TrainConfig(**{**base, **overrides})

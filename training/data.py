@@ -1,0 +1,211 @@
+"""Data sets for training: the embedded synthetic shapes, image folders, CIFAR in its python format.
+
+Every item is (image uint8 [3, H, W], label, box [4] in original pixels or NaN, window [6]): the
+window says where the network's input lies in the original image (app.cam.Geometry), so that
+CAM boxes can be compared with ground truth in original coordinates.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from app.cam import Geometry
+from app.preprocess import Preprocessing
+
+from . import synthetic
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+NO_BOX = (float("nan"),) * 4
+
+
+def geometry_vector(g: Geometry) -> torch.Tensor:
+    return torch.tensor([g.image_width, g.image_height, g.left, g.top, g.width, g.height], dtype=torch.float64)
+
+
+def geometry_from_vector(v) -> Geometry:
+    w, h, left, top, width, height = (float(x) for x in v)
+    return Geometry(int(w), int(h), left, top, width, height)
+
+
+class ArraySet(Dataset):
+    """Images already in memory: uint8 (N, H, W, 3), labels, boxes."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None = None) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        n, _, h, w = self.images.shape
+        self.boxes = torch.full((n, 4), float("nan")) if boxes is None else torch.from_numpy(boxes).float()
+        self.window = geometry_vector(Geometry.full(w, h))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i], self.boxes[i], self.window
+
+
+class FolderSet(Dataset):
+    """`root/<class>/*.jpg` and the like; unreadable files are logged and skipped."""
+
+    def __init__(self, files: list[tuple[Path, int]], prep: Preprocessing, train_augment: str,
+                 boxes: dict[str, tuple[float, float, float, float]]) -> None:
+        self.files, self.prep, self.augment, self.boxes = files, prep, train_augment, boxes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _train_view(self, image: Image.Image) -> np.ndarray:
+        # Sec. 3.4 scale augmentation: shorter side sampled in [256, 480], a random crop, a flip.
+        shorter = random.randint(256, 480) if self.augment == "imagenet" else self.prep.resize
+        w, h = image.size
+        s = shorter / min(w, h)
+        image = image.resize((max(self.prep.crop, round(w * s)), max(self.prep.crop, round(h * s))),
+                             Image.Resampling.BILINEAR)
+        x = random.randint(0, image.width - self.prep.crop)
+        y = random.randint(0, image.height - self.prep.crop)
+        out = np.asarray(image.crop((x, y, x + self.prep.crop, y + self.prep.crop)))
+        return out[:, ::-1] if random.random() < 0.5 else out
+
+    def __getitem__(self, i: int):
+        path, label = self.files[i]
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+        if self.augment != "none":
+            array, window = self._train_view(image), Geometry.full(*image.size)
+        else:
+            array, window = self.prep.crop_resize(image)
+        box = self.boxes.get(str(path.resolve()), NO_BOX)
+        return (torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), torch.tensor(label),
+                torch.tensor(box, dtype=torch.float32), geometry_vector(window))
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+    fingerprint: str  # identifies the data a model was trained on (the card records it)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        log.warning("skipping unreadable image %s: %s", path, e)
+        return False
+
+
+def _class_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    out = []
+    for label, name in enumerate(classes):
+        for p in sorted((root / name).rglob("*")):
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and _readable(p):
+                out.append((p, label))
+    return out
+
+
+def read_boxes_csv(path: str | None, base: Path) -> dict[str, tuple[float, float, float, float]]:
+    if not path:
+        return {}
+    boxes = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            p = Path(row["path"])
+            p = p if p.is_absolute() else base / p
+            boxes[str(p.resolve())] = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+    return boxes
+
+
+def _folder(cfg: TrainConfig, root: Path, prep: Preprocessing) -> DataBundle:
+    split_dirs = (root / "train").is_dir() and (root / "val").is_dir()
+    train_root = root / "train" if split_dirs else root
+    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir() and p.name != "val")
+    if not classes:
+        raise ValueError(f"no class folders under {train_root}")
+    files = _class_files(train_root, classes)
+    if split_dirs:
+        train_files, val_files = files, _class_files(root / "val", classes)
+    else:  # a stable split: a file's side depends on its name alone
+        def in_val(p: Path) -> bool:
+            return int(hashlib.sha1(p.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < cfg.val_fraction
+        train_files = [f for f in files if not in_val(f[0])]
+        val_files = [f for f in files if in_val(f[0])]
+    boxes = read_boxes_csv(cfg.boxes_csv, root)
+    digest = hashlib.sha256()
+    for p, label in files:
+        digest.update(f"{p.relative_to(root)}:{label}:{p.stat().st_size}\n".encode())
+    return DataBundle(FolderSet(train_files, prep, cfg.augment if cfg.augment != "cifar" else "none", boxes),
+                      FolderSet(val_files, prep, "none", boxes), classes, "folder:" + digest.hexdigest()[:16])
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar(cfg: TrainConfig, root: Path, fine: bool) -> DataBundle:
+    if fine:
+        train = _unpickle(root / "train")
+        classes = _unpickle(root / "meta")["fine_label_names"]
+        images, labels = train["data"], np.asarray(train["fine_labels"])
+    else:
+        batches = [_unpickle(root / f"data_batch_{i}") for i in range(1, 6)]
+        classes = _unpickle(root / "batches.meta")["label_names"]
+        images = np.concatenate([b["data"] for b in batches])
+        labels = np.concatenate([np.asarray(b["labels"]) for b in batches])
+    images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    n_val = round(len(labels) * cfg.val_fraction)  # the paper's 45k/5k split at 0.1
+    order = np.random.default_rng(cfg.seed).permutation(len(labels))
+    val, train = order[:n_val], order[n_val:]
+    digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
+    return DataBundle(ArraySet(images[train], labels[train]), ArraySet(images[val], labels[val]),
+                      list(classes), f"cifar:{digest}")
+
+
+def load_data(cfg: TrainConfig) -> DataBundle:
+    kind, _, where = cfg.data.partition(":")
+    prep = preprocessing(cfg)
+    if kind == "synthetic":
+        tr = synthetic.generate(cfg.seed, "train", cfg.synthetic_train, cfg.image_size)
+        va = synthetic.generate(cfg.seed, "val", cfg.synthetic_val, cfg.image_size)
+        fp = f"synthetic:v1:seed={cfg.seed}:n={cfg.synthetic_train}:size={cfg.image_size}"
+        return DataBundle(ArraySet(*tr), ArraySet(*va), list(synthetic.CLASSES), fp)
+    if kind == "folder":
+        return _folder(cfg, Path(where), prep)
+    if kind in ("cifar10", "cifar100"):
+        return _cifar(cfg, Path(where), fine=kind == "cifar100")
+    raise ValueError(f"unknown data {cfg.data!r}: use synthetic, folder:PATH, cifar10:PATH or cifar100:PATH")
+
+
+def preprocessing(cfg: TrainConfig) -> Preprocessing:
+    return Preprocessing(cfg.image_size, cfg.resize or cfg.image_size, tuple(cfg.mean), tuple(cfg.std))
+
+
+def cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Sec. 4.2: pad 4 pixels, take a random 32x32 crop, flip half of the images. x: (N, C, H, W)."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)

@@ -1,0 +1,56 @@
+"""Evaluation: top-1/top-5 accuracy, a confusion matrix and CAM localization."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from models import ResNet
+
+from .data import geometry_from_vector
+from .localization import LocalizationTally
+
+
+def normalize_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
+    return (x.float().div_(255) - mean) / std
+
+
+def channel_stats(cfg, device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+@torch.no_grad()
+def evaluate(model: ResNet, dataset: Dataset, cfg, device: torch.device, num_classes: int,
+             localization: bool = True, batch_size: int = 256) -> dict:
+    model.eval()
+    mean, std = channel_stats(cfg, device)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    top5 = loss_sum = count = 0
+    tally = LocalizationTally()
+    for images, labels, boxes, windows in DataLoader(dataset, batch_size=batch_size, num_workers=cfg.workers):
+        x = normalize_batch(images.to(device), mean, std)
+        features = model.forward_features(x)
+        logits = model.forward_head(features).float()
+        labels_d = labels.to(device)
+        loss_sum += F.cross_entropy(logits, labels_d, reduction="sum").item()
+        k = min(5, num_classes)
+        top5 += (logits.topk(k, dim=1).indices == labels_d[:, None]).any(dim=1).sum().item()
+        pred = logits.argmax(dim=1).cpu().numpy()
+        truth = labels.numpy()
+        np.add.at(confusion, (truth, pred), 1)
+        count += len(truth)
+        has_box = torch.isfinite(boxes).all(dim=1)
+        if localization and has_box.any():
+            cams = model.forward_cam(features).float().cpu().numpy()
+            for i in torch.nonzero(has_box).flatten().tolist():
+                tally.add(cams[i, truth[i]], bool(pred[i] == truth[i]), boxes[i].numpy(),
+                          geometry_from_vector(windows[i]))
+    result = {"images": count, "loss": loss_sum / max(count, 1), "top1": float(np.trace(confusion)) / max(count, 1),
+              "top5": top5 / max(count, 1), "confusion": confusion.tolist()}
+    result.update(tally.result())
+    return result

@@ -1,0 +1,143 @@
+"""ONNX export with a self-describing card, and the parity check that guards every export.
+
+The graph has one input, `input` (N, 3, H, W) float32, normalised as the card says, and two
+outputs: `logits` (N, classes) and `cam` (N, classes, h, w), the class-activation map of every
+class at feature resolution. The server needs no weights of its own to draw any class's CAM.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from app.preprocess import Preprocessing
+from models import ResNet
+
+from .config import TrainConfig
+from .data import load_data, preprocessing
+from .train import load_checkpoint_model
+
+log = logging.getLogger(__name__)
+OPSET = 18
+TOLERANCE = 1e-4
+CARD_KEY = "rescam.card"
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and torch disagree about the exported model."""
+
+
+class CamGraph(nn.Module):
+    """What is exported: logits and the CAMs of all classes, from one pass over the features."""
+
+    def __init__(self, model: ResNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.forward_head(features), self.model.forward_cam(features)
+
+
+def export_onnx(model: ResNet, path: Path, image_size: int, card: dict | None = None) -> None:
+    """Export the model as it is (the caller chooses eval mode), with a dynamic batch axis."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, model.conv1.in_channels, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(CamGraph(model), (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["logits", "cam"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "cam": {0: "batch"}},
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    if card is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = CARD_KEY, json.dumps(card)
+        onnx.save(proto, str(path))
+
+
+def check_parity(reference: ResNet, path: Path, inputs: np.ndarray) -> dict[str, float]:
+    """ONNX Runtime (CPU) against the torch model in eval mode on the same normalised inputs:
+    logits and CAMs within TOLERANCE, the same top-1 everywhere."""
+    reference = reference.eval()
+    with torch.no_grad():
+        logits_t, cams_t = CamGraph(reference)(torch.from_numpy(inputs))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits_o, cams_o = session.run(["logits", "cam"], {"input": inputs})
+    diff_logits = float(np.abs(logits_o - logits_t.numpy()).max())
+    diff_cams = float(np.abs(cams_o - cams_t.numpy()).max())
+    same_top1 = bool((logits_o.argmax(1) == logits_t.numpy().argmax(1)).all())
+    result = {"max_abs_logits": diff_logits, "max_abs_cam": diff_cams, "same_top1": same_top1,
+              "images": len(inputs)}
+    if diff_logits > TOLERANCE or diff_cams > TOLERANCE or not same_top1:
+        raise ParityError(f"ONNX Runtime disagrees with torch: {result}")
+    return result
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, feature_size: int) -> dict:
+    metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if k != "confusion"}
+    return {
+        "format": "rescam.card/1",
+        "architecture": ckpt["model_name"],
+        "model_kwargs": ckpt["model_kwargs"],
+        "labels": list(ckpt["classes"]),
+        "input": {"name": "input", "shape": ["batch", model.conv1.in_channels, prep.crop, prep.crop],
+                  "dtype": "float32"},
+        "outputs": {"logits": "logits", "cam": "cam"},
+        "cam_size": [feature_size, feature_size],
+        "preprocessing": prep.to_card(),
+        "cam": {"threshold": 0.2, "best_threshold": metrics.get("best_threshold")},
+        "data_fingerprint": ckpt.get("fingerprint"),
+        "metrics": metrics,
+        "training_config": ckpt["config"],
+        "epochs": ckpt["epoch"],
+        "steps": ckpt["step"],
+        "git_revision": git_revision(),
+        "torch_version": torch.__version__,
+        "opset": OPSET,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def parity_inputs(cfg: TrainConfig, count: int = 32) -> np.ndarray:
+    """Normalised real validation images of the run's own data."""
+    val = load_data(cfg.replace(synthetic_train=0, synthetic_val=count)).val
+    images = np.stack([val[i][0].numpy().transpose(1, 2, 0) for i in range(min(count, len(val)))])
+    return preprocessing(cfg).normalize(images)
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Checkpoint -> out_dir/model.onnx + out_dir/card.json, parity-checked. Returns out_dir."""
+    out_dir = Path(out_dir)
+    model, ckpt = load_checkpoint_model(checkpoint)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    prep = preprocessing(cfg)
+    with torch.no_grad():
+        feature_size = model.forward_features(torch.zeros(1, 3, prep.crop, prep.crop)).shape[-1]
+    card = make_card(ckpt, cfg, model, prep, feature_size)
+    onnx_path = out_dir / "model.onnx"
+    export_onnx(model, onnx_path, prep.crop, card)
+    card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg))
+    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    log.info("exported %s (parity %s)", onnx_path, card["parity"])
+    return out_dir

@@ -1,0 +1,286 @@
+"""The trainer, top to bottom: setup, data, model, optimiser, loop, evaluation, checkpoints.
+
+Runs as `rescam train ...` in one process, or under `torchrun --nproc_per_node=N` with DDP (NCCL
+on CUDA, gloo on CPU); only rank 0 writes. Mixed precision (bf16 autocast), channels_last and
+torch.compile are each one flag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from models import ResNet, create_model
+
+from .config import TrainConfig
+from .data import cifar_augment, load_data
+from .evaluate import channel_stats, evaluate, normalize_batch
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pth"
+METRICS = "metrics.jsonl"
+
+
+# --- setup -------------------------------------------------------------------------------------
+
+def setup_distributed(device_kind: str) -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when torchrun started us."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> ResNet:
+    return create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
+
+
+def load_init(model: ResNet, path: str) -> None:
+    """Start from a torchvision-format state_dict (or a rescam checkpoint); a head of another class
+    count is left freshly initialised."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    own = model.state_dict()
+    head = {k for k in ("fc.weight", "fc.bias") if k in state and state[k].shape != own[k].shape}
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+    if unexpected or set(missing) - head:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
+    if head:
+        log.info("replaced the classifier head (%s classes)", own["fc.bias"].shape[0])
+
+
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def lr_factor(cfg: TrainConfig, total_steps: int):
+    """The learning-rate multiplier at optimizer step s: linear warm-up, then cosine or steps."""
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            t = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if cfg.schedule == "step":
+            return 0.1 ** sum(step >= m for m in cfg.milestones)
+        return 1.0  # "plateau" is stepped on validation loss instead
+    return factor
+
+
+# --- checkpoints and progress --------------------------------------------------------------------
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+class Progress:
+    """One JSON line per report in metrics.jsonl (the service reads it for job progress), and a
+    progress line on a terminal."""
+
+    def __init__(self, out_dir: Path, total_steps: int, enabled: bool) -> None:
+        self.path, self.total, self.enabled = out_dir / METRICS, total_steps, enabled
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.first_step: int | None = None
+
+    def report(self, **fields) -> None:
+        if not self.enabled:
+            return
+        step = fields.get("step", 0)
+        if self.first_step is None:
+            self.first_step, self.start = step, time.monotonic()
+        elapsed = time.monotonic() - self.start
+        done = step - self.first_step
+        rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
+        fields.update(time=time.time(), total_steps=self.total,
+                      eta_s=round((self.total - step) / rate, 1) if rate else None)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(fields) + "\n")
+        if self.tty:
+            text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in fields.items() if k not in ("time", "confusion"))
+            print(f"\r\033[K{text}", end="" if fields.get("event") == "step" else "\n", file=sys.stderr, flush=True)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
+    """Train; returns the path of the checkpoint that holds the final weights and metrics."""
+    out_dir = Path(out_dir)
+    device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    rank, world, local_rank = setup_distributed(device_kind)
+    device = pick_device(cfg.device, local_rank)
+    is_main = rank == 0
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+
+    # data
+    data = load_data(cfg)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} does not divide over {world} processes")
+    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(data.train, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.workers > 0)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    mean, std = channel_stats(cfg, device)
+
+    # model and optimiser
+    model = build_model(cfg, len(data.classes))
+    if cfg.init:
+        load_init(model, cfg.init)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    if world > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # no weight decay on BN and biases
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
+    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=2)
+               if cfg.schedule == "plateau" else None)
+
+    start_epoch, step = 0, 0
+    checkpoint_path = out_dir / CHECKPOINT
+    if resume and checkpoint_path.exists():
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if plateau is not None:
+            plateau.load_state_dict(ckpt["plateau"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, step = ckpt["epoch"], ckpt["step"]
+        log.info("resumed from %s at epoch %d, step %d", checkpoint_path, start_epoch, step)
+
+    net = DistributedDataParallel(model) if world > 1 else model
+    if cfg.compile:
+        net = torch.compile(net)
+    use_amp = cfg.amp and device.type == "cuda"
+    progress = Progress(out_dir, total_steps, is_main)
+    aug_gen = torch.Generator()
+    val_metrics: dict = {}
+
+    # the loop
+    epochs_done = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= total_steps or (cfg.stop_after_epochs is not None and epoch - start_epoch >= cfg.stop_after_epochs):
+            break
+        net.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(net)
+        sampler.set_epoch(epoch)
+        aug_gen.manual_seed(cfg.seed * 100_003 + epoch * 1009 + rank)
+        seen, tick = 0, time.monotonic()
+        for images, labels, _, _ in loader:
+            if step >= total_steps:
+                break
+            x = normalize_batch(images.to(device, non_blocking=True), mean, std)
+            if cfg.augment == "cifar":
+                x = cifar_augment(x, aug_gen)
+            x = x.contiguous(memory_format=memory_format)
+            y = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(y) * world
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.monotonic() - tick
+                progress.report(event="step", epoch=epoch, step=step, loss=loss.item(),
+                                lr=optimizer.param_groups[0]["lr"], images_per_s=round(seen / elapsed, 1))
+                seen, tick = 0, time.monotonic()
+
+        # evaluation and checkpoint at every epoch's end; rank 0 only
+        if is_main:
+            val_metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=False)
+            if plateau is not None:
+                plateau.step(val_metrics["loss"])
+            progress.report(event="epoch", epoch=epoch + 1, step=step, val_loss=val_metrics["loss"],
+                            val_top1=val_metrics["top1"], val_top5=val_metrics["top5"])
+            save_atomic({"model": model.state_dict(), "model_name": cfg.model, "model_kwargs": cfg.model_kwargs,
+                         "classes": data.classes, "config": cfg.to_dict(), "fingerprint": data.fingerprint,
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "plateau": plateau.state_dict() if plateau is not None else None,
+                         "rng": rng_state(), "epoch": epoch + 1, "step": step, "metrics": val_metrics},
+                        checkpoint_path)
+        epochs_done = epoch + 1
+        if world > 1:
+            dist.barrier()
+
+    finished = step >= total_steps or epochs_done >= cfg.epochs
+    if is_main and finished:
+        metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=True)
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        ckpt["metrics"] = metrics
+        save_atomic(ckpt, checkpoint_path)
+        progress.report(event="done", epoch=ckpt["epoch"], step=step,
+                        **{k: v for k, v in metrics.items() if k != "confusion"})
+    if world > 1:
+        dist.barrier()
+    return checkpoint_path
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[ResNet, dict]:
+    """The model of a checkpoint in eval mode, and the checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = create_model(ckpt["model_name"], num_classes=len(ckpt["classes"]), **ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
