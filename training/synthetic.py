@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -66,18 +67,24 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+@lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+    return yy, xx
+
+
 def _background(rng: np.random.Generator, size: int, avoid: np.ndarray) -> np.ndarray:
     """A linear gradient between two colours, both lighter or both darker than the object by a
     clear margin (so its outline is visible in brightness alone), plus distractor strokes."""
     target = float(avoid @ LUMA)
-    darker = target > 127.5
-    while True:
-        a, b = _colour(rng), _colour(rng)
-        da, db = target - float(a @ LUMA), target - float(b @ LUMA)
-        if (da > 60 and db > 60) if darker else (da < -60 and db < -60):
-            break
+    candidates = rng.integers(0, 256, size=(32, 3)).astype(np.float32)
+    margin = target - candidates @ LUMA if target > 127.5 else candidates @ LUMA - target
+    good = candidates[margin > 60]
+    if len(good) < 2:  # rare: fall back to black or white
+        good = np.zeros((2, 3), np.float32) + (0.0 if target > 127.5 else 255.0)
+    a, b = good[0], good[1]
     theta = rng.uniform(0, 2 * math.pi)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+    yy, xx = _grid(size)
     t = (math.cos(theta) * xx + math.sin(theta) * yy)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     image = a + (b - a) * t[..., None]

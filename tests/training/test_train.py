@@ -10,14 +10,15 @@ TINY = dict(model="resnet8", image_size=24, synthetic_train=256, synthetic_val=3
 
 
 def test_a_short_run_lowers_the_loss(tmp_path):
-    cfg = recipe("demo", **TINY, epochs=3, schedule="step")
+    # 64 images seen 15 times: the network memorises them, so the training loss must fall.
+    cfg = recipe("demo", **{**TINY, "synthetic_train": 64}, epochs=15, schedule="step")
     train(cfg, tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in lines if r["event"] == "step"]
     assert {"step", "epoch", "loss", "lr", "images_per_s", "eta_s"} <= steps[0].keys()
     first = sum(r["loss"] for r in steps[:4]) / 4
     last = sum(r["loss"] for r in steps[-4:]) / 4
-    assert last < first * 0.95, (first, last)
+    assert last < first * 0.75, (first, last)
     done = lines[-1]
     assert done["event"] == "done" and {"top1", "top5", "gt_known_loc", "max_box_acc"} <= done.keys()
 
@@ -41,8 +42,7 @@ def test_init_from_a_torchvision_style_state_dict_replaces_the_head(tmp_path):
 
     source = create_model("resnet8", num_classes=3)
     torch.save(source.state_dict(), tmp_path / "init.pth")
-    cfg = recipe("demo", **TINY, epochs=1, init=str(tmp_path / "init.pth"), lr=0.0, weight_decay=0.0,
-                 momentum=0.0)
+    cfg = recipe("demo", **{**TINY, "lr": 0.0}, epochs=1, init=str(tmp_path / "init.pth"), weight_decay=0.0)
     model, ckpt = load_checkpoint_model(train(cfg, tmp_path / "run"))
     assert model.fc.out_features == 8
     torch.testing.assert_close(model.conv1.weight, source.conv1.weight)  # lr 0: the body is the init
