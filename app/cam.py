@@ -92,16 +92,20 @@ def cam_to_image(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 
 def normalize(heatmap: np.ndarray) -> np.ndarray:
-    """Min-max normalise to [0, 1]; a flat map becomes all zeros."""
-    lo, hi = float(heatmap.min()), float(heatmap.max())
+    """Scale to [0, 1] as the CAM paper thresholds it ("above 20% of the max value"): negative
+    evidence is clipped to 0 and the maximum becomes 1. A map with no positive evidence falls back
+    to min-max; a flat map becomes all zeros."""
+    hi, lo = float(heatmap.max()), float(heatmap.min())
     if hi - lo <= 1e-12:
         return np.zeros_like(heatmap, dtype=np.float32)
+    if hi > 0:
+        return (np.maximum(heatmap, 0) / hi).astype(np.float32)
     return ((heatmap - lo) / (hi - lo)).astype(np.float32)
 
 
 def heatmap(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """The CAM of one class on the original image, normalised to [0, 1] over the window the model
-    saw, 0 outside it."""
+    """The CAM of one class on the original image, normalised (see `normalize`) over the window
+    the model saw, 0 outside it."""
     wy, wx = window_matrices(cam.shape, geometry)
     rows = wy.sum(axis=1) > 0.5
     cols = wx.sum(axis=1) > 0.5

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .resnet import BasicBlock, Bottleneck, Block, ResNet
+from .resnet import BasicBlock, Block, Bottleneck, ResNet
 
 # ImageNet family, Table 1 of the paper: block type and blocks per stage.
 IMAGENET_DEPTHS: dict[int, tuple[Block, list[int]]] = {

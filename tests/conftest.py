@@ -51,3 +51,31 @@ def shape_jpeg(tmp: Path | None = None, index: int = 0, size: int = 64) -> bytes
     buf = io.BytesIO()
     Image.fromarray(render(7, "test", index, size).image).save(buf, "JPEG", quality=95)
     return buf.getvalue()
+
+
+# What the default model must reach on its validation set (BENCHMARKS.md has the measured figures).
+DEMO_TARGETS = {"top1": 0.85, "max_box_acc": 0.45}
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> SimpleNamespace:
+    """The default model, trained by `rescam train` with no training arguments, as a user's first run does."""
+    import os
+    import subprocess
+    import sys
+
+    reuse = os.environ.get("RESCAM_TEST_DEMO_REGISTRY")  # a registry holding a default model already
+    if reuse:
+        registry = Registry(reuse)
+        return SimpleNamespace(registry=Path(reuse), card=registry.card("default", registry.deployed("default")),
+                               targets=DEMO_TARGETS)
+    root = tmp_path_factory.mktemp("demo")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "training.cli", "train", "--registry", str(root / "registry"),
+                          "--out", str(root / "run")], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    registry = Registry(root / "registry")
+    version = registry.deployed("default")
+    return SimpleNamespace(registry=root / "registry", card=registry.card("default", version),
+                           targets=DEMO_TARGETS)

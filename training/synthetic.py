@@ -94,7 +94,9 @@ def _background(rng: np.random.Generator, size: int, avoid: np.ndarray) -> np.nd
         x0, y0 = rng.uniform(0, size, size=2)
         length, direction = rng.uniform(0.1, 0.4) * size, rng.uniform(0, 2 * math.pi)
         x1, y1 = x0 + length * math.cos(direction), y0 + length * math.sin(direction)
-        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in _colour(rng)), width=1)
+        # near the background's own colours: visible clutter that never outshines the object
+        tone = np.clip(a + (b - a) * rng.uniform() + rng.uniform(-45, 45, size=3), 0, 255)
+        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in tone), width=1)
     return np.asarray(canvas, dtype=np.float32)
 
 

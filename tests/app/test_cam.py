@@ -71,3 +71,9 @@ def test_iou_known_values():
     assert iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1
     assert iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
     assert iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0
+
+
+def test_normalisation_follows_the_cam_paper_fraction_of_the_max():
+    cam = np.array([[-4.0, 0.0], [1.0, 5.0]], dtype=np.float32)
+    np.testing.assert_allclose(normalize(cam), [[0, 0], [0.2, 1]])  # negative evidence is no evidence
+    np.testing.assert_allclose(normalize(np.array([[-3.0, -1.0]])), [[0, 1]])  # no positive evidence: min-max

@@ -1,8 +1,8 @@
 """Decoding: every mode and format to RGB, EXIF orientation, big JPEGs, and bad input."""
 
 import io
-import zlib
 import struct
+import zlib
 
 import numpy as np
 import pytest

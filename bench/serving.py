@@ -1,0 +1,217 @@
+"""Serving benchmarks: every figure is a ratio of two measurements taken side by side in this run.
+
+    .venv/bin/python bench/serving.py [--model resnet50] [--seconds 8]
+
+Builds a model export (random weights: speed does not depend on them) in a scratch registry,
+starts live uvicorn servers on loopback and prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_registry(model: str, classes: int, size: int, root: Path) -> Path:
+    """Export `model` with random weights through the real exporter into a scratch registry."""
+    import torch
+
+    from app.registry import Registry
+    from models import create_model
+    from training.export import export_onnx
+
+    export = root / "export"
+    net = create_model(model, num_classes=classes).eval()
+    card = {"labels": [f"class{i}" for i in range(classes)], "architecture": model,
+            "preprocessing": {"crop": size, "resize": round(size * 256 / 224), "mean": [0.485, 0.456, 0.406],
+                              "std": [0.229, 0.224, 0.225]}}
+    with torch.no_grad():
+        card["cam_size"] = list(net.forward_features(torch.zeros(1, 3, size, size)).shape[-2:])
+    export_onnx(net, export / "model.onnx", size, card)
+    (export / "card.json").write_text(json.dumps(card))
+    reg = Registry(root / "registry")
+    reg.deploy("default", reg.register("default", export))
+    return root / "registry"
+
+
+def jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A photo-like JPEG (smooth gradients and shapes, not noise, so it compresses like a photo)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([127 + 100 * np.sin(xx / (width / rng.uniform(2, 6)) + c) * np.cos(yy / (height / 3))
+                    for c in range(3)], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, registry: Path, **settings) -> None:
+        self.port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCAM_REGISTRY": str(registry),
+               **{f"RESCAM_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+                                      "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
+                                     env=env, cwd=ROOT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if self.request("GET", "/readyz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def request(self, method: str, path: str, body: bytes | None = None, conn=None) -> tuple[int, bytes]:
+        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        c.request(method, path, body=body, headers={"Content-Type": "image/jpeg"} if body else {})
+        r = c.getresponse()
+        data = r.read()
+        if conn is None:
+            c.close()
+        return r.status, data
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def load(server: Server, path: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    """Closed-loop load: `concurrency` clients, each sending its next request when the last returns."""
+    latencies: list[float] = []
+    failures = [0]
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            status, _ = server.request("POST", path, body, conn)
+            with lock:
+                latencies.append(time.perf_counter() - t)
+                failures[0] += status != 200
+        conn.close()
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {"rps": len(latencies) / elapsed, "p50_ms": 1000 * statistics.median(latencies), "failed": failures[0],
+            "requests": len(latencies)}
+
+
+def in_process_rps(registry: Path, body: bytes, seconds: float) -> float:
+    """The same work without HTTP: decode + preprocess + inference + CAM boxes, in a loop."""
+    import asyncio
+
+    from app.pipeline import Options, Service
+    from app.settings import Settings
+
+    async def run() -> float:
+        service = Service(Settings(registry=registry, batching=False))
+        await service.start()
+        n, stop = 0, time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < stop:
+            await service.predict([("x", body)], Options(top_k=5))
+            n += 1
+        rate = n / (time.perf_counter() - start)
+        await service.stop()
+        return rate
+
+    return asyncio.run(run())
+
+
+def emit(name: str, **fields) -> None:
+    print(json.dumps({"bench": name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in fields.items()}}),
+          flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--seconds", type=float, default=8.0)
+    args = p.parse_args()
+    s = args.seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = make_registry(args.model, args.classes, args.size, Path(tmp))
+        small, big = jpeg(640, 480), jpeg(4000, 3000, seed=1)
+        on = Server(registry, batching=True)
+        off = Server(registry, batching=False)
+        try:
+            for srv in (on, off):  # warm both
+                load(srv, "/v1/predict", small, 2, 1.0)
+            emit("memory", model=args.model, rss_mb=on.rss_mb(), limit_mb=400.0)
+
+            base = in_process_rps(registry, small, s)
+            http8 = load(on, "/v1/predict", small, 8, s)
+            emit("service_overhead", concurrency=8, http_rps=http8["rps"], in_process_rps=base,
+                 ratio=http8["rps"] / base, target=">= 0.9", failed=http8["failed"])
+
+            plain = load(off, "/v1/predict?cam=false&boxes=false", small, 1, s)
+            with_cam = load(off, "/v1/predict", small, 1, s)
+            emit("cam_and_boxes_cost", p50_without_ms=plain["p50_ms"], p50_with_ms=with_cam["p50_ms"],
+                 ratio=with_cam["p50_ms"] / plain["p50_ms"], target="<= 1.05")
+
+            _, body = off.request("POST", "/v1/predict", small)
+            cam_url = json.loads(body)["results"][0]["predictions"][0]["cam_url"]
+            times = []
+            for _ in range(20):
+                t = time.perf_counter()
+                off.request("GET", cam_url)
+                times.append(time.perf_counter() - t)
+            emit("png_overlay_cost", overlay_p50_ms=1000 * statistics.median(times), predict_p50_ms=with_cam["p50_ms"],
+                 ratio=1 + 1000 * statistics.median(times) / with_cam["p50_ms"], target="<= 1.15")
+
+            large = load(off, "/v1/predict", big, 1, s)
+            emit("large_jpeg", p50_12mp_ms=large["p50_ms"], p50_640x480_ms=with_cam["p50_ms"],
+                 ratio=large["p50_ms"] / with_cam["p50_ms"], target="<= 2.5", jpeg_bytes=len(big))
+
+            for conc in (16, 1):
+                a = load(on, "/v1/predict", small, conc, s)
+                b = load(off, "/v1/predict", small, conc, s)
+                emit("batching", concurrency=conc, rps_on=a["rps"], rps_off=b["rps"], throughput_ratio=a["rps"] / b["rps"],
+                     p50_on_ms=a["p50_ms"], p50_off_ms=b["p50_ms"], latency_ratio=a["p50_ms"] / b["p50_ms"],
+                     target=">= 1.15 throughput at 16; latency within 1.10 at 1", failed=a["failed"] + b["failed"])
+        finally:
+            on.stop()
+            off.stop()
+
+
+if __name__ == "__main__":
+    main()

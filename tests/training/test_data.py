@@ -1,0 +1,90 @@
+"""Image folders (with a boxes CSV and an unreadable file), CIFAR's python format, and the recipes."""
+
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.config import recipe
+from training.data import load_data
+from training.synthetic import render
+from training.train import train
+
+
+def make_folder(root, per_class=6):
+    rows = ["path,label,x0,y0,x1,y1"]
+    for label, kind in ((0, "circle"), (1, "square")):
+        (root / kind).mkdir(parents=True)
+        found = 0
+        for i in range(400):
+            s = render(5, "train", i, 40)
+            if s.label != label:
+                continue
+            name = f"{kind}/{found}.png"
+            Image.fromarray(s.image).resize((80, 60)).save(root / name)  # not square: the crop matters
+            x0, y0, x1, y1 = s.box
+            rows.append(f"{name},{kind},{x0 * 2},{y0 * 1.5},{x1 * 2},{y1 * 1.5}")
+            found += 1
+            if found == per_class:
+                break
+    (root / "circle" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_image_folder_with_boxes_skips_unreadable_files(tmp_path, caplog):
+    make_folder(tmp_path / "data")
+    cfg = recipe("demo", data=f"folder:{tmp_path / 'data'}", boxes_csv=str(tmp_path / "data" / "boxes.csv"),
+                 image_size=32, val_fraction=0.3, model="resnet8", batch_size=4, epochs=1, warmup_steps=0)
+    data = load_data(cfg)
+    assert data.classes == ["circle", "square"]
+    assert len(data.train) + len(data.val) == 12  # the broken file is skipped...
+    assert "broken.jpg" in caplog.text  # ...and reported
+    image, label, box, window = data.val[0]
+    assert image.shape == (3, 32, 32) and window.tolist()[:2] == [80, 60]  # original size kept
+    assert np.isfinite(box.numpy()).all()
+    ckpt = train(cfg.replace(data=cfg.data), tmp_path / "run")
+    import torch
+
+    metrics = torch.load(ckpt, weights_only=False)["metrics"]
+    assert metrics["images_with_boxes"] == len(data.val) and "gt_known_loc" in metrics
+
+
+def test_cifar_python_format_and_the_papers_split(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        batch = {"data": rng.integers(0, 256, size=(20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}
+        (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    (root / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    cfg = recipe("paper-cifar", data=f"cifar10:{root}", model="resnet8")
+    data = load_data(cfg)
+    assert len(data.classes) == 10 and (len(data.train), len(data.val)) == (90, 10)  # 45k/5k at full size
+    image, label, _, _ = data.train[0]
+    assert image.shape == (3, 32, 32)
+    run = train(cfg.replace(epochs=1, batch_size=30, max_steps=2), tmp_path / "run")
+    assert run.exists()
+
+
+def test_named_recipes_hold_the_papers_numbers():
+    cifar = recipe("paper-cifar")
+    assert (cifar.batch_size, cifar.lr, cifar.weight_decay, cifar.momentum) == (128, 0.1, 1e-4, 0.9)
+    assert cifar.milestones == (32_000, 48_000) and cifar.max_steps == 64_000 and cifar.augment == "cifar"
+    imagenet = recipe("paper-imagenet")
+    assert (imagenet.batch_size, imagenet.lr, imagenet.schedule, imagenet.image_size) == (256, 0.1, "plateau", 224)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe("fast-and-furious")
+
+
+def test_cifar_augmentation_pads_crops_and_flips():
+    import torch
+
+    from training.data import cifar_augment
+
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    out = cifar_augment(x, g)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    # every output row is a (possibly flipped, shifted, zero-padded) piece of an input row
+    assert set(out.unique().tolist()) <= set(x.unique().tolist()) | {0.0}

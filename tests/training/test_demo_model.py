@@ -1,0 +1,62 @@
+"""The default model, trained exactly as `rescam train` trains it: its figures, and CAM's
+translation invariance (the label stays) and equivariance (the box moves with the object)."""
+
+import asyncio
+import io
+
+import pytest
+from PIL import Image, ImageDraw
+
+from app.pipeline import Options, Service
+from app.settings import Settings
+from training.synthetic import CLASSES, _draw_object
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_model_reaches_its_figures(demo_model):
+    m = demo_model.card["metrics"]
+    assert m["top1"] >= demo_model.targets["top1"], m
+    assert m["max_box_acc"] >= demo_model.targets["max_box_acc"], m
+
+
+def shifted_pair(kind: str, size: int, radius: float, shift: tuple[int, int]) -> list[bytes]:
+    out = []
+    for dx, dy in ((0, 0), shift):
+        image = Image.new("RGB", (size, size), (40, 60, 90))
+        _draw_object(ImageDraw.Draw(image), kind, size * 0.38 + dx, size * 0.38 + dy, radius, 0.3, (240, 200, 60))
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def test_translation_keeps_the_label_and_moves_the_box(demo_model):
+    size = demo_model.card["preprocessing"]["crop"]
+    cell = size / demo_model.card["cam_size"][0]
+    shift = (round(size * 0.19), round(size * 0.16))
+    threshold = demo_model.card["cam"]["best_threshold"]  # the card's calibrated CAM threshold
+
+    async def go():
+        service = Service(Settings(registry=demo_model.registry, batching=False))
+        await service.start()
+        try:
+            results = []
+            for kind in ("circle", "square", "star", "cross"):
+                a, b = shifted_pair(kind, size, size * 0.17, shift)
+                ra = (await service.predict([("a", a)], Options(1, threshold=threshold)))["results"][0]["predictions"][0]
+                rb = (await service.predict([("b", b)], Options(1, threshold=threshold)))["results"][0]["predictions"][0]
+                results.append((kind, ra, rb))
+            return results
+        finally:
+            await service.stop()
+
+    for kind, ra, rb in asyncio.run(go()):
+        assert ra["label"] == rb["label"] == kind, (kind, ra["label"], rb["label"])
+        box_a, box_b = ra["boxes"][0], rb["boxes"][0]
+        for box in (box_a, box_b):  # a box cut by the border could not move freely
+            assert 0 < box["x0"] and 0 < box["y0"] and box["x1"] < size and box["y1"] < size, (kind, box)
+        moved_x = (box_b["x0"] + box_b["x1"] - box_a["x0"] - box_a["x1"]) / 2
+        moved_y = (box_b["y0"] + box_b["y1"] - box_a["y0"] - box_a["y1"]) / 2
+        assert abs(moved_x - shift[0]) <= cell and abs(moved_y - shift[1]) <= cell, (kind, box_a, box_b)
+    assert len(CLASSES) >= 8
