@@ -59,8 +59,8 @@ def interpolation_matrix(out_n: int, in_n: int, scale: float, offset: float,
     frac = src - i0
     m = np.zeros((out_n, in_n), dtype=np.float64)
     rows = np.arange(out_n)
-    np.add.at(m, (rows, i0), 1.0 - frac)
-    np.add.at(m, (rows, i1), frac)
+    m[rows, i0] = 1.0 - frac
+    m[rows, i1] += frac  # at the clamped edge i1 == i0 and the weights add up to 1
     if zero_outside:
         m[(centres < 0) | (centres > in_n)] = 0.0
     return m.astype(np.float32)
@@ -103,16 +103,25 @@ def normalize(heatmap: np.ndarray) -> np.ndarray:
     return ((heatmap - lo) / (hi - lo)).astype(np.float32)
 
 
-def heatmap(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """The CAM of one class on the original image, normalised (see `normalize`) over the window
-    the model saw, 0 outside it."""
-    wy, wx = window_matrices(cam.shape, geometry)
+def heatmaps(cams: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """CAMs (k, h, w) of k classes on the original image (k, H, W), each normalised (see
+    `normalize`) over the window the model saw, 0 outside it. The interpolation is set up once."""
+    wy, wx = window_matrices(cams.shape[-2:], geometry)
     rows = wy.sum(axis=1) > 0.5
     cols = wx.sum(axis=1) > 0.5
-    out = np.zeros((geometry.image_height, geometry.image_width), dtype=np.float32)
+    out = np.zeros((len(cams), geometry.image_height, geometry.image_width), dtype=np.float32)
     if rows.any() and cols.any():
-        out[np.ix_(rows, cols)] = normalize(wy[rows] @ cam.astype(np.float32) @ wx[cols].T)
+        wy, wx = wy[rows], wx[cols].T
+        r0, r1 = np.flatnonzero(rows)[[0, -1]]
+        c0, c1 = np.flatnonzero(cols)[[0, -1]]
+        for k, c in enumerate(cams.astype(np.float32)):
+            out[k, r0:r1 + 1, c0:c1 + 1] = normalize(wy @ c @ wx)
     return out
+
+
+def heatmap(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The CAM of one class on the original image (see `heatmaps`)."""
+    return heatmaps(cam[None], geometry)[0]
 
 
 @dataclass(frozen=True)
@@ -147,7 +156,6 @@ def boxes_from_heatmap(heat: np.ndarray, threshold: float = 0.2, all_components:
     if count == 0:
         return []
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    peaks = ndimage.maximum(heat, labels, index=np.arange(1, count + 1))
     slices = ndimage.find_objects(labels)
     order = np.argsort(-areas, kind="stable")
     if not all_components:
@@ -158,8 +166,8 @@ def boxes_from_heatmap(heat: np.ndarray, threshold: float = 0.2, all_components:
         if all_components and areas[i] < min_area:
             continue
         ys, xs = slices[i]
-        boxes.append(Box(float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), int(areas[i]),
-                         float(peaks[i])))
+        peak = float(heat[ys, xs][labels[ys, xs] == i + 1].max())
+        boxes.append(Box(float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), int(areas[i]), peak))
     return boxes
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -19,8 +20,14 @@ FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "jpg": (
 
 
 def colormap(heat: np.ndarray, name: str = "turbo") -> np.ndarray:
-    """(H, W) in [0, 1] -> (H, W, 3) uint8."""
-    t = np.clip(heat, 0.0, 1.0).astype(np.float64)
+    """(H, W) in [0, 1] -> (H, W, 3) uint8, through a 256-entry table."""
+    index = (np.clip(heat, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    return _table(name)[index]
+
+
+@lru_cache(maxsize=4)
+def _table(name: str) -> np.ndarray:
+    t = np.linspace(0.0, 1.0, 256)
     if name == "jet":
         rgb = np.clip(np.stack([1.5 - np.abs(4 * t - 3), 1.5 - np.abs(4 * t - 2), 1.5 - np.abs(4 * t - 1)], -1), 0, 1)
     elif name == "turbo":
@@ -35,9 +42,7 @@ def render(image: Image.Image, heat: np.ndarray, boxes: list[list[float]], label
            cmap: str = "turbo", max_side: int = 1024, box_scale: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
     """Blend colormap(heat) over image (same size), draw boxes (given in image coordinates times
     box_scale) and the label; the result's long side is capped at max_side."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    blended = (1 - alpha) * base + alpha * colormap(heat, cmap).astype(np.float32)
-    out = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+    out = Image.blend(image.convert("RGB"), Image.fromarray(colormap(heat, cmap)), alpha)
     scale = min(1.0, max_side / max(out.size))
     if scale < 1.0:
         out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))),
@@ -61,7 +66,7 @@ def render(image: Image.Image, heat: np.ndarray, boxes: list[list[float]], label
 def encode(image: Image.Image, fmt: str) -> tuple[bytes, str]:
     pil_format, media_type = FORMATS[fmt]
     buf = io.BytesIO()
-    image.save(buf, pil_format, **({"quality": 90} if pil_format in ("JPEG", "WEBP") else {"compress_level": 3}))
+    image.save(buf, pil_format, **({"quality": 90} if pil_format in ("JPEG", "WEBP") else {"compress_level": 1}))
     return buf.getvalue(), media_type
 
 

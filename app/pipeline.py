@@ -48,19 +48,20 @@ def box_grid_geometry(g: cam.Geometry) -> cam.Geometry:
     return g.scaled(max(1, round(g.image_width * scale)), max(1, round(g.image_height * scale)))
 
 
-def find_boxes(cams: np.ndarray, index: int, g: cam.Geometry, width: int, height: int, opts: Options
-               ) -> list[dict[str, float]]:
-    """CAM boxes of class `index`, in the original image's pixels."""
+def find_boxes(cams: np.ndarray, indices: list[int], g: cam.Geometry, width: int, height: int, opts: Options
+               ) -> list[list[dict[str, float]]]:
+    """CAM boxes of each class in `indices`, in the original image's pixels."""
     grid = box_grid_geometry(g)
-    heat = cam.heatmap(cams[index], grid)
-    found = cam.boxes_from_heatmap(heat, opts.threshold, opts.all_boxes, opts.min_area)
     sx, sy = width / grid.image_width, height / grid.image_height
-    out = []
-    for b in found:
-        x0, y0, x1, y1 = b.scaled(sx, sy).as_list()
-        out.append({"x0": round(x0, 1), "y0": round(y0, 1), "x1": round(x1, 1), "y1": round(y1, 1),
-                    "area_fraction": round(b.area / heat.size, 4), "peak": round(b.peak, 4)})
-    return out
+    result = []
+    for heat in cam.heatmaps(cams[indices], grid):
+        boxes = []
+        for b in cam.boxes_from_heatmap(heat, opts.threshold, opts.all_boxes, opts.min_area):
+            x0, y0, x1, y1 = b.scaled(sx, sy).as_list()
+            boxes.append({"x0": round(x0, 1), "y0": round(y0, 1), "x1": round(x1, 1), "y1": round(y1, 1),
+                          "area_fraction": round(b.area / heat.size, 4), "peak": round(b.peak, 4)})
+        result.append(boxes)
+    return result
 
 
 class Service:
@@ -134,12 +135,12 @@ class Service:
             t2 = time.perf_counter()
             probs = softmax(result.logits.astype(np.float64))
             top = np.argsort(-probs)[: opts.top_k]
-            predictions = []
-            for i in top:
-                entry: dict[str, Any] = {"label": engine.labels[i], "index": int(i), "score": round(float(probs[i]), 6)}
-                if opts.boxes:
-                    entry["boxes"] = find_boxes(result.cams, int(i), window, decoded.width, decoded.height, opts)
-                predictions.append(entry)
+            predictions = [{"label": engine.labels[i], "index": int(i), "score": round(float(probs[i]), 6)}
+                           for i in top]
+            if opts.boxes:
+                boxes = find_boxes(result.cams, [int(i) for i in top], window, decoded.width, decoded.height, opts)
+                for entry, found in zip(predictions, boxes):
+                    entry["boxes"] = found
             t3 = time.perf_counter()
             self.metrics.queue.observe(result.queue_ms / 1000)
             self.metrics.cam.observe(t3 - t2)

@@ -155,6 +155,24 @@ def in_process_rps(registry: Path, body: bytes, seconds: float) -> float:
     return asyncio.run(run())
 
 
+def raw_session_rates(registry: Path, size: int, seconds: float) -> dict:
+    """Images/s of the bare ONNX Runtime session at batch 1 and 8: what batching can gain at most."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(registry / "default" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rates = {}
+    for batch in (1, 8):
+        x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+        session.run(None, {"input": x})
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            session.run(None, {"input": x})
+            n += batch
+        rates[f"images_per_s_batch{batch}"] = n / (time.perf_counter() - start)
+    rates["ratio"] = rates["images_per_s_batch8"] / rates["images_per_s_batch1"]
+    return rates
+
+
 def emit(name: str, **fields) -> None:
     print(json.dumps({"bench": name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in fields.items()}}),
           flush=True)
@@ -202,6 +220,7 @@ def main() -> None:
             emit("large_jpeg", p50_12mp_ms=large["p50_ms"], p50_640x480_ms=with_cam["p50_ms"],
                  ratio=large["p50_ms"] / with_cam["p50_ms"], target="<= 2.5", jpeg_bytes=len(big))
 
+            emit("raw_onnxruntime_ceiling", **raw_session_rates(registry, args.size, s / 2))
             for conc in (16, 1):
                 a = load(on, "/v1/predict", small, conc, s)
                 b = load(off, "/v1/predict", small, conc, s)
