@@ -18,6 +18,12 @@ from .registry import CARD_FILE, MODEL_FILE
 log = logging.getLogger("rescam.engine")
 
 
+OPTIMIZATION_LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                       "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
 class ModelLoadError(Exception):
     """The model cannot serve; the message says why."""
 
@@ -37,12 +43,12 @@ class Engine:
 
     @classmethod
     def load(cls, directory: Path, name: str, version: int, providers: list[str], intra_op_threads: int = 0,
-             inter_op_threads: int = 0) -> Engine:
+             inter_op_threads: int = 0, graph_optimization: str = "all") -> Engine:
         start = time.perf_counter()
         try:
             card = json.loads((directory / CARD_FILE).read_text())
             options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.graph_optimization_level = OPTIMIZATION_LEVELS[graph_optimization]
             options.intra_op_num_threads = intra_op_threads
             options.inter_op_num_threads = inter_op_threads
             available = set(ort.get_available_providers())

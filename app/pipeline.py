@@ -89,7 +89,8 @@ class Service:
             return
         try:
             engine = Engine.load(self.registry.version_dir(name, version), name, version, self.settings.providers,
-                                 self.settings.intra_op_threads, self.settings.inter_op_threads)
+                                 self.settings.intra_op_threads, self.settings.inter_op_threads,
+                                 self.settings.graph_optimization)
         except (ModelLoadError, Exception) as e:  # noqa: BLE001 - a bad model must never take the service down
             self.load_error = str(e)
             log.error("model %s v%s not loaded: %s", name, version, e)

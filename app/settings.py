@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,9 @@ class Settings(BaseSettings):
     model_name: str = "default"
     # ONNX Runtime providers, tried in order; the one that really loaded is reported.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # "all" is fastest on the CPU; "extended" keeps no re-laid-out weight copies (resnet50:
+    # about 125 MB less memory, about 20% slower; BENCHMARKS.md).
+    graph_optimization: Literal["all", "extended", "basic", "disabled"] = "all"
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
     inter_op_threads: int = 0
     # input limits

@@ -194,7 +194,10 @@ def main() -> None:
         try:
             for srv in (on, off):  # warm both
                 load(srv, "/v1/predict", small, 2, 1.0)
-            emit("memory", model=args.model, rss_mb=on.rss_mb(), limit_mb=400.0)
+            lean = Server(registry, graph_optimization="extended")
+            lean.request("POST", "/v1/predict", small)
+            emit("memory", model=args.model, rss_mb_all=on.rss_mb(), rss_mb_extended=lean.rss_mb(), limit_mb=400.0)
+            lean.stop()
 
             base = in_process_rps(registry, small, s)
             http8 = load(on, "/v1/predict", small, 8, s)
