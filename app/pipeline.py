@@ -25,7 +25,7 @@ from .settings import Settings
 from .store import PredictionStore, StoredImage, StoredPrediction
 
 log = logging.getLogger("rescam.pipeline")
-BOX_GRID = 224  # boxes are found on a heatmap at most this long, then scaled to original pixels
+BOX_GRID = 160  # boxes are found on a heatmap at most this long, then scaled to original pixels
 
 
 @dataclass
@@ -74,37 +74,63 @@ class Service:
                                on_batch=self.metrics.observe_batch)
         self.engine: Engine | None = None
         self.load_error: str | None = None
+        self.failed: dict[int, str] = {}  # versions that did not load, and why
+        self.watcher: asyncio.Task | None = None
 
     # --- model life cycle --------------------------------------------------------------------
 
-    def load_deployed(self) -> None:
-        """Load the registry's live version; keep the current engine if that fails."""
+    def load_version(self, version: int) -> Engine:
+        """A fresh, smoke-tested engine for `version`; raises ModelLoadError with the reason."""
         name = self.settings.model_name
-        version = self.registry.deployed(name)
-        if version is None:
-            self.load_error = f"no version of model {name!r} is deployed in {self.settings.registry}"
-            log.warning(self.load_error)
-            return
-        if self.engine is not None and self.engine.version == version:
-            return
         try:
-            engine = Engine.load(self.registry.version_dir(name, version), name, version, self.settings.providers,
-                                 self.settings.intra_op_threads, self.settings.inter_op_threads,
-                                 self.settings.graph_optimization)
-        except (ModelLoadError, Exception) as e:  # noqa: BLE001 - a bad model must never take the service down
-            self.load_error = str(e)
-            log.error("model %s v%s not loaded: %s", name, version, e)
-            return
+            directory = self.registry.version_dir(name, version)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(str(e)) from e
+        return Engine.load(directory, name, version, self.settings.providers, self.settings.intra_op_threads,
+                           self.settings.inter_op_threads, self.settings.graph_optimization)
+
+    def swap(self, engine: Engine) -> None:
+        """Make `engine` live. Requests already running keep the engine they started with."""
         old, self.engine, self.load_error = self.engine, engine, None
         if old is not None:
             self.metrics.model_version.remove(old.name, old.provider)
         self.metrics.model_version.labels(engine.name, engine.provider).set(engine.version)
+        log.info("now serving %s v%d on %s", engine.name, engine.version, engine.provider)
+
+    def load_deployed(self) -> None:
+        """Follow the registry's live version; keep the current engine if the new one fails."""
+        name = self.settings.model_name
+        version = self.registry.deployed(name)
+        if version is None:
+            self.load_error = f"no version of model {name!r} is deployed in {self.settings.registry}"
+            return
+        if (self.engine is not None and self.engine.version == version) or version in self.failed:
+            return
+        try:
+            self.swap(self.load_version(version))
+        except Exception as e:  # noqa: BLE001 - a bad model must never take the service down
+            self.failed[version] = self.load_error = str(e)
+            log.error("model %s v%s not loaded, %s: %s", name, version,
+                      "still serving v%d" % self.engine.version if self.engine else "serving nothing", e)
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_s)
+            try:
+                await loop.run_in_executor(None, self.load_deployed)
+            except Exception:  # noqa: BLE001 - keep watching whatever one look found
+                log.exception("registry check failed")
 
     async def start(self) -> None:
         self.batcher.start()
         await asyncio.get_running_loop().run_in_executor(None, self.load_deployed)
+        if self.settings.registry_poll_s > 0:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
         await self.batcher.stop()
 
     # --- predictions ---------------------------------------------------------------------------

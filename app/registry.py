@@ -88,6 +88,15 @@ class Registry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def delete(self, model: str, version: int) -> None:
+        """Remove a version that is not live; it disappears at once and whole."""
+        directory = self.version_dir(model, version)
+        if version == self.deployed(model):
+            raise RegistryError(f"v{version} is live; deploy another version before deleting it")
+        trash = directory.with_name(f".deleted-{version}-{uuid.uuid4().hex}")
+        directory.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def pointer(self, model: str) -> dict[str, Any] | None:
         try:
             return json.loads((self.model_dir(model) / POINTER).read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,3 +38,8 @@ class Settings(BaseSettings):
     prediction_ttl_s: float = 900.0
     prediction_store_size: int = 512
     cors_origins: list[str] = []
+    # the live version is re-read this often, so every worker and replica follows a deploy
+    registry_poll_s: float = 2.0
+    # admin endpoints (deploy, rollback, delete): off unless a token is set, or opened on purpose
+    admin_token: SecretStr | None = None
+    open_admin_for_local_development: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -22,3 +23,23 @@ def get_engine(service: Annotated[Service, Depends(get_service)]) -> Engine:
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def require_admin(request: Request, service: Annotated[Service, Depends(get_service)]) -> str:
+    """The admin bearer token, compared in constant time. With no token configured the admin
+    endpoints are off, unless local development opened them on purpose."""
+    settings = service.settings
+    if settings.admin_token is None:
+        if settings.open_admin_for_local_development:
+            return "local-development"
+        raise HTTPException(403, "admin endpoints are off: set RESCAM_ADMIN_TOKEN to use them")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "admin token required: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.encode(), settings.admin_token.get_secret_value().encode()):
+        raise HTTPException(403, "wrong admin token")
+    return "admin"
+
+
+AdminDep = Annotated[str, Depends(require_admin)]

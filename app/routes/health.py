@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,7 +16,7 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz")
 def healthz(service: ServiceDep) -> dict:
     engine = service.engine
-    return {"status": "alive", "model": None if engine is None else engine.describe(),
+    return {"status": "alive", "pid": os.getpid(), "model": None if engine is None else engine.describe(),
             "provider": None if engine is None else engine.provider, "load_error": service.load_error}
 
 

@@ -74,3 +74,39 @@ print('torch' in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_two_uvicorn_workers_both_follow_a_deploy(tiny_model, tmp_path):
+    import shutil
+
+    from app.registry import Registry
+
+    shutil.copytree(tiny_model.registry, tmp_path / "registry")
+    registry = Registry(tmp_path / "registry")
+    registry.register("default", tiny_model.export)  # v2: the same files, a new version
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCAM_REGISTRY_POLL_S": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--workers", "2",
+                             "--registry", str(tmp_path / "registry")], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    def seen(version: int, timeout: float) -> set[int]:
+        pids, deadline = set(), time.time() + timeout
+        while len(pids) < 2 and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:  # a new connection each time
+                    body = json.loads(r.read())
+                if body["model"] and body["model"]["version"] == version:
+                    pids.add(body["pid"])
+            except OSError:
+                time.sleep(0.1)
+        return pids
+
+    try:
+        assert len(seen(1, 60)) == 2, "two workers did not both serve v1"
+        registry.deploy("default", 2, actor="test")
+        assert len(seen(2, 30)) == 2, "both workers did not switch to v2"
+    finally:
+        proc.terminate()
+        proc.wait(10)
