@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .pipeline import Service
-from .routes import admin, health, models, predict, v2
+from .routes import admin, datasets, health, jobs, models, predict, v2
 from .settings import Settings
 
 log = logging.getLogger("rescam")
@@ -74,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}", "status": 500}, status_code=500)
 
-    for router in (health.router, predict.router, models.router, admin.router, v2.router):
+    for router in (health.router, predict.router, models.router, admin.router, datasets.router, jobs.router,
+                   v2.router):
         app.include_router(router)
     return app
 

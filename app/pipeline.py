@@ -18,7 +18,9 @@ from PIL import Image
 
 from . import cam, imaging
 from .batcher import Batcher
+from .datasets import Datasets
 from .engine import Engine, ModelLoadError
+from .jobs import JobRunner, JobStore
 from .metrics import Metrics
 from .registry import Registry
 from .settings import Settings
@@ -76,6 +78,12 @@ class Service:
         self.load_error: str | None = None
         self.failed: dict[int, str] = {}  # versions that did not load, and why
         self.watcher: asyncio.Task | None = None
+        self.datasets = Datasets(settings.data_root / "datasets")
+        self.jobs = JobStore(settings.data_root / "jobs.sqlite")
+        self.runner = JobRunner(self.jobs, self.registry, settings.model_name, settings.data_root,
+                                settings.max_concurrent_jobs, settings.gate_margin, self.deploy_checked,
+                                processes=settings.train_processes)
+        self.runner_task: asyncio.Task | None = None
 
     # --- model life cycle --------------------------------------------------------------------
 
@@ -96,6 +104,17 @@ class Service:
             self.metrics.model_version.remove(old.name, old.provider)
         self.metrics.model_version.labels(engine.name, engine.provider).set(engine.version)
         log.info("now serving %s v%d on %s", engine.name, engine.version, engine.provider)
+
+    def deploy_checked(self, version: int, audit: dict[str, Any]) -> Engine:
+        """Load and smoke-test `version`, then move the live pointer and swap; raises
+        ModelLoadError with the reason (and changes nothing) when it cannot load."""
+        engine = self.load_version(version)
+        audit = dict(audit)
+        actor, reason = audit.pop("actor", "job"), audit.pop("reason", "")
+        self.registry.deploy(self.settings.model_name, version, actor=actor, reason=reason, **audit)
+        self.failed.pop(version, None)
+        self.swap(engine)
+        return engine
 
     def load_deployed(self) -> None:
         """Follow the registry's live version; keep the current engine if the new one fails."""
@@ -125,12 +144,20 @@ class Service:
     async def start(self) -> None:
         self.batcher.start()
         await asyncio.get_running_loop().run_in_executor(None, self.load_deployed)
+        loop = asyncio.get_running_loop()
         if self.settings.registry_poll_s > 0:
-            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+            self.watcher = loop.create_task(self._watch())
+        if self.settings.run_jobs:
+            self.runner_task = loop.create_task(self.runner.run())
 
     async def stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
+        for task in (self.watcher, self.runner_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         await self.batcher.stop()
 
     # --- predictions ---------------------------------------------------------------------------

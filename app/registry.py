@@ -20,6 +20,7 @@ from typing import Any
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
+WEIGHTS_FILE = "weights.pth"  # optional: the torch state_dict, to fine-tune from the live model
 POINTER = "DEPLOYED"
 AUDIT = "audit.jsonl"
 
@@ -75,8 +76,9 @@ class Registry:
         staging = d / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            for name in (MODEL_FILE, CARD_FILE):
-                shutil.copy2(source / name, staging / name)
+            for name in (MODEL_FILE, CARD_FILE, WEIGHTS_FILE):
+                if (source / name).is_file():
+                    shutil.copy2(source / name, staging / name)
             while True:
                 version = max(self.versions(model) + [0]) + 1
                 try:

@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     # the live version is re-read this often, so every worker and replica follows a deploy
     registry_poll_s: float = 2.0
+    # retraining: data sets and run directories live under data_root, jobs in data_root/jobs.sqlite
+    data_root: Path = Path("data")
+    run_jobs: bool = True  # this process runs queued jobs (or leave them to `rescam worker`)
+    max_concurrent_jobs: int = 1
+    train_processes: int = 1  # > 1: each job runs under torchrun with this many processes (GPUs)
+    gate_margin: float = 0.02  # how much CAM localization may drop for a retrained model to go live
+    max_dataset_bytes: int = 512 * 1024 * 1024
+    max_dataset_files: int = 100_000
+    max_dataset_uncompressed: int = 2 * 1024 * 1024 * 1024
+    predict_token: SecretStr | None = None  # when set, predictions need it too
     # admin endpoints (deploy, rollback, delete): off unless a token is set, or opened on purpose
     admin_token: SecretStr | None = None
     open_admin_for_local_development: bool = False

@@ -13,6 +13,16 @@ from PIL import Image
 from app.registry import Registry
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_root(tmp_path_factory) -> Path:
+    """Services made by tests keep their data sets, runs and job database in a scratch folder."""
+    import os
+
+    root = tmp_path_factory.mktemp("data")
+    os.environ["RESCAM_DATA_ROOT"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> SimpleNamespace:
     """resnet8 on 32x32 synthetic shapes, one short epoch: real weights, real ONNX, real registry."""

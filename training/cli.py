@@ -67,10 +67,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if k != "confusion"}
     print(json.dumps({"checkpoint": str(checkpoint), "seconds": round(time.time() - start, 1), **metrics}))
-    if args.no_register or ckpt["epoch"] < cfg.epochs and ckpt["step"] < (cfg.max_steps or 1 << 62):
+    finished = ckpt["epoch"] >= cfg.epochs or ckpt["step"] >= (cfg.max_steps or 1 << 62)
+    if args.no_register or not finished:
         return
     export_dir = export_checkpoint(checkpoint, out / "export")
-    register(export_dir, args.registry, args.name, args.deploy)
+    result = {"checkpoint": str(checkpoint), "export": str(export_dir), "metrics": metrics}
+    if args.compare_with:
+        from .compare import evaluate_onnx
+
+        result["live_metrics"] = evaluate_onnx(args.compare_with, cfg)
+    if args.result_file:
+        Path(args.result_file).write_text(json.dumps(result))
+    if not args.export_only:
+        register(export_dir, args.registry, args.name, args.deploy)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -120,6 +129,31 @@ def cmd_serve(args: argparse.Namespace) -> None:
     os.environ["RESCAM_MODEL_NAME"] = args.name
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="info")
+
+
+def cmd_export_triton(args: argparse.Namespace) -> None:
+    from app.registry import Registry
+    from app.triton import export_triton
+
+    target = export_triton(Registry(args.registry), args.name, args.version, Path(args.out), args.triton_name,
+                           args.max_batch_size)
+    print(f"wrote {target}: tritonserver --model-repository={Path(args.out).resolve()}")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    """Run retrain jobs from the shared job database, apart from the API (e.g. on a GPU host);
+    start the API with RESCAM_RUN_JOBS=false then."""
+    import asyncio
+
+    from app.pipeline import Service
+    from app.settings import Settings
+
+    service = Service(Settings(registry=Path(args.registry), model_name=args.name, registry_poll_s=0))
+    print(f"rescam worker: jobs from {service.jobs.path}, registry {args.registry}", file=sys.stderr)
+    try:
+        asyncio.run(service.runner.run())
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -178,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (checkpoint, metrics.jsonl, export)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     t.add_argument("--no-register", action="store_true", help="stop after training")
+    t.add_argument("--export-only", action="store_true", help="train and export, do not register")
+    t.add_argument("--compare-with", help="an exported model directory to evaluate on the same validation set")
+    t.add_argument("--result-file", help="write the export's path and the figures here as JSON")
     t.add_argument("--deploy", choices=("auto", "always", "never"), default="auto",
                    help="auto: deploy only the model's first version")
     registry_args(t)
@@ -207,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     registry_args(s)
     s.set_defaults(func=cmd_serve)
+
+    tr = sub.add_parser("export-triton", help="write a Triton model repository from a registry version")
+    tr.add_argument("--out", required=True, help="the Triton model repository folder")
+    tr.add_argument("--version", type=int, help="default: the deployed version")
+    tr.add_argument("--triton-name", help="the model's name in Triton (default: its registry name)")
+    tr.add_argument("--max-batch-size", type=int, default=64)
+    registry_args(tr)
+    tr.set_defaults(func=cmd_export_triton)
+
+    w = sub.add_parser("worker", help="run retrain jobs apart from the API process")
+    registry_args(w)
+    w.set_defaults(func=cmd_worker)
 
     pr = sub.add_parser("predict", help="labels, scores and boxes of one image, and its CAM overlay")
     pr.add_argument("image")

@@ -60,7 +60,14 @@ def export_onnx(model: ResNet, path: Path, image_size: int, card: dict | None = 
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "cam": {0: "batch"}},
                           training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
     proto = onnx.load(str(path))
+    with torch.no_grad():  # declare the static dims the exporter left symbolic (all but the batch)
+        shapes = [tuple(t.shape) for t in CamGraph(model)(example)]
+    for output, shape in zip(proto.graph.output, shapes):
+        for dim, size in list(zip(output.type.tensor_type.shape.dim, shape))[1:]:
+            dim.Clear()
+            dim.dim_value = size
     onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
     if card is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = CARD_KEY, json.dumps(card)
@@ -139,5 +146,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     export_onnx(model, onnx_path, prep.crop, card)
     card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg))
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    torch.save(model.state_dict(), out_dir / "weights.pth")  # torchvision format: `--init` takes it
     log.info("exported %s (parity %s)", onnx_path, card["parity"])
     return out_dir

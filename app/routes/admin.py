@@ -35,10 +35,12 @@ async def deploy(version: int, service: ServiceDep, actor: AdminDep, body: Deplo
     name = service.settings.model_name
     if version not in service.registry.versions(name):
         raise HTTPException(404, f"model {name!r} has no version {version}")
-    engine = await _checked_engine(service, version)
-    service.registry.deploy(name, version, actor=actor, reason=body.reason if body else "")
-    service.failed.pop(version, None)
-    service.swap(engine)
+    try:
+        engine = await asyncio.get_running_loop().run_in_executor(
+            None, service.deploy_checked, version, {"actor": actor, "reason": body.reason if body else ""})
+    except ModelLoadError as e:
+        raise HTTPException(409, f"v{version} was not deployed, v{service.registry.deployed(name)} keeps serving: "
+                                 f"{e}") from None
     return {"name": name, "deployed": version, "provider": engine.provider}
 
 

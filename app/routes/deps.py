@@ -43,3 +43,16 @@ def require_admin(request: Request, service: Annotated[Service, Depends(get_serv
 
 
 AdminDep = Annotated[str, Depends(require_admin)]
+
+
+def require_predict_token(request: Request, service: Annotated[Service, Depends(get_service)]) -> None:
+    """Predictions need their own bearer token only when RESCAM_PREDICT_TOKEN is set."""
+    expected = service.settings.predict_token
+    if expected is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "this service needs a token: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(403, "wrong token")

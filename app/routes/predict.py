@@ -7,16 +7,16 @@ import io
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from ..engine import ModelLoadError
 from ..pipeline import Options
-from .deps import ServiceDep
+from .deps import ServiceDep, require_predict_token
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_predict_token)])
 RAW_TYPES = ("image/", "application/octet-stream")
 
 
@@ -30,7 +30,8 @@ async def read_limited(stream, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_uploads(request: Request, max_bytes: int, max_files: int) -> list[tuple[str, bytes]]:
+async def read_uploads(request: Request, max_bytes: int, max_files: int, allowed: tuple[str, ...] = RAW_TYPES
+                       ) -> list[tuple[str, bytes]]:
     """The images of a request: multipart parts named `file` (or `files`), or the raw body."""
     content_type = request.headers.get("content-type", "").lower()
     declared = request.headers.get("content-length")
@@ -49,7 +50,7 @@ async def read_uploads(request: Request, max_bytes: int, max_files: int) -> list
             if f.size is not None and f.size > max_bytes:
                 raise HTTPException(413, f"{f.filename!r} is larger than the limit of {max_bytes} bytes")
             part_type = (f.content_type or "").lower()
-            if part_type and not part_type.startswith(RAW_TYPES):
+            if part_type and not part_type.startswith(allowed):
                 raise HTTPException(415, f"{f.filename!r} has content type {part_type!r}; send an image")
             out.append((f.filename or "upload", await f.read()))
         return out

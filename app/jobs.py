@@ -1,0 +1,278 @@
+"""Retrain jobs: their state in SQLite, and a runner that trains each job in its own OS process
+(`rescam train`, never inside an API worker), registers the result and applies the promotion gate.
+
+States: queued -> running -> succeeded | failed | cancelled | interrupted (the service stopped
+while it ran; `resume` queues it again from its last checkpoint). The registry changes only after
+the training process has finished well, so a failed or cancelled job leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .registry import Registry
+
+log = logging.getLogger("rescam.jobs")
+TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
+    request TEXT NOT NULL, run_dir TEXT NOT NULL, pid INTEGER, worker TEXT, resume INTEGER DEFAULT 0,
+    progress TEXT, result TEXT, error TEXT
+)"""
+
+
+class JobStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
+    @staticmethod
+    def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        job = dict(row)
+        for key in ("request", "progress", "result"):
+            job[key] = json.loads(job[key]) if job[key] else None
+        job["resume"] = bool(job["resume"])
+        return job
+
+    def create(self, request: dict[str, Any], runs_root: Path) -> dict[str, Any]:
+        job_id = uuid.uuid4().hex[:12]
+        with self._db() as db:
+            db.execute("INSERT INTO jobs (id, state, created, request, run_dir) VALUES (?, 'queued', ?, ?, ?)",
+                       (job_id, time.time(), json.dumps(request), str(runs_root / job_id)))
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._db() as db:
+            return self._row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [self._row(r) for r in rows]
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        for key in ("progress", "result"):
+            if key in fields and fields[key] is not None:
+                fields[key] = json.dumps(fields[key])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._db() as db:
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+
+    def claim(self, worker: str) -> dict[str, Any] | None:
+        """Take the oldest queued job for this worker; several workers never take the same one."""
+        with self._db() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
+            if row is None:
+                return None
+            taken = db.execute("UPDATE jobs SET state = 'running', started = ?, worker = ? "
+                               "WHERE id = ? AND state = 'queued'", (time.time(), worker, row["id"])).rowcount
+        return self.get(row["id"]) if taken else None
+
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        with self._db() as db:
+            db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
+                       (time.time(), job_id))
+            db.execute("UPDATE jobs SET error = 'cancel requested' WHERE id = ? AND state = 'running'", (job_id,))
+        return self.get(job_id)
+
+    def mark_interrupted(self, worker: str) -> int:
+        """Jobs of this worker (host) marked running whose training process is gone: the service
+        stopped while they ran."""
+        gone = [job["id"] for job in self.list(1000)
+                if job["state"] == "running" and job["worker"] == worker and not _alive(job["pid"])]
+        for job_id in gone:
+            self.update(job_id, state="interrupted", finished=time.time(), pid=None)
+        return len(gone)
+
+    def requeue(self, job_id: str) -> bool:
+        with self._db() as db:
+            return db.execute("UPDATE jobs SET state = 'queued', resume = 1, error = NULL, finished = NULL "
+                              "WHERE id = ? AND state = 'interrupted'", (job_id,)).rowcount == 1
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def read_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The trainer's latest step and epoch lines from its metrics.jsonl."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    latest: dict[str, Any] = {}
+    for line in lines[-50:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written
+        if record.get("event") == "step":
+            latest.update({k: record.get(k) for k in ("epoch", "step", "total_steps", "loss", "lr",
+                                                       "images_per_s", "eta_s")})
+        elif record.get("event") in ("epoch", "done"):
+            latest.update({k: v for k, v in record.items() if k.startswith("val_") or k in ("top1", "gt_known_loc")})
+    return latest or None
+
+
+def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float) -> dict[str, Any]:
+    """Promote when validation top-1 is at least the live model's on the same images and CAM
+    localization does not drop by more than `margin`."""
+    if not live:
+        return {"passed": True, "reason": "no live model to compare with"}
+    reasons = []
+    if new["top1"] < live["top1"]:
+        reasons.append(f"top-1 {new['top1']:.4f} < live {live['top1']:.4f}")
+    if "gt_known_loc" in new and "gt_known_loc" in live and new["gt_known_loc"] < live["gt_known_loc"] - margin:
+        reasons.append(f"GT-known localization {new['gt_known_loc']:.4f} < live {live['gt_known_loc']:.4f} - {margin}")
+    return {"passed": not reasons, "reason": "; ".join(reasons) or "as good as the live model",
+            "new": {k: new.get(k) for k in ("top1", "gt_known_loc")},
+            "live": {k: live.get(k) for k in ("top1", "gt_known_loc")}}
+
+
+class JobRunner:
+    """Runs queued jobs, at most `slots` at once. `deploy(version, audit)` makes a version live
+    after its smoke test and raises with the reason when it cannot."""
+
+    def __init__(self, store: JobStore, registry: Registry, model_name: str, data_root: Path, slots: int,
+                 gate_margin: float, deploy: Callable[[int, dict[str, Any]], None], worker: str | None = None,
+                 poll_s: float = 0.5, processes: int = 1) -> None:
+        self.store, self.registry, self.model_name = store, registry, model_name
+        self.data_root, self.slots, self.gate_margin, self.deploy = Path(data_root), slots, gate_margin, deploy
+        self.worker = worker or os.uname().nodename
+        self.poll_s, self.processes = poll_s, processes
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def command(self, job: dict[str, Any]) -> list[str]:
+        r, run_dir = job["request"], Path(job["run_dir"])
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.processes}"] \
+            if self.processes > 1 else [sys.executable]
+        args = [*launcher, "-m", "training.cli", "train", "--out", str(run_dir), "--export-only",
+                "--result-file", str(run_dir / "result.json"), "--recipe", r.get("recipe", "demo")]
+        if r["dataset"] != "synthetic":
+            args += ["--data", f"folder:{self.data_root / 'datasets' / r['dataset']}"]
+        for key, flag in (("architecture", "--model"), ("epochs", "--epochs"), ("batch_size", "--batch-size"),
+                          ("lr", "--lr"), ("image_size", "--image-size"), ("seed", "--seed")):
+            if r.get(key) is not None:
+                args += [flag, str(r[key])]
+        for key, value in (r.get("options") or {}).items():
+            args += ["--set", f"{key}={json.dumps(value)}"]
+        live = self.registry.deployed(self.model_name)
+        if live is not None:
+            live_dir = self.registry.version_dir(self.model_name, live)
+            args += ["--compare-with", str(live_dir)]
+            if r.get("init") == "live" and (live_dir / "weights.pth").exists():
+                args += ["--init", str(live_dir / "weights.pth")]
+        if job["resume"]:
+            args.append("--resume")
+        return args
+
+    def start(self, job: dict[str, Any]) -> None:
+        run_dir = Path(job["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+        with open(run_dir / "log.txt", "a") as logfile:
+            proc = subprocess.Popen(self.command(job), stdout=logfile, stderr=subprocess.STDOUT, cwd=root, env=env,
+                                    start_new_session=True)
+        self.running[job["id"]] = proc
+        self.store.update(job["id"], pid=proc.pid)
+        log.info("job %s started (pid %d)", job["id"], proc.pid)
+
+    def stop_process(self, job_id: str) -> None:
+        proc = self.running.get(job_id)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def finish(self, job_id: str, proc: subprocess.Popen) -> None:
+        job = self.store.get(job_id)
+        run_dir = Path(job["run_dir"])
+        progress = read_progress(run_dir)
+        if job["error"] == "cancel requested":
+            self.store.update(job_id, state="cancelled", finished=time.time(), progress=progress)
+            return
+        if proc.returncode != 0:
+            tail = (run_dir / "log.txt").read_text()[-2000:] if (run_dir / "log.txt").exists() else ""
+            self.store.update(job_id, state="failed", finished=time.time(), progress=progress,
+                              error=f"training exited with {proc.returncode}: {tail}")
+            return
+        try:
+            result = json.loads((run_dir / "result.json").read_text())
+            version = self.registry.register(self.model_name, result["export"])
+            decision = gate(result["metrics"], result.get("live_metrics"), self.gate_margin)
+            request = job["request"]
+            deployed = False
+            if request.get("deploy", True) and (decision["passed"] or request.get("force")):
+                forced = not decision["passed"]
+                self.deploy(version, {"job": job_id, "gate": decision, "forced": forced})
+                deployed = True
+            self.store.update(job_id, state="succeeded", finished=time.time(), progress=progress,
+                              result={"version": version, "deployed": deployed, "gate": decision,
+                                      "metrics": result["metrics"], "live_metrics": result.get("live_metrics")})
+        except Exception as e:  # noqa: BLE001 - the job fails, the runner goes on
+            self.store.update(job_id, state="failed", finished=time.time(), progress=progress, error=str(e))
+
+    def tick(self) -> None:
+        for job_id, proc in list(self.running.items()):
+            job = self.store.get(job_id)
+            if job["error"] == "cancel requested":
+                self.stop_process(job_id)
+            if proc.poll() is None:
+                self.store.update(job_id, progress=read_progress(Path(job["run_dir"])))
+                continue
+            del self.running[job_id]
+            self.finish(job_id, proc)
+        while len(self.running) < self.slots:
+            job = self.store.claim(self.worker)
+            if job is None:
+                break
+            self.start(job)
+
+    async def run(self) -> None:
+        self.store.mark_interrupted(self.worker)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    await loop.run_in_executor(None, self.tick)
+                except Exception:  # noqa: BLE001
+                    log.exception("job runner tick failed")
+                await asyncio.sleep(self.poll_s)
+        finally:
+            for job_id in list(self.running):  # a stopping service interrupts its jobs
+                self.stop_process(job_id)
+                self.store.update(job_id, state="interrupted", finished=time.time(), pid=None)
+            self.running.clear()

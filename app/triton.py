@@ -1,0 +1,48 @@
+"""A Triton Inference Server model repository from a registry version: the same ONNX file,
+a config.pbtxt that describes it, and the labels, so a user who outgrows this service can serve
+the same model on Triton (`tritonserver --model-repository=DIR`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .registry import CARD_FILE, MODEL_FILE, Registry
+
+
+def config_pbtxt(name: str, card: dict, max_batch_size: int = 64, queue_delay_us: int = 2000) -> str:
+    n = len(card["labels"])
+    side = int(card["preprocessing"]["crop"])
+    h, w = card["cam_size"]
+    return f"""name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [
+  {{ name: "input" data_type: TYPE_FP32 dims: [ 3, {side}, {side} ] }}
+]
+output [
+  {{ name: "logits" data_type: TYPE_FP32 dims: [ {n} ] label_filename: "labels.txt" }},
+  {{ name: "cam" data_type: TYPE_FP32 dims: [ {n}, {h}, {w} ] }}
+]
+dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}
+instance_group [ {{ kind: KIND_AUTO count: 1 }} ]
+parameters {{ key: "rescam_card" value: {{ string_value: {json.dumps(json.dumps(card))} }} }}
+"""
+
+
+def export_triton(registry: Registry, model: str, version: int | None, out: Path, triton_name: str | None = None,
+                  max_batch_size: int = 64) -> Path:
+    """Write `out/<name>/config.pbtxt`, `out/<name>/labels.txt`, `out/<name>/<version>/model.onnx`."""
+    version = version if version is not None else registry.deployed(model)
+    if version is None:
+        raise ValueError(f"model {model!r} has no deployed version; name one")
+    source = registry.version_dir(model, version)
+    card = json.loads((source / CARD_FILE).read_text())
+    name = triton_name or model
+    target = Path(out) / name
+    (target / str(version)).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / MODEL_FILE, target / str(version) / MODEL_FILE)
+    (target / "labels.txt").write_text("\n".join(card["labels"]) + "\n")
+    (target / "config.pbtxt").write_text(config_pbtxt(name, card, max_batch_size))
+    return target
