@@ -166,8 +166,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     data = load_data(cfg)
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not divide over {world} processes")
+    if len(data.train) < world:
+        raise ValueError(f"the training set has {len(data.train)} images; at least {world} are needed")
+    batch_size = cfg.batch_size
+    if len(data.train) < batch_size:  # a small data set: one batch of all of it
+        batch_size = len(data.train) // world * world
+        log.warning("the training set has %d images: batch size %d instead of %d", len(data.train), batch_size,
+                    cfg.batch_size)
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(data.train, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
+    loader = DataLoader(data.train, batch_size=batch_size // world, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.workers > 0)
     steps_per_epoch = len(loader)

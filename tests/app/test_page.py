@@ -1,0 +1,125 @@
+"""The web page at /, driven in headless Chromium (Debian's package) through Playwright."""
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.app.test_retrain import dataset_zip
+from tests.conftest import shape_jpeg
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if CHROMIUM is None:
+    pytest.skip("no chromium on this machine (the README's test command installs Debian's package as root)",
+                allow_module_level=True)
+TOKEN = "page-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("page")
+    shutil.copytree(tiny_model.registry, root / "registry")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCAM_ADMIN_TOKEN": TOKEN, "RESCAM_DATA_ROOT": str(root / "data")}
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--registry",
+                             str(root / "registry")], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/readyz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield url, root
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def natural_width(page) -> int:
+    return page.eval_on_selector("#overlay", "img => img.complete ? img.naturalWidth : 0")
+
+
+def test_upload_see_labels_overlay_and_switch_label(server, browser, tmp_path):
+    url, _ = server
+    (tmp_path / "shape.jpg").write_bytes(shape_jpeg(index=1))
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(url)
+    page.wait_for_function("document.querySelector('#model-info').textContent.includes('v1')")
+    page.set_input_files("#file", str(tmp_path / "shape.jpg"))
+    page.wait_for_selector("#labels li")
+    assert page.locator("#labels li").count() == 5
+    page.wait_for_function("(() => { const i = document.querySelector('#overlay'); return i.complete && i.naturalWidth > 0 })()")
+    first_src = page.get_attribute("#overlay", "src")
+    second = page.locator("#labels li").nth(1)
+    second.click()
+    page.wait_for_function(f"document.querySelector('#overlay').src !== {first_src!r} && "
+                           "document.querySelector('#overlay').complete && document.querySelector('#overlay').naturalWidth > 0")
+    assert "selected" in second.get_attribute("class")
+    assert natural_width(page) > 0
+    assert "answered by default v1" in page.text_content("#answered")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+    if os.environ.get("RESCAM_SCREENSHOT"):  # how docs/screenshot.png is made
+        page.screenshot(path=os.environ["RESCAM_SCREENSHOT"], full_page=False)
+
+
+def test_a_rejected_file_gets_a_clear_message(server, browser, tmp_path):
+    url, _ = server
+    (tmp_path / "notes.txt").write_text("not an image")
+    page = browser.new_page()
+    page.goto(url)
+    page.set_input_files("#file", str(tmp_path / "notes.txt"))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Rejected" in page.text_content("#error") and "image" in page.text_content("#error")
+
+
+def test_admin_retrain_from_a_zip_ends_in_a_new_version(server, browser, tmp_path):
+    url, _ = server
+    (tmp_path / "shapes.zip").write_bytes(dataset_zip(per_class=12))
+    page = browser.new_page(viewport={"width": 1200, "height": 1400})
+    page.goto(url)
+    page.fill("#token", "wrong")
+    page.click("#token-form button")
+    page.wait_for_selector("#admin-error:not([hidden])")
+    assert "wrong admin token" in page.text_content("#admin-error")
+    page.fill("#token", TOKEN)
+    page.click("#token-form button")
+    page.wait_for_selector("#versions tbody tr")
+    assert "v1 (live)" in page.text_content("#versions")
+    page.set_input_files("#zip", str(tmp_path / "shapes.zip"))
+    page.fill("#zip-name", "shapes")
+    page.fill("#arch", "resnet8")
+    page.fill("#epochs", "2")
+    page.click("#job-form button")
+    page.wait_for_function("document.querySelector('#job-result').textContent.includes('gate')", timeout=120_000)
+    result = page.text_content("#job-result")
+    assert result.startswith("v2")
+    page.wait_for_function("document.querySelector('#versions').textContent.includes('v2')")
