@@ -191,6 +191,8 @@ class JobRunner:
             args += ["--compare-with", str(live_dir)]
             if r.get("init") == "live" and (live_dir / "weights.pth").exists():
                 args += ["--init", str(live_dir / "weights.pth")]
+        if str(r.get("init", "")).startswith("file:"):
+            args += ["--init", str(self.data_root / "weights" / r["init"].split(":", 1)[1])]
         if job["resume"]:
             args.append("--resume")
         return args

@@ -24,7 +24,8 @@ class JobRequest(BaseModel):
     lr: float | None = Field(None, gt=0, le=10)
     image_size: int | None = Field(None, ge=8, le=1024)
     seed: int | None = None
-    init: Literal["scratch", "live"] = "scratch"
+    init: str = Field("scratch", description="scratch | live (the live version's weights) | file:NAME (a "
+                                             "torchvision-format state_dict in the data root's weights/ folder)")
     deploy: bool = Field(True, description="deploy when done, if it passes the promotion gate")
     force: bool = Field(False, description="deploy even if it fails the gate (recorded in the audit log)")
     options: dict[str, Any] | None = Field(None, description="other training settings, e.g. synthetic_train")
@@ -52,6 +53,15 @@ def create_job(body: JobRequest, service: ServiceDep, actor: AdminDep) -> dict:
             raise HTTPException(404, f"no dataset {body.dataset!r}; upload one with POST /v1/datasets")
     if body.architecture is not None and not re.fullmatch(r"(resnet|plain)\d{1,4}", body.architecture):
         raise HTTPException(422, f"unknown architecture {body.architecture!r}: resnet18, resnet50, resnet20, ...")
+    if body.init not in ("scratch", "live"):
+        kind, _, name = body.init.partition(":")
+        try:
+            check_name(name, "weights file")
+        except DatasetError as e:
+            raise HTTPException(422, f"init must be scratch, live or file:NAME; {e.message}") from None
+        if kind != "file" or not (Path(service.settings.data_root) / "weights" / name).is_file():
+            raise HTTPException(404 if kind == "file" else 422,
+                                f"init {body.init!r}: no such file in {service.settings.data_root}/weights")
     forbidden = {"init", "data", "boxes_csv", "device"} & set(body.options or {})
     if forbidden:
         raise HTTPException(422, f"options may not set {sorted(forbidden)}")

@@ -125,6 +125,12 @@ async function loadAdmin() {
         `<td>${pct(m.gt_known_loc)}</td><td></td><td></td>`;
       tr.children[1].textContent = v.architecture || "";
       tr.children[4].textContent = (v.created || "").replace("T", " ").slice(0, 16);
+      const cardButton = document.createElement("button");
+      cardButton.type = "button";
+      cardButton.textContent = "Card";
+      cardButton.className = "secondary";
+      cardButton.onclick = () => showCard(v.version);
+      tr.children[5].appendChild(cardButton);
       if (!v.deployed) {
         const b = document.createElement("button");
         b.type = "button";
@@ -147,6 +153,14 @@ async function loadAdmin() {
     $("admin-body").hidden = true;
     show($("admin-error"), e.message);
   }
+}
+
+async function showCard(version) {
+  try {
+    const detail = await api(`/v1/models/${version}`);
+    $("card").textContent = `v${version} card\n` + JSON.stringify(detail.card, null, 2);
+    $("card").hidden = false;
+  } catch (e) { show($("admin-error"), e.message); }
 }
 
 async function adminAction(path) {

@@ -241,3 +241,23 @@ def test_a_separate_worker_process_runs_the_jobs(env):
         while predict_version(c)[0] != registry.deployed("default"):
             assert time.time() < deadline
             time.sleep(0.2)
+
+
+def test_a_job_can_start_from_a_torchvision_format_file(env):
+    import torch
+
+    from models import create_model
+
+    registry, settings = env
+    (settings.data_root / "weights").mkdir(parents=True)
+    torch.save(create_model("resnet8", num_classes=5).state_dict(), settings.data_root / "weights" / "tv.pth")
+    with TestClient(create_app(settings)) as c:
+        c.post("/v1/datasets?name=shapes", content=dataset_zip(per_class=8), headers={**AUTH, "content-type": "application/zip"})
+        assert c.post("/v1/jobs", json={"dataset": "shapes", "init": "file:missing.pth"}, headers=AUTH).status_code == 404
+        assert c.post("/v1/jobs", json={"dataset": "shapes", "init": "/etc/passwd"}, headers=AUTH).status_code == 422
+        job = c.post("/v1/jobs", json={"dataset": "shapes", **SMALL_JOB, "epochs": 1, "init": "file:tv.pth",
+                                       "deploy": False}, headers=AUTH).json()
+        done, _ = wait_for(c, job["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done["error"]
+        assert "replaced the classifier head" in c.get(f"/v1/jobs/{job['id']}/logs", headers=AUTH).text
+        assert registry.deployed("default") == 1  # deploy: false
