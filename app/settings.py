@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     # dynamic batching
     batching: bool = True
     max_batch_size: int = 16
-    max_batch_wait_ms: float = 3.0
+    # 0: greedy, a batch is what queued while the previous one ran (no added latency when idle);
+    # more waits that long for company, which can pay on a GPU
+    max_batch_wait_ms: float = 0.0
     request_timeout_s: float = 30.0
     # answers
     top_k: int = 5
