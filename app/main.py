@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError

@@ -1,7 +1,6 @@
 """Deploy, rollback and delete through the API: the token, the smoke test, zero-downtime swaps
 under traffic, and workers following the registry."""
 
-import asyncio
 import shutil
 import threading
 

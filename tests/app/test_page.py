@@ -1,6 +1,5 @@
 """The web page at /, driven in headless Chromium (Debian's package) through Playwright."""
 
-import io
 import os
 import shutil
 import socket
@@ -8,7 +7,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import pytest
