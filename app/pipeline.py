@@ -24,7 +24,7 @@ from .jobs import JobRunner, JobStore
 from .metrics import Metrics
 from .registry import Registry
 from .settings import Settings
-from .store import PredictionStore, StoredImage, StoredPrediction
+from .store import PredictionStore, SharedPredictionStore, StoredImage, StoredPrediction
 
 log = logging.getLogger("rescam.pipeline")
 BOX_GRID = 160  # boxes are found on a heatmap at most this long, then scaled to original pixels
@@ -71,7 +71,9 @@ class Service:
         self.settings = settings
         self.registry = Registry(settings.registry)
         self.metrics = Metrics()
-        self.store = PredictionStore(max_bytes=256 * 1024 * 1024, ttl_s=settings.prediction_ttl_s)
+        self.store = (SharedPredictionStore(256 * 1024 * 1024, settings.prediction_ttl_s, settings.data_root / "predictions")
+                      if settings.prediction_store == "shared"
+                      else PredictionStore(256 * 1024 * 1024, settings.prediction_ttl_s))
         self.batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms, settings.batching,
                                on_batch=self.metrics.observe_batch)
         self.engine: Engine | None = None

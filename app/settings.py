@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     work_max_side: int = 1024  # heatmaps, boxes and overlays are computed at most this long
     overlay_max_side: int = 1024
     prediction_ttl_s: float = 900.0
-    prediction_store_size: int = 512
+    # "shared": predictions are also kept under data_root/predictions, so that every worker of
+    # `rescam serve --workers N` (which sets it) answers every overlay URL
+    prediction_store: Literal["memory", "shared"] = "memory"
     cors_origins: list[str] = []
     # the live version is re-read this often, so every worker and replica follows a deploy
     registry_poll_s: float = 2.0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -66,3 +71,54 @@ class PredictionStore:
                 break
             self.items.popitem(last=False)
             self.bytes -= oldest.nbytes
+
+
+class SharedPredictionStore(PredictionStore):
+    """The same store, also written to a folder that every worker process of the service shares,
+    so an overlay URL answers whichever worker receives it. Expired entries are swept from disk."""
+
+    def __init__(self, max_bytes: int, ttl_s: float, root: Path) -> None:
+        super().__init__(max_bytes, ttl_s)
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.puts = 0
+
+    def put(self, p: StoredPrediction) -> None:
+        super().put(p)
+        tmp = self.root / f".{p.id}.tmp"
+        tmp.mkdir()
+        meta = {"id": p.id, "model": p.model, "version": p.version, "labels": p.labels, "created": p.created,
+                "images": [{"filename": i.filename, "width": i.width, "height": i.height,
+                            "geometry": dataclasses.asdict(i.geometry)} for i in p.images]}
+        for k, i in enumerate(p.images):
+            np.save(tmp / f"{k}.image.npy", np.asarray(i.image))
+            np.save(tmp / f"{k}.cams.npy", i.cams)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, self.root / p.id)  # appears whole
+        self.puts += 1
+        if self.puts % 64 == 0:
+            self.sweep(time.time())
+
+    def get(self, pid: str) -> StoredPrediction | None:
+        found = super().get(pid)
+        if found is not None or not pid.isalnum():
+            return found
+        folder = self.root / pid
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            return None
+        if time.time() - meta["created"] > self.ttl:
+            return None
+        images = [StoredImage(m["filename"], Image.fromarray(np.load(folder / f"{k}.image.npy")),
+                              Geometry(**m["geometry"]), m["width"], m["height"], np.load(folder / f"{k}.cams.npy"))
+                  for k, m in enumerate(meta["images"])]
+        return StoredPrediction(meta["id"], meta["model"], meta["version"], meta["labels"], images, meta["created"])
+
+    def sweep(self, now: float) -> None:
+        for folder in self.root.iterdir():
+            try:
+                if now - folder.stat().st_mtime > self.ttl:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:
+                pass

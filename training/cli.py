@@ -127,6 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     os.environ["RESCAM_REGISTRY"] = args.registry
     os.environ["RESCAM_MODEL_NAME"] = args.name
+    if args.workers > 1:  # an overlay URL may reach any worker
+        os.environ.setdefault("RESCAM_PREDICTION_STORE", "shared")
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="info")
 

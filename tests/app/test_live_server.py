@@ -85,7 +85,7 @@ def test_two_uvicorn_workers_both_follow_a_deploy(tiny_model, tmp_path):
     registry = Registry(tmp_path / "registry")
     registry.register("default", tiny_model.export)  # v2: the same files, a new version
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCAM_REGISTRY_POLL_S": "0.2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCAM_REGISTRY_POLL_S": "0.2", "RESCAM_DATA_ROOT": str(tmp_path / "data")}
     proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--workers", "2",
                              "--registry", str(tmp_path / "registry")], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -107,6 +107,14 @@ def test_two_uvicorn_workers_both_follow_a_deploy(tiny_model, tmp_path):
         assert len(seen(1, 60)) == 2, "two workers did not both serve v1"
         registry.deploy("default", 2, actor="test")
         assert len(seen(2, 30)) == 2, "both workers did not switch to v2"
+        # an overlay URL answers on whichever worker the connection reaches
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=shape_jpeg(),
+                                     headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            cam_url = json.loads(r.read())["results"][0]["predictions"][0]["cam_url"]
+        for _ in range(12):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{cam_url}", timeout=10) as r:
+                assert r.status == 200 and r.read()[:4] == b"\x89PNG"
     finally:
         proc.terminate()
         proc.wait(10)
