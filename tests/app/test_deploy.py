@@ -144,12 +144,14 @@ def test_zero_failed_requests_across_deploys_and_rollbacks_under_traffic(registr
             assert c.post("/v1/models/2/deploy", headers=AUTH).status_code == 200
             time.sleep(0.15)
             assert c.post("/v1/models/rollback", headers=AUTH).status_code == 200
-        while len(answers) < 300:
+        deadline = time.time() + 120
+        while len(answers) < 300 and time.time() < deadline and not errors:
             time.sleep(0.05)
         stop.set()
         for t in threads:
             t.join()
     assert errors == []
+    assert len(answers) >= 300
     assert {v for v, _ in answers} == {1, 2}
     for version, scores in answers:  # each answer is really the output of the version it names
         assert scores.keys() == expected[version].keys()
