@@ -43,6 +43,13 @@ class Geometry:
         sx, sy = width / self.image_width, height / self.image_height
         return Geometry(width, height, self.left * sx, self.top * sy, self.width * sx, self.height * sy)
 
+    def fitted(self, max_side: int) -> Geometry:
+        """The same window on a copy of the image whose long side is at most max_side."""
+        scale = min(1.0, max_side / max(self.image_width, self.image_height))
+        if scale == 1.0:
+            return self
+        return self.scaled(max(1, round(self.image_width * scale)), max(1, round(self.image_height * scale)))
+
 
 def interpolation_matrix(out_n: int, in_n: int, scale: float, offset: float,
                          zero_outside: bool = False) -> np.ndarray:

@@ -39,23 +39,18 @@ def _table(name: str) -> np.ndarray:
 
 
 def render(image: Image.Image, heat: np.ndarray, boxes: list[list[float]], label: str, alpha: float = 0.5,
-           cmap: str = "turbo", max_side: int = 1024, box_scale: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
-    """Blend colormap(heat) over image (same size), draw boxes (given in image coordinates times
-    box_scale) and the label; the result's long side is capped at max_side."""
+           cmap: str = "turbo") -> Image.Image:
+    """Blend colormap(heat) over image (same size) and draw the boxes (image coordinates) and the
+    label."""
     out = Image.blend(image.convert("RGB"), Image.fromarray(colormap(heat, cmap)), alpha)
-    scale = min(1.0, max_side / max(out.size))
-    if scale < 1.0:
-        out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))),
-                         Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(out)
     width = max(1, round(max(out.size) / 250))
-    sx, sy = box_scale[0] * out.width / image.width, box_scale[1] * out.height / image.height
     font = ImageFont.load_default(size=max(10, round(max(out.size) / 40)))
     for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=(255, 255, 255), width=width + 1)
-        draw.rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=(0, 0, 0), width=max(1, width - 1))
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255), width=width + 1)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 0, 0), width=max(1, width - 1))
     if label:
-        x0, y0 = (boxes[0][0] * sx, boxes[0][1] * sy) if boxes else (2, 2)
+        x0, y0 = boxes[0][:2] if boxes else (2, 2)
         text_box = draw.textbbox((0, 0), label, font=font)
         ty = max(0, y0 - (text_box[3] - text_box[1]) - 4)
         draw.rectangle([x0, ty, x0 + text_box[2] + 4, ty + text_box[3] + 4], fill=(0, 0, 0))

@@ -45,15 +45,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def box_grid_geometry(g: cam.Geometry) -> cam.Geometry:
-    scale = min(1.0, BOX_GRID / max(g.image_width, g.image_height))
-    return g.scaled(max(1, round(g.image_width * scale)), max(1, round(g.image_height * scale)))
-
-
 def find_boxes(cams: np.ndarray, indices: list[int], g: cam.Geometry, width: int, height: int, opts: Options
                ) -> list[list[dict[str, float]]]:
     """CAM boxes of each class in `indices`, in the original image's pixels."""
-    grid = box_grid_geometry(g)
+    grid = g.fitted(BOX_GRID)
     sx, sy = width / grid.image_width, height / grid.image_height
     result = []
     for heat in cam.heatmaps(cams[indices], grid):
@@ -238,15 +233,13 @@ class Service:
                       max_side: int) -> Image.Image:
         from . import overlay
 
+        g = stored.geometry.fitted(max_side)
         image = stored.image
-        scale = min(1.0, max_side / max(image.size))
-        if scale < 1.0:
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.Resampling.BILINEAR)
-        g = stored.geometry.scaled(image.width, image.height)
+        if image.size != (g.image_width, g.image_height):
+            image = image.resize((g.image_width, g.image_height), Image.Resampling.BILINEAR)
         heat = cam.heatmap(stored.cams[index], g)
         boxes = [b.as_list() for b in cam.boxes_from_heatmap(heat, threshold)]
-        return overlay.render(image, heat, boxes, label, alpha=alpha, cmap=cmap, max_side=max_side)
+        return overlay.render(image, heat, boxes, label, alpha=alpha, cmap=cmap)
 
     def heatmap(self, stored: StoredImage, index: int) -> np.ndarray:
         return cam.heatmap(stored.cams[index], stored.geometry)

@@ -32,8 +32,7 @@ class LocalizationTally:
     def add(self, cam_true: np.ndarray, correct: bool, box: np.ndarray, geometry: Geometry) -> None:
         """cam_true: the (h, w) CAM of the true class; correct: whether top-1 was right (then the
         predicted class's CAM is cam_true, so top-1 localization needs nothing more)."""
-        scale = min(1.0, MAX_SIDE / max(geometry.image_width, geometry.image_height))
-        g = geometry.scaled(max(1, round(geometry.image_width * scale)), max(1, round(geometry.image_height * scale)))
+        g = geometry.fitted(MAX_SIDE)
         sx, sy = geometry.image_width / g.image_width, geometry.image_height / g.image_height
         heat_true = heatmap(cam_true, g)
 
