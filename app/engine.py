@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class Engine:
     provider: str
     load_ms: float
     warm: bool = False
-    index: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: Path, name: str, version: int, providers: list[str], intra_op_threads: int = 0,
@@ -64,7 +63,6 @@ class Engine:
                          session.get_providers()[0], 0.0)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many kinds; all mean "does not load"
             raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
-        engine.index = {label: i for i, label in enumerate(engine.labels)}
         engine.check()
         engine.load_ms = (time.perf_counter() - start) * 1000
         log.info("loaded %s v%d on %s (asked for %s) in %.0f ms", name, version, engine.provider, wanted,

@@ -127,7 +127,7 @@ class Service:
         except Exception as e:  # noqa: BLE001 - a bad model must never take the service down
             self.failed[version] = self.load_error = str(e)
             log.error("model %s v%s not loaded, %s: %s", name, version,
-                      "still serving v%d" % self.engine.version if self.engine else "serving nothing", e)
+                      f"still serving v{self.engine.version}" if self.engine else "serving nothing", e)
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -207,7 +207,7 @@ class Service:
         outcomes = await asyncio.gather(*(one(f, d) for f, d in uploads), return_exceptions=True)
         pid = uuid.uuid4().hex
         results, stored = [], []
-        for k, ((filename, _), outcome) in enumerate(zip(uploads, outcomes)):
+        for (filename, _), outcome in zip(uploads, outcomes):
             if isinstance(outcome, imaging.ImageError):
                 self.metrics.images.labels("rejected").inc()
                 results.append({"filename": filename, "error": {"status": outcome.status, "message": outcome.message}})

@@ -44,11 +44,6 @@ class Registry:
             raise RegistryError(f"invalid model name {model!r}")
         return self.root / model
 
-    def models(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
     def versions(self, model: str) -> list[int]:
         d = self.model_dir(model)
         if not d.is_dir():

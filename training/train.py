@@ -44,12 +44,11 @@ def setup_distributed(device_kind: str) -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def pick_device(name: str, local_rank: int) -> torch.device:
+def resolve_device(name: str) -> str:
+    """The configured device, with "auto" made "cuda" or "cpu"."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    return torch.device(name)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def seed_everything(seed: int) -> None:
@@ -151,9 +150,9 @@ class Progress:
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     """Train; returns the path of the checkpoint that holds the final weights and metrics."""
     out_dir = Path(out_dir)
-    device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    rank, world, local_rank = setup_distributed(device_kind)
-    device = pick_device(cfg.device, local_rank)
+    device_name = resolve_device(cfg.device)
+    rank, world, local_rank = setup_distributed(torch.device(device_name).type)
+    device = torch.device(f"cuda:{local_rank}" if device_name == "cuda" else device_name)
     is_main = rank == 0
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +191,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():  # no weight decay on BN and biases
+    for p in model.parameters():  # no weight decay on BN and biases
         (no_decay if p.ndim <= 1 else decay).append(p)
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
