@@ -4,6 +4,7 @@ labelled sample at a time."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import stat
@@ -63,8 +64,6 @@ class Datasets:
             raise DatasetError(409, f"dataset {name!r} exists already")
         if len(data) > limits.max_bytes:
             raise DatasetError(413, f"upload is larger than the limit of {limits.max_bytes} bytes")
-        import io
-
         try:
             archive = zipfile.ZipFile(io.BytesIO(data))
             members = [m for m in archive.infolist() if not m.is_dir()]

@@ -14,6 +14,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .datasets import DatasetError
+from .imaging import ImageError
 from .pipeline import Service
 from .routes import admin, datasets, health, jobs, models, predict, v2
 from .settings import Settings
@@ -63,6 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DatasetError)
+    @app.exception_handler(ImageError)
+    async def input_error(request: Request, exc: DatasetError | ImageError) -> JSONResponse:
+        return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

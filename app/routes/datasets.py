@@ -7,17 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from ..datasets import DatasetError, Limits
-from ..imaging import ImageError, decode
+from ..datasets import Limits
+from ..imaging import decode
 from .deps import AdminDep, ServiceDep
-from .predict import read_uploads
+from .predict import read_limited, read_uploads
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
 
-
-def _raise(e: DatasetError):
-    raise HTTPException(e.status, e.message) from None
+# DatasetError and ImageError become their 4xx JSON answers in app.main's exception handlers.
 
 
 @router.get("")
@@ -27,10 +25,7 @@ def list_datasets(service: ServiceDep, actor: AdminDep) -> dict:
 
 @router.get("/{name}")
 def show_dataset(name: str, service: ServiceDep, actor: AdminDep) -> dict:
-    try:
-        return service.datasets.describe(name)
-    except DatasetError as e:
-        _raise(e)
+    return service.datasets.describe(name)
 
 
 @router.post("", status_code=201)
@@ -40,18 +35,13 @@ async def upload_dataset(request: Request, service: ServiceDep, actor: AdminDep,
     s = service.settings
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        [(_, data)] = (await read_uploads(request, s.max_dataset_bytes, 1, allowed=("application/",)))[:1]
+        _, data = (await read_uploads(request, s.max_dataset_bytes, 1, allowed=("application/",)))[0]
     elif content_type in ("application/zip", "application/x-zip-compressed", "application/octet-stream"):
-        from .predict import read_limited
-
         data = await read_limited(request.stream(), s.max_dataset_bytes)
     else:
         raise HTTPException(415, f"content type {content_type!r}: send application/zip or multipart/form-data")
     limits = Limits(s.max_dataset_bytes, s.max_dataset_files, s.max_dataset_uncompressed)
-    try:
-        return await asyncio.get_running_loop().run_in_executor(None, service.datasets.import_zip, name, data, limits)
-    except DatasetError as e:
-        _raise(e)
+    return await asyncio.get_running_loop().run_in_executor(None, service.datasets.import_zip, name, data, limits)
 
 
 @router.post("/{name}/samples", status_code=201)
@@ -59,14 +49,8 @@ async def add_sample(name: str, request: Request, service: ServiceDep, actor: Ad
                      label: Annotated[str, Query(description="the sample's class")]) -> dict:
     """One labelled image, e.g. a user's correction of a prediction."""
     s = service.settings
-    [(_, data)] = (await read_uploads(request, s.max_upload_bytes, 1))[:1]
-    try:
-        decoded = await asyncio.get_running_loop().run_in_executor(None, decode, data, s.max_pixels, 64)
-    except ImageError as e:
-        raise HTTPException(e.status, e.message) from None
+    _, data = (await read_uploads(request, s.max_upload_bytes, 1))[0]
+    decoded = await asyncio.get_running_loop().run_in_executor(None, decode, data, s.max_pixels, 64)
     if not service.datasets.path(name).is_dir():
         raise HTTPException(404, f"no dataset {name!r}")
-    try:
-        return service.datasets.add_sample(name, label, data, SUFFIXES.get(decoded.format, ".img"))
-    except DatasetError as e:
-        _raise(e)
+    return service.datasets.add_sample(name, label, data, SUFFIXES.get(decoded.format, ".img"))
