@@ -22,12 +22,14 @@ class DeployRequest(BaseModel):
     reason: str = ""
 
 
-async def _checked_engine(service: ServiceDep, version: int):
+async def _in_thread(service: ServiceDep, version: int, fn, *args):
+    """Run a load-and-check step off the event loop; a version that does not load is a 409 and the
+    live one keeps serving."""
     try:
-        return await asyncio.get_running_loop().run_in_executor(None, service.load_version, version)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
     except ModelLoadError as e:
-        raise HTTPException(409, f"v{version} was not deployed, v{service.registry.deployed(service.settings.model_name)} "
-                                 f"keeps serving: {e}") from None
+        live = service.registry.deployed(service.settings.model_name)
+        raise HTTPException(409, f"v{version} was not deployed, v{live} keeps serving: {e}") from None
 
 
 @router.post("/{version}/deploy")
@@ -35,12 +37,8 @@ async def deploy(version: int, service: ServiceDep, actor: AdminDep, body: Deplo
     name = service.settings.model_name
     if version not in service.registry.versions(name):
         raise HTTPException(404, f"model {name!r} has no version {version}")
-    try:
-        engine = await asyncio.get_running_loop().run_in_executor(
-            None, service.deploy_checked, version, {"actor": actor, "reason": body.reason if body else ""})
-    except ModelLoadError as e:
-        raise HTTPException(409, f"v{version} was not deployed, v{service.registry.deployed(name)} keeps serving: "
-                                 f"{e}") from None
+    engine = await _in_thread(service, version, service.deploy_checked, version,
+                              {"actor": actor, "reason": body.reason if body else ""})
     return {"name": name, "deployed": version, "provider": engine.provider}
 
 
@@ -50,7 +48,8 @@ async def rollback(service: ServiceDep, actor: AdminDep, body: DeployRequest | N
     pointer = service.registry.pointer(name)
     if pointer is None or not pointer["history"]:
         raise HTTPException(409, f"model {name!r} has no earlier deployment to roll back to")
-    engine = await _checked_engine(service, pointer["history"][-1])
+    previous = pointer["history"][-1]
+    engine = await _in_thread(service, previous, service.load_version, previous)
     try:
         version = service.registry.rollback(name, actor=actor, reason=body.reason if body else "")
     except RegistryError as e:
