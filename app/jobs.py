@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .registry import Registry
+from .registry import WEIGHTS_FILE, Registry
 
 log = logging.getLogger("rescam.jobs")
-TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+CANCEL_REQUESTED = "cancel requested"  # the error a running job carries until its process is stopped
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
@@ -95,7 +95,7 @@ class JobStore:
         with self._db() as db:
             db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
                        (time.time(), job_id))
-            db.execute("UPDATE jobs SET error = 'cancel requested' WHERE id = ? AND state = 'running'", (job_id,))
+            db.execute("UPDATE jobs SET error = ? WHERE id = ? AND state = 'running'", (CANCEL_REQUESTED, job_id))
         return self.get(job_id)
 
     def mark_interrupted(self, worker: str) -> int:
@@ -189,8 +189,8 @@ class JobRunner:
         if live is not None:
             live_dir = self.registry.version_dir(self.model_name, live)
             args += ["--compare-with", str(live_dir)]
-            if r.get("init") == "live" and (live_dir / "weights.pth").exists():
-                args += ["--init", str(live_dir / "weights.pth")]
+            if r.get("init") == "live" and (live_dir / WEIGHTS_FILE).exists():
+                args += ["--init", str(live_dir / WEIGHTS_FILE)]
         if str(r.get("init", "")).startswith("file:"):
             args += ["--init", str(self.data_root / "weights" / r["init"].split(":", 1)[1])]
         if job["resume"]:
@@ -223,7 +223,7 @@ class JobRunner:
         job = self.store.get(job_id)
         run_dir = Path(job["run_dir"])
         progress = read_progress(run_dir)
-        if job["error"] == "cancel requested":
+        if job["error"] == CANCEL_REQUESTED:
             self.store.update(job_id, state="cancelled", finished=time.time(), progress=progress)
             return
         if proc.returncode != 0:
@@ -250,7 +250,7 @@ class JobRunner:
     def tick(self) -> None:
         for job_id, proc in list(self.running.items()):
             job = self.store.get(job_id)
-            if job["error"] == "cancel requested":
+            if job["error"] == CANCEL_REQUESTED:
                 self.stop_process(job_id)
             if proc.poll() is None:
                 self.store.update(job_id, progress=read_progress(Path(job["run_dir"])))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from app.preprocess import Preprocessing
+from app.registry import WEIGHTS_FILE
 from models import ResNet
 
 from .config import TrainConfig
@@ -146,6 +147,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     export_onnx(model, onnx_path, prep.crop, card)
     card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg))
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    torch.save(model.state_dict(), out_dir / "weights.pth")  # torchvision format: `--init` takes it
+    torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)  # torchvision format: `--init` takes it
     log.info("exported %s (parity %s)", onnx_path, card["parity"])
     return out_dir
