@@ -32,7 +32,10 @@ def _config(args: argparse.Namespace):
         overrides["compile"] = True
     for item in args.set or []:
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tfn\"" else value
+        try:  # JSON (numbers, true, lists, objects), else the text itself
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     return recipe(args.recipe, **overrides)
 
 
@@ -67,8 +70,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if k != "confusion"}
     print(json.dumps({"checkpoint": str(checkpoint), "seconds": round(time.time() - start, 1), **metrics}))
-    finished = ckpt["epoch"] >= cfg.epochs or ckpt["step"] >= (cfg.max_steps or 1 << 62)
-    if args.no_register or not finished:
+    if args.no_register or not ckpt.get("finished"):
         return
     export_dir = export_checkpoint(checkpoint, out / "export")
     result = {"checkpoint": str(checkpoint), "export": str(export_dir), "metrics": metrics}

@@ -276,6 +276,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=True)
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         ckpt["metrics"] = metrics
+        ckpt["finished"] = True  # the run is complete: export and registration may follow
         save_atomic(ckpt, checkpoint_path)
         progress.report(event="done", epoch=ckpt["epoch"], step=step,
                         **{k: v for k, v in metrics.items() if k != "confusion"})
