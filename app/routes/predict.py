@@ -77,9 +77,8 @@ async def predict(
     and overlay URLs for each image."""
     s = service.settings
     uploads = await read_uploads(request, s.max_upload_bytes, s.max_files)
-    if service.engine is None:
-        raise HTTPException(503, service.load_error or "no model is loaded yet")
-    opts = Options(top_k=min(top_k, len(service.engine.labels)), cams=cam, boxes=boxes,
+    # top_k beyond the label count returns every label; no model loaded is a 503 (ModelLoadError)
+    opts = Options(top_k=top_k, cams=cam, boxes=boxes,
                    threshold=threshold if threshold is not None else s.cam_threshold, all_boxes=all_boxes,
                    min_area=min_area)
     try:
