@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,66 @@ class ModelLoadError(Exception):
     """The model cannot serve; the message says why."""
 
 
+def _options(graph_optimization: str, intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[graph_optimization]
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    return options
+
+
+def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    # ONNX Runtime logs an error when a GPU provider cannot load (no GPU, no CUDA 13 / cuDNN 9);
+    # falling back to the CPU is expected here, so the caller says it once in its own words.
+    ort.set_default_logger_severity(4)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def _release_freed_memory() -> None:
+    """Give the heap that a dropped session freed back to the OS (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def installed_providers(providers: list[str]) -> list[str]:
+    """The providers this ONNX Runtime build has, in the asked order; the CPU if none."""
+    available = set(ort.get_available_providers())
+    return [p for p in providers if p in available] or ["CPUExecutionProvider"]
+
+
+def open_session(model: Path, providers: list[str], graph_optimization: str = "all", intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, lean: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime session on the first of `providers` (see installed_providers) that loads.
+
+    lean: on the CPU provider, a session that optimized the graph itself keeps the original weights
+    beside their re-laid-out copies; the graph it wrote out, loaded with no further optimization,
+    runs the same and holds one copy (resnet50: about 150 MB less; BENCHMARKS.md). The optimized
+    file is specific to this machine, so it lives in a temporary folder for the load only."""
+    options = _options(graph_optimization, intra_op_threads, inter_op_threads)
+    with tempfile.TemporaryDirectory(prefix="rescam-ort-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        if lean and graph_optimization != "disabled":
+            options.optimized_model_filepath = str(optimized)
+        try:
+            session = _session(model, options, providers)
+        except Exception:  # noqa: BLE001 - retried without writing the optimized graph, then raised
+            if not options.optimized_model_filepath:
+                raise
+            options = _options(graph_optimization, intra_op_threads, inter_op_threads)
+            session = _session(model, options, providers)
+        if session.get_providers()[0] == "CPUExecutionProvider" and optimized.exists():
+            del session
+            session = _session(optimized, _options("disabled", intra_op_threads, inter_op_threads),
+                               ["CPUExecutionProvider"])
+            _release_freed_memory()
+    return session
+
+
 @dataclass
 class Engine:
     name: str
@@ -42,23 +104,13 @@ class Engine:
 
     @classmethod
     def load(cls, directory: Path, name: str, version: int, providers: list[str], intra_op_threads: int = 0,
-             inter_op_threads: int = 0, graph_optimization: str = "all") -> Engine:
+             inter_op_threads: int = 0, graph_optimization: str = "all", lean: bool = True) -> Engine:
         start = time.perf_counter()
+        wanted = installed_providers(providers)
         try:
             card = json.loads((directory / CARD_FILE).read_text())
-            options = ort.SessionOptions()
-            options.graph_optimization_level = OPTIMIZATION_LEVELS[graph_optimization]
-            options.intra_op_num_threads = intra_op_threads
-            options.inter_op_num_threads = inter_op_threads
-            available = set(ort.get_available_providers())
-            wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-            # ONNX Runtime logs an error when a GPU provider cannot load (no GPU, no CUDA 13 /
-            # cuDNN 9); falling back to the CPU is expected here, so say it once in our own words.
-            ort.set_default_logger_severity(4)
-            try:
-                session = ort.InferenceSession(str(directory / MODEL_FILE), options, providers=wanted)
-            finally:
-                ort.set_default_logger_severity(2)
+            session = open_session(directory / MODEL_FILE, wanted, graph_optimization, intra_op_threads,
+                                   inter_op_threads, lean)
             engine = cls(name, version, card, session, Preprocessing.from_card(card), list(card["labels"]),
                          session.get_providers()[0], 0.0)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many kinds; all mean "does not load"
@@ -85,6 +137,14 @@ class Engine:
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, cams = self.session.run(["logits", "cam"], {"input": batch})
         return logits, cams
+
+    def default_threshold(self, configured: float | None) -> float:
+        """The box threshold when a request names none: the configured one, else the card's
+        calibrated one, else the CAM paper's 0.2."""
+        if configured is not None:
+            return configured
+        calibrated = (self.card.get("cam") or {}).get("best_threshold")
+        return float(calibrated) if isinstance(calibrated, (int, float)) and 0 < calibrated < 1 else 0.2
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,

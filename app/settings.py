@@ -16,9 +16,11 @@ class Settings(BaseSettings):
     model_name: str = "default"
     # ONNX Runtime providers, tried in order; the one that really loaded is reported.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    # "all" is fastest on the CPU; "extended" keeps no re-laid-out weight copies (resnet50:
-    # about 125 MB less memory, about 20% slower; BENCHMARKS.md).
+    # "all" is fastest on the CPU (about 20% faster than "extended" for resnet50; BENCHMARKS.md)
     graph_optimization: Literal["all", "extended", "basic", "disabled"] = "all"
+    # on the CPU provider, serve the optimized graph without the original weights beside it
+    # (resnet50: about 150 MB less memory, same speed)
+    lean_cpu_session: bool = True
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
     inter_op_threads: int = 0
     # input limits
@@ -34,10 +36,15 @@ class Settings(BaseSettings):
     request_timeout_s: float = 30.0
     # answers
     top_k: int = 5
-    cam_threshold: float = Field(0.2, gt=0, lt=1)
+    # box threshold, a fraction of the CAM's max; unset: the model card's calibrated one (the best
+    # threshold on its validation set, Choe et al. 2020), else the CAM paper's 0.2
+    cam_threshold: float | None = Field(None, gt=0, lt=1)
     work_max_side: int = 1024  # heatmaps, boxes and overlays are computed at most this long
     overlay_max_side: int = 1024
     prediction_ttl_s: float = 900.0
+    # memory for kept predictions (images and CAMs for overlays); the oldest go first. It adds to
+    # the process's RSS as predictions arrive (a 640x480 image with 1000 CAMs is about 1.1 MB).
+    prediction_store_mb: int = Field(256, ge=1)
     # "shared": predictions are also kept under data_root/predictions, so that every worker of
     # `rescam serve --workers N` (which sets it) answers every overlay URL
     prediction_store: Literal["memory", "shared"] = "memory"

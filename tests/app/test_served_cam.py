@@ -87,3 +87,23 @@ def test_boxes_map_back_through_crop_and_exif_rotation(tiny_model):
     assert 32 - 1 <= box_a["x0"] and box_a["x1"] <= 96 + 1  # inside the centre window
     for k in ("x0", "y0", "x1", "y1"):
         assert box_a[k] == pytest.approx(box_b[k], abs=4), k
+
+
+def test_lean_cpu_session_computes_what_the_optimizing_session_does(tiny_model):
+    import onnxruntime as ort
+
+    from app.engine import open_session
+    from app.registry import Registry
+
+    model = Registry(tiny_model.registry).version_dir("default", 1) / "model.onnx"
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    outputs = []
+    for lean in (True, False):
+        session = open_session(model, ["CPUExecutionProvider"], "all", lean=lean)
+        level = session.get_session_options().graph_optimization_level
+        # the lean session runs the graph the optimizing one wrote, with nothing left to optimize
+        assert level == (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if lean else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        outputs.append(session.run(["logits", "cam"], {"input": x}))
+    for lean_out, plain_out in zip(*outputs):
+        assert lean_out.shape == plain_out.shape
+        np.testing.assert_allclose(lean_out, plain_out, rtol=0, atol=1e-5)
