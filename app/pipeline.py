@@ -7,6 +7,7 @@ routes only translate between HTTP and these calls.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -35,7 +36,7 @@ class Options:
     top_k: int
     cams: bool = True
     boxes: bool = True
-    threshold: float = 0.2
+    threshold: float | None = None  # None: the engine's default_threshold
     all_boxes: bool = False
     min_area: float = 0.0
 
@@ -45,20 +46,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def find_boxes(cams: np.ndarray, indices: list[int], g: cam.Geometry, width: int, height: int, opts: Options
-               ) -> list[list[dict[str, float]]]:
-    """CAM boxes of each class in `indices`, in the original image's pixels."""
+def cam_boxes(cams: np.ndarray, indices: list[int], g: cam.Geometry, width: int, height: int, threshold: float,
+              all_components: bool = False, min_area: float = 0.0) -> list[list[cam.Box]]:
+    """CAM boxes of each class in `indices` (the CAM paper's rule), found on a heatmap at most
+    BOX_GRID long and scaled to a width x height picture of g's image: the original for the JSON
+    answer, the overlay for the drawing, so both show the same boxes."""
     grid = g.fitted(BOX_GRID)
     sx, sy = width / grid.image_width, height / grid.image_height
-    result = []
-    for heat in cam.heatmaps(cams[indices], grid):
-        boxes = []
-        for b in cam.boxes_from_heatmap(heat, opts.threshold, opts.all_boxes, opts.min_area):
-            x0, y0, x1, y1 = b.scaled(sx, sy).as_list()
-            boxes.append({"x0": round(x0, 1), "y0": round(y0, 1), "x1": round(x1, 1), "y1": round(y1, 1),
-                          "area_fraction": round(b.area / heat.size, 4), "peak": round(b.peak, 4)})
-        result.append(boxes)
-    return result
+    return [[b.scaled(sx, sy) for b in cam.boxes_from_heatmap(heat, threshold, all_components, min_area)]
+            for heat in cam.heatmaps(cams[indices], grid)]
+
+
+def find_boxes(cams: np.ndarray, indices: list[int], g: cam.Geometry, width: int, height: int, opts: Options
+               ) -> list[list[dict[str, float]]]:
+    """CAM boxes of each class in `indices`, in the original image's pixels, as the API answers them."""
+    grid = g.fitted(BOX_GRID)
+    grid_pixels = grid.image_width * grid.image_height
+    return [[{"x0": round(b.x0, 1), "y0": round(b.y0, 1), "x1": round(b.x1, 1), "y1": round(b.y1, 1),
+              "area_fraction": round(b.area / grid_pixels, 4), "peak": round(b.peak, 4)} for b in boxes]
+            for boxes in cam_boxes(cams, indices, g, width, height, opts.threshold, opts.all_boxes, opts.min_area)]
 
 
 class Service:
@@ -66,9 +72,9 @@ class Service:
         self.settings = settings
         self.registry = Registry(settings.registry)
         self.metrics = Metrics()
-        self.store = (SharedPredictionStore(256 * 1024 * 1024, settings.prediction_ttl_s, settings.data_root / "predictions")
-                      if settings.prediction_store == "shared"
-                      else PredictionStore(256 * 1024 * 1024, settings.prediction_ttl_s))
+        budget = settings.prediction_store_mb * 1024 * 1024
+        self.store = (SharedPredictionStore(budget, settings.prediction_ttl_s, settings.data_root / "predictions")
+                      if settings.prediction_store == "shared" else PredictionStore(budget, settings.prediction_ttl_s))
         self.batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms, settings.batching,
                                on_batch=self.metrics.observe_batch)
         self.engine: Engine | None = None
@@ -92,7 +98,8 @@ class Service:
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(str(e)) from e
         return Engine.load(directory, name, version, self.settings.providers, self.settings.intra_op_threads,
-                           self.settings.inter_op_threads, self.settings.graph_optimization)
+                           self.settings.inter_op_threads, self.settings.graph_optimization,
+                           self.settings.lean_cpu_session)
 
     def swap(self, engine: Engine) -> None:
         """Make `engine` live. Requests already running keep the engine they started with."""
@@ -175,6 +182,8 @@ class Service:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         s = self.settings
+        if opts.threshold is None:
+            opts = dataclasses.replace(opts, threshold=engine.default_threshold(s.cam_threshold))
 
         async def one(filename: str, data: bytes) -> tuple[dict[str, Any], StoredImage]:
             t0 = time.perf_counter()
@@ -223,9 +232,11 @@ class Service:
             results.append(answer)
             stored.append(image)
         if stored and opts.cams:
-            self.store.put(StoredPrediction(pid, engine.name, engine.version, engine.labels, stored, time.time()))
+            self.store.put(StoredPrediction(pid, engine.name, engine.version, engine.labels, stored, time.time(),
+                                            opts.threshold))
         return {"id": pid, "model": {"name": engine.name, "version": engine.version,
                                      "architecture": engine.card.get("architecture")},
+                "cam_threshold": opts.threshold,
                 "provider": engine.provider, "results": results,
                 "total_ms": round((time.perf_counter() - started) * 1000, 3)}
 
@@ -238,8 +249,8 @@ class Service:
         if image.size != (g.image_width, g.image_height):
             image = image.resize((g.image_width, g.image_height), Image.Resampling.BILINEAR)
         heat = cam.heatmap(stored.cams[index], g)
-        boxes = [b.as_list() for b in cam.boxes_from_heatmap(heat, threshold)]
-        return overlay.render(image, heat, boxes, label, alpha=alpha, cmap=cmap)
+        boxes = cam_boxes(stored.cams, [index], stored.geometry, g.image_width, g.image_height, threshold)[0]
+        return overlay.render(image, heat, [b.as_list() for b in boxes], label, alpha=alpha, cmap=cmap)
 
     def heatmap(self, stored: StoredImage, index: int) -> np.ndarray:
         return cam.heatmap(stored.cams[index], stored.geometry)

@@ -40,6 +40,7 @@ class StoredPrediction:
     labels: list[str]
     images: list[StoredImage]
     created: float
+    threshold: float = 0.2  # the box threshold its answer used; overlays draw the same boxes
 
     @property
     def nbytes(self) -> int:
@@ -88,6 +89,7 @@ class SharedPredictionStore(PredictionStore):
         tmp = self.root / f".{p.id}.tmp"
         tmp.mkdir()
         meta = {"id": p.id, "model": p.model, "version": p.version, "labels": p.labels, "created": p.created,
+                "threshold": p.threshold,
                 "images": [{"filename": i.filename, "width": i.width, "height": i.height,
                             "geometry": dataclasses.asdict(i.geometry)} for i in p.images]}
         for k, i in enumerate(p.images):
@@ -113,7 +115,8 @@ class SharedPredictionStore(PredictionStore):
         images = [StoredImage(m["filename"], Image.fromarray(np.load(folder / f"{k}.image.npy")),
                               Geometry(**m["geometry"]), m["width"], m["height"], np.load(folder / f"{k}.cams.npy"))
                   for k, m in enumerate(meta["images"])]
-        return StoredPrediction(meta["id"], meta["model"], meta["version"], meta["labels"], images, meta["created"])
+        return StoredPrediction(meta["id"], meta["model"], meta["version"], meta["labels"], images, meta["created"],
+                                meta["threshold"])
 
     def sweep(self, now: float) -> None:
         for folder in self.root.iterdir():

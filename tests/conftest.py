@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory) -> SimpleNamespace:
     version = registry.register("default", export)
     registry.deploy("default", version, actor="test")
     return SimpleNamespace(root=root, registry=root / "registry", checkpoint=checkpoint, export=export,
-                           config=cfg, version=version)
+                           config=cfg, version=version, card=registry.card("default", version))
 
 
 def image_bytes(fmt: str = "PNG", size=(64, 48), mode: str = "RGB", seed: int = 0, **save) -> bytes:

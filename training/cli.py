@@ -174,10 +174,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
             result = answer["results"][0]
             if "error" in result:
                 raise SystemExit(f"rescam: {args.image}: {result['error']['message']}")
-            stored = service.store.get(answer["id"]).images[0]
+            kept = service.store.get(answer["id"])
             top = result["predictions"][0]
-            picture = service.overlay_image(stored, top["index"], top["label"], 0.5, "turbo",
-                                            service.settings.cam_threshold, service.settings.overlay_max_side)
+            picture = service.overlay_image(kept.images[0], top["index"], top["label"], 0.5, "turbo",
+                                            kept.threshold, service.settings.overlay_max_side)
             picture.save(args.out)
             answer["overlay"] = args.out
             return answer

@@ -79,7 +79,7 @@ async def predict(
     uploads = await read_uploads(request, s.max_upload_bytes, s.max_files)
     # top_k beyond the label count returns every label; no model loaded is a 503 (ModelLoadError)
     opts = Options(top_k=top_k, cams=cam, boxes=boxes,
-                   threshold=threshold if threshold is not None else s.cam_threshold, all_boxes=all_boxes,
+                   threshold=threshold, all_boxes=all_boxes,
                    min_area=min_area)
     try:
         answer = await service.predict(uploads, opts)
@@ -132,7 +132,7 @@ def cam_overlay(
     if format == "heatmap.png":
         return Response(grey_png(service.heatmap(item, index)), media_type="image/png")
     picture = service.overlay_image(item, index, stored.labels[index], alpha, colormap,
-                                    threshold or service.settings.cam_threshold,
+                                    threshold or stored.threshold,
                                     max_side or service.settings.overlay_max_side)
     data, media_type = encode(picture, format)
     return Response(data, media_type=media_type)

@@ -100,3 +100,27 @@ def test_open_inference_protocol_v2(client):
         {"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]})
     assert bad.status_code == 400 and "shape" in bad.json()["error"]
     assert client.get("/v2/models/other").status_code == 404
+
+
+def test_default_box_threshold_is_the_cards_calibrated_one(client, tiny_model):
+    calibrated = tiny_model.card["cam"]["best_threshold"]
+    assert 0 < calibrated < 1
+    default = client.post("/v1/predict?top_k=8", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
+    assert default["cam_threshold"] == calibrated
+    asked = client.post("/v1/predict?top_k=8&threshold=0.05", content=shape_jpeg(),
+                        headers={"content-type": "image/jpeg"}).json()
+    assert asked["cam_threshold"] == 0.05
+    area = [sum((b["x1"] - b["x0"]) * (b["y1"] - b["y0"]) for p in a["results"][0]["predictions"] for b in p["boxes"])
+            for a in (default, asked)]
+    assert area[1] >= area[0]  # a lower threshold keeps more of every CAM
+
+
+def test_engine_default_threshold_order():
+    from app.engine import Engine
+
+    engine = Engine.__new__(Engine)
+    engine.card = {"cam": {"threshold": 0.2, "best_threshold": 0.55}}
+    assert engine.default_threshold(0.3) == 0.3
+    assert engine.default_threshold(None) == 0.55
+    engine.card = {"cam": {"best_threshold": None}}
+    assert engine.default_threshold(None) == 0.2
