@@ -123,7 +123,8 @@ class ResNet(nn.Module):
     """A stem, stages of residual blocks, and a GAP + FC head.
 
     stem="imagenet": 7x7/2 conv + 3x3/2 max-pool, stages of 64/128/256/512 planes (Table 1).
-    stem="cifar": 3x3 conv, stages of 16/32/64 planes, 6n+2 layers (Sec. 4.2).
+    stem="cifar": 3x3 conv, stages of 16/32/64 planes, 6n+2 layers (Sec. 4.2); stem_stride=2
+    makes that conv strided, for inputs twice the CIFAR side at the same cost (the demo model).
     `forward_features` returns the last convolutional feature map and `forward_head` pools and
     classifies it: the seam class-activation maps need (Zhou et al. 2016).
     """
@@ -131,7 +132,7 @@ class ResNet(nn.Module):
     def __init__(self, block: Block, layers: list[int], num_classes: int = 1000, in_channels: int = 3,
                  stem: Literal["imagenet", "cifar"] = "imagenet", shortcut: Shortcut = "B",
                  residual: bool = True, stride_in_1x1: bool = False, zero_init_residual: bool = False,
-                 widths: tuple[int, ...] | None = None) -> None:
+                 widths: tuple[int, ...] | None = None, stem_stride: int = 1) -> None:
         super().__init__()
         if widths is None:
             widths = (64, 128, 256, 512) if stem == "imagenet" else (16, 32, 64)
@@ -140,10 +141,12 @@ class ResNet(nn.Module):
         self.block_options = dict(shortcut=shortcut, residual=residual, stride_in_1x1=stride_in_1x1)
         self.in_planes = widths[0]
         if stem == "imagenet":
+            if stem_stride != 1:
+                raise ValueError("stem_stride is for the CIFAR stem; the ImageNet stem already reduces by 4")
             self.conv1 = nn.Conv2d(in_channels, self.in_planes, 7, stride=2, padding=3, bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         else:
-            self.conv1 = conv3x3(in_channels, self.in_planes)
+            self.conv1 = conv3x3(in_channels, self.in_planes, stem_stride)
             self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(self.in_planes)
         self.relu = nn.ReLU(inplace=True)

@@ -8,6 +8,9 @@ can be measured exactly.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -124,9 +127,11 @@ def render(seed: int, split: str, index: int, size: int = 64, with_object: bool 
     return Sample(image, label, box, mask)
 
 
-def generate(seed: int, split: str, count: int, size: int = 64, start: int = 0
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`count` images of a split: uint8 (N, H, W, 3), labels (N,), boxes (N, 4)."""
+PARALLEL_FROM = 512  # images; fewer are generated in this process
+
+
+def _generate_serial(seed: int, split: str, count: int, size: int, start: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     images = np.empty((count, size, size, 3), dtype=np.uint8)
     labels = np.empty(count, dtype=np.int64)
     boxes = np.empty((count, 4), dtype=np.float32)
@@ -134,3 +139,23 @@ def generate(seed: int, split: str, count: int, size: int = 64, start: int = 0
         s = render(seed, split, start + i, size)
         images[i], labels[i], boxes[i] = s.image, s.label, s.box
     return images, labels, boxes
+
+
+def generate(seed: int, split: str, count: int, size: int = 64, start: int = 0, workers: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` images of a split: uint8 (N, H, W, 3), labels (N,), boxes (N, 4).
+
+    Large requests are spread over `workers` processes (default: every core this process may
+    use); since each image depends only on its index, the result is the same either way."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers <= 1 or count < PARALLEL_FROM:
+        return _generate_serial(seed, split, count, size, start)
+    bounds = np.linspace(0, count, workers * 4 + 1).astype(int)
+    jobs = [(seed, split, int(b - a), size, start + int(a)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    # fork where there is one, as torch's DataLoader workers do: the children run numpy and Pillow
+    # only, and unlike spawn it does not re-run the caller's main script
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        parts = list(pool.map(_generate_serial, *zip(*jobs)))
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))

@@ -83,6 +83,20 @@ def test_in_channels_option():
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 10)
 
 
+def test_strided_cifar_stem_takes_twice_the_side_at_the_same_cost():
+    plain, strided = create_model("resnet20").eval(), create_model("resnet20", stem_stride=2).eval()
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in strided.parameters())
+    costs = []
+    for model, side in ((plain, 32), (strided, 64)):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            features = model.forward_features(torch.zeros(1, 3, side, side))
+        assert features.shape[-2:] == (8, 8)
+        costs.append(counter.get_total_flops())
+    assert costs[1] == pytest.approx(costs[0], rel=0.01)
+    with pytest.raises(ValueError, match="CIFAR stem"):
+        create_model("resnet18", stem_stride=2)
+
+
 @pytest.mark.parametrize("block, planes_in, planes", [(BasicBlock, 8, 8), (Bottleneck, 32, 8)])
 def test_zeroed_branch_passes_input_through_only_with_a_shortcut(block, planes_in, planes):
     x = torch.rand(2, planes_in, 6, 6)  # non-negative, so the final ReLU keeps it

@@ -35,7 +35,7 @@ def test_translation_keeps_the_label_and_moves_the_box(demo_model):
     size = demo_model.card["preprocessing"]["crop"]
     cell = size / demo_model.card["cam_size"][0]
     shift = (round(size * 0.19), round(size * 0.16))
-    threshold = demo_model.card["cam"]["best_threshold"]  # the card's calibrated CAM threshold
+    calibrated = demo_model.card["cam"]["best_threshold"]  # the service's default box threshold
 
     async def go():
         service = Service(Settings(registry=demo_model.registry, batching=False))
@@ -44,8 +44,9 @@ def test_translation_keeps_the_label_and_moves_the_box(demo_model):
             results = []
             for kind in ("circle", "square", "triangle", "star", "cross", "hexagon"):
                 a, b = shifted_pair(kind, size, size * 0.15, shift)
-                ra = (await service.predict([("a", a)], Options(1, threshold=threshold)))["results"][0]["predictions"][0]
-                rb = (await service.predict([("b", b)], Options(1, threshold=threshold)))["results"][0]["predictions"][0]
+                answers = [await service.predict([(name, data)], Options(1)) for name, data in (("a", a), ("b", b))]
+                assert [x["cam_threshold"] for x in answers] == [calibrated, calibrated]
+                ra, rb = (x["results"][0]["predictions"][0] for x in answers)
                 results.append((kind, ra, rb))
             return results
         finally:

@@ -32,3 +32,10 @@ def test_objects_cover_the_size_range_and_every_class():
     assert set(labels.tolist()) == set(range(len(CLASSES))) and len(CLASSES) >= 8
     extent = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 64
     assert extent.min() < 0.25 and extent.max() > 0.6 and extent.max() <= 0.75  # 70% plus a pixel of rasterisation
+
+
+def test_parallel_generation_equals_serial():
+    serial = generate(5, "val", 600, size=24, start=40, workers=1)
+    parallel = generate(5, "val", 600, size=24, start=40, workers=2)
+    for a, b in zip(serial, parallel):
+        assert a.shape == b.shape and np.array_equal(a, b)

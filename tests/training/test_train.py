@@ -46,3 +46,9 @@ def test_init_from_a_torchvision_style_state_dict_replaces_the_head(tmp_path):
     model, ckpt = load_checkpoint_model(train(cfg, tmp_path / "run"))
     assert model.fc.out_features == 8
     torch.testing.assert_close(model.conv1.weight, source.conv1.weight)  # lr 0: the body is the init
+
+
+def test_recipe_model_options_stay_with_the_recipes_model():
+    assert recipe("demo").model_kwargs == {"stem_stride": 2}
+    assert recipe("demo", model="resnet50").model_kwargs == {}  # resnet50 has no CIFAR stem to stride
+    assert recipe("demo", model="resnet8", model_kwargs={"stem_stride": 2}).model_kwargs == {"stem_stride": 2}
