@@ -170,6 +170,28 @@ def in_process_rps(registry: Path, body: bytes, seconds: float) -> float:
     return asyncio.run(run())
 
 
+def in_process_cam_cost(registry: Path, body: bytes, rounds: int = 40) -> tuple[float, float]:
+    """p50 ms of Service.predict without and with CAM boxes, the two interleaved, no HTTP."""
+    import asyncio
+
+    from app.pipeline import Options, Service
+    from app.settings import Settings
+
+    async def run() -> tuple[float, float]:
+        service = Service(Settings(registry=registry, batching=False))
+        await service.start()
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(rounds):
+            for opts, out in ((Options(5, cams=False, boxes=False), times[0]), (Options(5), times[1])):
+                t = time.perf_counter()
+                await service.predict([("x", body)], opts)
+                out.append(1000 * (time.perf_counter() - t))
+        await service.stop()
+        return statistics.median(times[0]), statistics.median(times[1])
+
+    return asyncio.run(run())
+
+
 def raw_session_rates(registry: Path, size: int, seconds: float) -> dict:
     """Images/s of the bare ONNX Runtime session at batch 1 and 8: what batching can gain at most."""
     import onnxruntime as ort
@@ -221,12 +243,18 @@ def main() -> None:
 
             _, body = off.request("POST", "/v1/predict", small)
             cam_url = json.loads(body)["results"][0]["predictions"][0]["cam_url"]
-            plain_ms, cam_ms, overlay_ms = alternate(off, [("POST", "/v1/predict?cam=false&boxes=false", small),
-                                                           ("POST", "/v1/predict", small), ("GET", cam_url, None)], s)
+            plain_ms, cam_ms = alternate(off, [("POST", "/v1/predict?cam=false&boxes=false", small),
+                                               ("POST", "/v1/predict", small)], s)
             emit("cam_and_boxes_cost", p50_without_ms=plain_ms, p50_with_ms=cam_ms, ratio=cam_ms / plain_ms,
                  target="<= 1.05")
+            plain_in, cam_in = in_process_cam_cost(registry, small)
+            emit("cam_and_boxes_cost_in_process", p50_without_ms=plain_in, p50_with_ms=cam_in,
+                 ratio=cam_in / plain_in, target="<= 1.05")
+            # the share is taken of the predict p50 above; a predict that follows an overlay request in
+            # turn is slowed by it (ONNX Runtime's idle threads have gone to sleep), which is reported too
+            after_ms, overlay_ms = alternate(off, [("POST", "/v1/predict", small), ("GET", cam_url, None)], s)
             emit("png_overlay_cost", overlay_p50_ms=overlay_ms, predict_p50_ms=cam_ms, ratio=1 + overlay_ms / cam_ms,
-                 target="<= 1.15")
+                 predict_p50_ms_when_alternating_with_overlays=after_ms, target="<= 1.15")
             small_ms, big_ms = alternate(off, [("POST", "/v1/predict", small), ("POST", "/v1/predict", big)], s)
             emit("large_jpeg", p50_12mp_ms=big_ms, p50_640x480_ms=small_ms, ratio=big_ms / small_ms, target="<= 2.5",
                  jpeg_bytes=len(big))
