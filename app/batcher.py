@@ -21,6 +21,7 @@ RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 @dataclass
 class _Item:
     x: np.ndarray
+    run: RunFn  # the model bound at submit time
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -71,8 +72,7 @@ class Batcher:
             if self.on_batch:
                 self.on_batch(1, ms)
             return BatchResult(logits[0], cams[0], 0.0, ms, 1)
-        item = _Item(np.ascontiguousarray(x), loop.create_future())
-        item.run = run  # type: ignore[attr-defined]
+        item = _Item(np.ascontiguousarray(x), run, loop.create_future())
         assert self.queue is not None, "Batcher.start() was not called"
         await self.queue.put(item)
         try:
@@ -101,9 +101,9 @@ class Batcher:
             items = [i for i in items if not i.future.done()]
             # Items bound to another model (a swap happened) wait for the next batch. Bound
             # methods are new objects at each access, so compare with ==, not `is`.
-            run = items[0].run if items else None  # type: ignore[attr-defined]
-            batch = [i for i in items if i.run == run]  # type: ignore[attr-defined]
-            pending.extend(i for i in items if i.run != run)  # type: ignore[attr-defined]
+            run = items[0].run if items else None
+            batch = [i for i in items if i.run == run]
+            pending.extend(i for i in items if i.run != run)
             if not batch:
                 continue
             started = time.perf_counter()
