@@ -6,6 +6,7 @@ The model takes `input` (FP32, [-1, 3, H, W]), already normalised as its card sa
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -93,11 +94,12 @@ async def infer(name: str, body: InferRequest, engine: EngineDep) -> dict:
         x = np.asarray(item.data, dtype=DATATYPES[item.datatype]).astype(np.float32).reshape(item.shape)
     except (ValueError, TypeError) as e:
         raise HTTPException(400, f"input data does not fit shape {item.shape}: {e}") from None
-    logits, cams = engine.run(x)
     wanted = {o.name for o in body.outputs} if body.outputs else {"logits", "cam"}
     unknown = wanted - {"logits", "cam"}
     if unknown:
         raise HTTPException(400, f"unknown outputs {sorted(unknown)}; this model has 'logits' and 'cam'")
+    # in a worker thread: the event loop keeps serving while the model runs
+    logits, cams = await asyncio.get_running_loop().run_in_executor(None, engine.run, x)
     outputs = [{"name": k, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()}
                for k, v in (("logits", logits), ("cam", cams)) if k in wanted]
     return {"model_name": engine.name, "model_version": str(engine.version), "id": body.id, "outputs": outputs}
