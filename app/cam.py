@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+# The CAM paper's box rule keeps "the regions whose value is above 20% of the max value of the CAM".
+PAPER_THRESHOLD = 0.2
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -150,7 +153,7 @@ class Box:
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def boxes_from_heatmap(heat: np.ndarray, threshold: float = 0.2, all_components: bool = False,
+def boxes_from_heatmap(heat: np.ndarray, threshold: float = PAPER_THRESHOLD, all_components: bool = False,
                        min_area_fraction: float = 0.0) -> list[Box]:
     """Boxes as in the CAM paper: keep pixels above threshold * max, then the bounding box of the
     largest connected component (or of every component above min_area_fraction of the image).

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .cam import PAPER_THRESHOLD
 from .preprocess import Preprocessing
 from .registry import CARD_FILE, MODEL_FILE
 
@@ -144,7 +145,7 @@ class Engine:
         if configured is not None:
             return configured
         calibrated = (self.card.get("cam") or {}).get("best_threshold")
-        return float(calibrated) if isinstance(calibrated, (int, float)) and 0 < calibrated < 1 else 0.2
+        return float(calibrated) if isinstance(calibrated, (int, float)) and 0 < calibrated < 1 else PAPER_THRESHOLD
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,

@@ -40,7 +40,7 @@ class StoredPrediction:
     labels: list[str]
     images: list[StoredImage]
     created: float
-    threshold: float = 0.2  # the box threshold its answer used; overlays draw the same boxes
+    threshold: float  # the box threshold its answer used; overlays draw the same boxes
 
     @property
     def nbytes(self) -> int:

@@ -26,6 +26,7 @@ from models import ResNet
 
 from .config import TrainConfig
 from .data import load_data, preprocessing
+from .localization import DEFAULT_THRESHOLD
 from .train import load_checkpoint_model
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,11 @@ def export_onnx(model: ResNet, path: Path, image_size: int, card: dict | None = 
         for dim, size in list(zip(output.type.tensor_type.shape.dim, shape))[1:]:
             dim.Clear()
             dim.dim_value = size
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
     if card is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = CARD_KEY, json.dumps(card)
-        onnx.save(proto, str(path))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
 
 
 def check_parity(reference: ResNet, path: Path, inputs: np.ndarray) -> dict[str, float]:
@@ -114,7 +114,7 @@ def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, 
         "outputs": {"logits": "logits", "cam": "cam"},
         "cam_size": [feature_size, feature_size],
         "preprocessing": prep.to_card(),
-        "cam": {"threshold": 0.2, "best_threshold": metrics.get("best_threshold")},
+        "cam": {"threshold": DEFAULT_THRESHOLD, "best_threshold": metrics.get("best_threshold")},
         "data_fingerprint": ckpt.get("fingerprint"),
         "metrics": metrics,
         "training_config": ckpt["config"],

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.cam import Geometry, boxes_from_heatmap, heatmap, iou
+from app.cam import PAPER_THRESHOLD, Geometry, boxes_from_heatmap, heatmap, iou
 
-DEFAULT_THRESHOLD = 0.2
+DEFAULT_THRESHOLD = PAPER_THRESHOLD
 THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
 IOU_NEEDED = 0.5
 MAX_SIDE = 256  # heatmaps of large images are evaluated on a copy at most this long
@@ -40,11 +40,12 @@ class LocalizationTally:
             found = boxes_from_heatmap(heat, t)
             return bool(found) and iou(found[0].scaled(sx, sy).as_list(), box) >= IOU_NEEDED
 
-        found = hit(heat_true, self.threshold)
+        hits = {t: hit(heat_true, t) for t in {*self.thresholds, self.threshold}}  # each threshold once
+        found = hits[self.threshold]
         self.count += 1
         self.gt_known += found
         self.top1 += correct and found
-        self.per_threshold += np.array([hit(heat_true, t) for t in self.thresholds])
+        self.per_threshold += np.array([hits[t] for t in self.thresholds])
 
     def result(self) -> dict[str, float]:
         if not self.count:
