@@ -11,6 +11,7 @@ import onnxruntime as ort
 from torch.utils.data import DataLoader
 
 from app.preprocess import Preprocessing
+from app.registry import CARD_FILE, MODEL_FILE
 
 from .config import TrainConfig
 from .data import geometry_from_vector, load_data
@@ -21,11 +22,11 @@ def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64)
     """Top-1 and CAM localization of an exported model on cfg's validation split; labels are
     matched by name, and an image whose class the model does not know counts as wrong."""
     model_dir = Path(model_dir)
-    card = json.loads((model_dir / "card.json").read_text())
+    card = json.loads((model_dir / CARD_FILE).read_text())
     prep = Preprocessing.from_card(card)
     cfg = cfg.replace(image_size=prep.crop, resize=prep.resize, mean=prep.mean, std=prep.std, synthetic_train=0)
     data = load_data(cfg)
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
     index = {label: i for i, label in enumerate(card["labels"])}
     correct = count = 0
     tally = LocalizationTally()

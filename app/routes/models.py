@@ -10,25 +10,26 @@ from .deps import ServiceDep
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _summary(service: ServiceDep, version: int) -> dict:
-    name = service.settings.model_name
-    card = service.registry.card(name, version)
+def _summary(service: ServiceDep, version: int, card: dict, deployed: int | None) -> dict:
     live = service.engine.version if service.engine else None
-    return {"name": name, "version": version, "deployed": version == service.registry.deployed(name),
+    return {"name": service.settings.model_name, "version": version, "deployed": version == deployed,
             "serving": version == live, "architecture": card.get("architecture"),
             "labels": card.get("labels"), "metrics": card.get("metrics"), "created": card.get("created")}
 
 
 @router.get("")
 def list_models(service: ServiceDep) -> dict:
-    name = service.settings.model_name
-    return {"name": name, "deployed": service.registry.deployed(name),
-            "versions": [_summary(service, v) for v in service.registry.versions(name)]}
+    name, registry = service.settings.model_name, service.registry
+    deployed = registry.deployed(name)
+    return {"name": name, "deployed": deployed,
+            "versions": [_summary(service, v, registry.card(name, v), deployed) for v in registry.versions(name)]}
 
 
 @router.get("/{version}")
 def show_model(version: int, service: ServiceDep) -> dict:
+    name, registry = service.settings.model_name, service.registry
     try:
-        return {**_summary(service, version), "card": service.registry.card(service.settings.model_name, version)}
+        card = registry.card(name, version)
     except RegistryError as e:
         raise HTTPException(404, str(e)) from None
+    return {**_summary(service, version, card, registry.deployed(name)), "card": card}
