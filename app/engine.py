@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from threadpoolctl import threadpool_limits
 
 from .cam import PAPER_THRESHOLD
 from .preprocess import Preprocessing
@@ -36,6 +37,9 @@ def _options(graph_optimization: str, intra_op_threads: int, inter_op_threads: i
     options.graph_optimization_level = OPTIMIZATION_LEVELS[graph_optimization]
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
+    # ONNX Runtime's idle threads spin for a while after a run; on a busy CPU that time belongs to
+    # the overlays and decoding that come next (a PNG overlay: about 2 ms faster; BENCHMARKS.md)
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
@@ -55,6 +59,14 @@ def _release_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def leave_cores_to_onnxruntime() -> None:
+    """One thread for numpy's and scipy's BLAS in this process. OpenBLAS keeps its threads spinning
+    for a while after each matrix product; on the cores ONNX Runtime computes on, the spinning made
+    the inference after an overlay about 50% slower (BENCHMARKS.md). The products here (CAM
+    resampling) are small enough that one thread loses nothing."""
+    threadpool_limits(1, user_api="blas")
 
 
 def installed_providers(providers: list[str]) -> list[str]:

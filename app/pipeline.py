@@ -20,7 +20,7 @@ from PIL import Image
 from . import cam, imaging
 from .batcher import Batcher
 from .datasets import Datasets
-from .engine import Engine, ModelLoadError
+from .engine import Engine, ModelLoadError, leave_cores_to_onnxruntime
 from .jobs import JobRunner, JobStore
 from .metrics import Metrics
 from .registry import Registry
@@ -146,6 +146,7 @@ class Service:
                 log.exception("registry check failed")
 
     async def start(self) -> None:
+        leave_cores_to_onnxruntime()
         self.batcher.start()
         await asyncio.get_running_loop().run_in_executor(None, self.load_deployed)
         loop = asyncio.get_running_loop()

@@ -76,6 +76,29 @@ print('torch' in sys.modules)
     assert out.stdout.strip() == "False"
 
 
+def test_starting_service_leaves_the_cores_to_onnxruntime(tiny_model):
+    """numpy's OpenBLAS threads spin after each matrix product on the cores ONNX Runtime computes
+    on (the inference after an overlay was about 50% slower); a starting service caps them at one.
+    In a fresh process, as in a server: threadpoolctl lets the first thread that sets a limit keep it."""
+    code = f"""
+import json
+from threadpoolctl import threadpool_info
+from fastapi.testclient import TestClient
+from app.main import create_app
+from app.settings import Settings
+blas = lambda: [lib['num_threads'] for lib in threadpool_info() if lib['user_api'] == 'blas']
+before = blas()
+with TestClient(create_app(Settings(registry={str(tiny_model.registry)!r}, run_jobs=False))):
+    print(json.dumps([before, blas()]))
+"""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}  # what a fresh process has on two cores
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, running = json.loads(out.stdout)
+    assert before and set(before) == {2}
+    assert running == [1] * len(before)
+
+
 def test_two_uvicorn_workers_both_follow_a_deploy(tiny_model, tmp_path):
     import shutil
 

@@ -5,11 +5,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app import overlay
 from app.overlay import _table, colormap, encode, png_bytes, render
 
 
+@pytest.fixture(params=["isal", "zlib"])
+def deflate(request, monkeypatch):
+    """The PNG writer with each deflate it can use: ISA-L (a dependency where it has wheels) and
+    the standard library's zlib (the fallback)."""
+    if request.param == "isal":
+        pytest.importorskip("isal")
+        assert overlay._deflate_lib is not None
+    else:
+        monkeypatch.setattr(overlay, "_deflate_lib", None)
+    return request.param
+
+
 @pytest.mark.parametrize("shape", [(37, 53, 3), (37, 53), (1, 1, 3), (2, 300)])
-def test_png_writer_round_trips_exactly_through_pillow(shape):
+def test_png_writer_round_trips_exactly_through_pillow(shape, deflate):
     pixels = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     decoded = Image.open(io.BytesIO(png_bytes(pixels)))
     decoded.load()  # checks every chunk's CRC and the zlib stream
@@ -17,7 +30,7 @@ def test_png_writer_round_trips_exactly_through_pillow(shape):
     assert np.array_equal(np.asarray(decoded), pixels)
 
 
-def test_png_writer_compresses_smooth_images():
+def test_png_writer_compresses_smooth_images(deflate):
     yy, xx = np.mgrid[0:240, 0:320]
     smooth = np.stack([xx % 256, yy % 256, (xx + yy) % 256], axis=-1).astype(np.uint8)
     assert len(png_bytes(smooth)) < smooth.nbytes / 4
@@ -43,7 +56,7 @@ def test_overlay_formats_decode_to_the_rendered_image():
             assert np.array_equal(np.asarray(decoded), np.asarray(picture))
 
 
-def test_png_writer_pieces_make_one_valid_zlib_stream():
+def test_png_writer_pieces_make_one_valid_zlib_stream(deflate):
     """Large images are deflated in pieces on several threads; the stream must still be one."""
     pixels = np.random.default_rng(1).integers(0, 256, size=(400, 400, 3), dtype=np.uint8)
     pixels[100:300] = 7  # long runs as well as noise
