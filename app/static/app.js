@@ -122,7 +122,7 @@ async function loadAdmin() {
       const tr = document.createElement("tr");
       const m = v.metrics || {};
       tr.innerHTML = `<td>v${v.version}${v.deployed ? " (live)" : ""}</td><td></td><td>${pct(m.top1)}</td>` +
-        `<td>${pct(m.gt_known_loc)}</td><td></td><td></td>`;
+        `<td>${pct(m.max_box_acc ?? m.gt_known_loc)}</td><td></td><td></td>`;
       tr.children[1].textContent = v.architecture || "";
       tr.children[4].textContent = (v.created || "").replace("T", " ").slice(0, 16);
       const cardButton = document.createElement("button");

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.jobs import gate
 from app.main import create_app
 from app.registry import Registry
 from app.settings import Settings
@@ -114,6 +115,22 @@ def test_gate_failure_registers_without_deploying_and_force_overrides(env):
         assert forced["result"]["deployed"] and registry.deployed("default") == 4
         entry = registry.audit_log("default")[-1]
         assert entry["forced"] is True and entry["gate"]["passed"] is False
+
+
+def test_gate_guards_the_localization_the_service_serves():
+    """Boxes are drawn at each model's calibrated threshold, so the gate compares MaxBoxAcc (the
+    localization there), and GT-known at 0.2 only for metrics without it."""
+    live = {"top1": 0.90, "gt_known_loc": 0.30, "max_box_acc": 0.60}
+    sharper = {"top1": 0.91, "gt_known_loc": 0.10, "max_box_acc": 0.62}  # its best threshold moved up
+    assert gate(sharper, live, 0.02)["passed"]
+    blurrier = {"top1": 0.91, "gt_known_loc": 0.40, "max_box_acc": 0.50}
+    decision = gate(blurrier, live, 0.02)
+    assert not decision["passed"] and "MaxBoxAcc" in decision["reason"]
+    assert decision["new"]["max_box_acc"] == 0.50 and decision["live"]["max_box_acc"] == 0.60
+    older = {"top1": 0.90, "gt_known_loc": 0.30}
+    assert not gate({"top1": 0.91, "gt_known_loc": 0.20}, older, 0.02)["passed"]
+    assert gate({"top1": 0.91, "gt_known_loc": 0.29, "max_box_acc": 0.1}, older, 0.02)["passed"]
+    assert not gate({"top1": 0.89, "gt_known_loc": 0.30, "max_box_acc": 0.6}, live, 0.02)["passed"]
 
 
 def test_cancelled_and_failed_jobs_leave_the_registry_untouched(env):
