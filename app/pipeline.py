@@ -186,11 +186,15 @@ class Service:
         if opts.threshold is None:
             opts = dataclasses.replace(opts, threshold=engine.default_threshold(s.cam_threshold))
 
+        def prepare(data: bytes) -> tuple[imaging.Decoded, np.ndarray, cam.Geometry]:
+            """Decode and preprocess, off the event loop."""
+            decoded = imaging.decode(data, s.max_pixels, s.work_max_side)
+            array, window = engine.prep.crop_resize(decoded.image)
+            return decoded, engine.prep.normalize(array[None])[0], window
+
         async def one(filename: str, data: bytes) -> tuple[dict[str, Any], StoredImage]:
             t0 = time.perf_counter()
-            decoded = await loop.run_in_executor(None, imaging.decode, data, s.max_pixels, s.work_max_side)
-            array, window = engine.prep.crop_resize(decoded.image)
-            x = engine.prep.normalize(array[None])[0]
+            decoded, x, window = await loop.run_in_executor(None, prepare, data)
             t1 = time.perf_counter()
             result = await self.batcher.submit(engine.run, x, s.request_timeout_s)
             t2 = time.perf_counter()
@@ -232,9 +236,9 @@ class Service:
             answer["image"] = len(stored) if opts.cams else None
             results.append(answer)
             stored.append(image)
-        if stored and opts.cams:
-            self.store.put(StoredPrediction(pid, engine.name, engine.version, engine.labels, stored, time.time(),
-                                            opts.threshold))
+        if stored and opts.cams:  # off the event loop: the shared store writes files
+            await loop.run_in_executor(None, self.store.put, StoredPrediction(
+                pid, engine.name, engine.version, engine.labels, stored, time.time(), opts.threshold))
         return {"id": pid, "model": {"name": engine.name, "version": engine.version,
                                      "architecture": engine.card.get("architecture")},
                 "cam_threshold": opts.threshold,
