@@ -65,7 +65,8 @@ def leave_cores_to_onnxruntime() -> None:
     """One thread for numpy's and scipy's BLAS in this process. OpenBLAS keeps its threads spinning
     for a while after each matrix product; on the cores ONNX Runtime computes on, the spinning made
     the inference after an overlay about 50% slower (BENCHMARKS.md). The products here (CAM
-    resampling) are small enough that one thread loses nothing."""
+    resampling) are small enough that one thread loses nothing. Called by the thread that starts
+    the service: threadpoolctl lets the first thread that sets an OpenBLAS limit keep that control."""
     threadpool_limits(1, user_api="blas")
 
 

@@ -48,6 +48,10 @@ def _table(name: str) -> np.ndarray:
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")  # convert() copies even RGB
+
+
 @lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
@@ -57,7 +61,7 @@ def render(image: Image.Image, heat: np.ndarray, boxes: list[list[float]], label
            cmap: str = "turbo") -> Image.Image:
     """Blend colormap(heat) over image (same size) and draw the boxes (image coordinates) and the
     label."""
-    out = Image.blend(image if image.mode == "RGB" else image.convert("RGB"), colormap(heat, cmap), alpha)
+    out = Image.blend(_rgb(image), colormap(heat, cmap), alpha)
     draw = ImageDraw.Draw(out)
     width = max(1, round(max(out.size) / 250))
     font = _font(max(10, round(max(out.size) / 40)))
@@ -76,7 +80,7 @@ def render(image: Image.Image, heat: np.ndarray, boxes: list[list[float]], label
 def encode(image: Image.Image, fmt: str) -> tuple[bytes, str]:
     pil_format, media_type = FORMATS[fmt]
     if pil_format == "PNG":
-        return png_bytes(np.asarray(image if image.mode == "RGB" else image.convert("RGB"))), media_type
+        return png_bytes(np.asarray(_rgb(image))), media_type
     buf = io.BytesIO()
     image.save(buf, pil_format, quality=90)
     return buf.getvalue(), media_type
