@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from app.preprocess import Preprocessing
-from app.registry import WEIGHTS_FILE
+from app.registry import CARD_FILE, MODEL_FILE, WEIGHTS_FILE
 from models import ResNet
 
 from .config import TrainConfig
@@ -135,7 +135,8 @@ def parity_inputs(cfg: TrainConfig, count: int = 32) -> np.ndarray:
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Checkpoint -> out_dir/model.onnx + out_dir/card.json, parity-checked. Returns out_dir."""
+    """Checkpoint -> out_dir with the files a registry version holds (model, card, weights),
+    parity-checked. Returns out_dir."""
     out_dir = Path(out_dir)
     model, ckpt = load_checkpoint_model(checkpoint)
     cfg = TrainConfig.from_dict(ckpt["config"])
@@ -143,10 +144,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     with torch.no_grad():
         feature_size = model.forward_features(torch.zeros(1, 3, prep.crop, prep.crop)).shape[-1]
     card = make_card(ckpt, cfg, model, prep, feature_size)
-    onnx_path = out_dir / "model.onnx"
+    onnx_path = out_dir / MODEL_FILE
     export_onnx(model, onnx_path, prep.crop, card)
     card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg))
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)  # torchvision format: `--init` takes it
     log.info("exported %s (parity %s)", onnx_path, card["parity"])
     return out_dir
