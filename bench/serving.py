@@ -33,7 +33,7 @@ def make_registry(model: str, classes: int, size: int, root: Path) -> Path:
     """Export `model` with random weights through the real exporter into a scratch registry."""
     import torch
 
-    from app.registry import Registry
+    from app.registry import CARD_FILE, MODEL_FILE, Registry
     from models import create_model
     from training.export import export_onnx
 
@@ -44,8 +44,8 @@ def make_registry(model: str, classes: int, size: int, root: Path) -> Path:
                               "std": [0.229, 0.224, 0.225]}}
     with torch.no_grad():
         card["cam_size"] = list(net.forward_features(torch.zeros(1, 3, size, size)).shape[-2:])
-    export_onnx(net, export / "model.onnx", size, card)
-    (export / "card.json").write_text(json.dumps(card))
+    export_onnx(net, export / MODEL_FILE, size, card)
+    (export / CARD_FILE).write_text(json.dumps(card))
     reg = Registry(root / "registry")
     reg.deploy("default", reg.register("default", export))
     return root / "registry"
@@ -148,55 +148,63 @@ def alternate(server: Server, requests: list[tuple[str, str, bytes | None]], sec
     return [1000 * statistics.median(t) for t in times]
 
 
-def in_process_rps(registry: Path, body: bytes, seconds: float) -> float:
-    """The same work without HTTP: decode + preprocess + inference + CAM boxes, in a loop."""
+def with_service(registry: Path, work):
+    """asyncio.run(work(service)) on a started in-process Service: batching off, no HTTP."""
     import asyncio
 
-    from app.pipeline import Options, Service
+    from app.pipeline import Service
     from app.settings import Settings
 
-    async def run() -> float:
+    async def run():
         service = Service(Settings(registry=registry, batching=False))
         await service.start()
+        try:
+            return await work(service)
+        finally:
+            await service.stop()
+
+    return asyncio.run(run())
+
+
+def in_process_rps(registry: Path, body: bytes, seconds: float) -> float:
+    """The same work without HTTP: decode + preprocess + inference + CAM boxes, in a loop."""
+    from app.pipeline import Options
+
+    async def work(service) -> float:
         n, stop = 0, time.perf_counter() + seconds
         start = time.perf_counter()
         while time.perf_counter() < stop:
             await service.predict([("x", body)], Options(top_k=5))
             n += 1
-        rate = n / (time.perf_counter() - start)
-        await service.stop()
-        return rate
+        return n / (time.perf_counter() - start)
 
-    return asyncio.run(run())
+    return with_service(registry, work)
 
 
 def in_process_cam_cost(registry: Path, body: bytes, rounds: int = 40) -> tuple[float, float]:
     """p50 ms of Service.predict without and with CAM boxes, the two interleaved, no HTTP."""
-    import asyncio
+    from app.pipeline import Options
 
-    from app.pipeline import Options, Service
-    from app.settings import Settings
-
-    async def run() -> tuple[float, float]:
-        service = Service(Settings(registry=registry, batching=False))
-        await service.start()
+    async def work(service) -> tuple[float, float]:
         times: tuple[list[float], list[float]] = ([], [])
         for _ in range(rounds):
             for opts, out in ((Options(5, cams=False, boxes=False), times[0]), (Options(5), times[1])):
                 t = time.perf_counter()
                 await service.predict([("x", body)], opts)
                 out.append(1000 * (time.perf_counter() - t))
-        await service.stop()
         return statistics.median(times[0]), statistics.median(times[1])
 
-    return asyncio.run(run())
+    return with_service(registry, work)
 
 
 def raw_session_rates(registry: Path, size: int, seconds: float) -> dict:
     """Images/s of the bare ONNX Runtime session at batch 1 and 8: what batching can gain at most."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(registry / "default" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    from app.registry import MODEL_FILE, Registry
+
+    model = Registry(registry).version_dir("default", 1) / MODEL_FILE
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     rates = {}
     for batch in (1, 8):
         x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
