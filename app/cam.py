@@ -142,9 +142,10 @@ class Box:
     y1: float
     area: int  # pixels of the component on the grid it was found on
     peak: float  # the largest heat inside the component
+    threshold: float = PAPER_THRESHOLD  # the fraction of the map's maximum it was cut at
 
     def scaled(self, sx: float, sy: float) -> Box:
-        return Box(self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy, self.area, self.peak)
+        return Box(self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy, self.area, self.peak, self.threshold)
 
     def as_list(self) -> list[float]:
         return [self.x0, self.y0, self.x1, self.y1]
@@ -153,14 +154,116 @@ class Box:
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def boxes_from_heatmap(heat: np.ndarray, threshold: float = PAPER_THRESHOLD, all_components: bool = False,
+@dataclass(frozen=True)
+class BoxRule:
+    """How a normalised heatmap becomes a box: keep the pixels at or above a threshold, then the
+    largest connected region (the CAM paper's rule). The rules differ in how they set the threshold:
+
+    - `threshold`: a fixed fraction `value` of the map's maximum. The CAM paper uses 0.2; a model
+      with boxed validation images uses the fraction with the best localization there (MaxBoxAcc).
+    - `mass`: per image, the highest threshold whose region still holds `value` of the map's
+      positive heat (the smallest set of pixels with that share of the evidence). Needs no boxes and
+      adapts to how spread out each map is.
+    - `otsu`: per image, Otsu's (1979) threshold on the map's histogram (no parameter).
+    """
+
+    name: str
+    value: float | None = None
+
+    KINDS = ("threshold", "mass", "otsu")
+
+    def __post_init__(self) -> None:
+        if self.name not in self.KINDS:
+            raise ValueError(f"unknown box rule {self.name!r}: use threshold:F, mass:F or otsu")
+        if self.name != "otsu" and not (self.value is not None and 0 < self.value < 1):
+            raise ValueError(f"box rule {self.name} needs a value between 0 and 1, e.g. {self.name}:0.5")
+
+    @classmethod
+    def parse(cls, text: str) -> BoxRule:
+        """`threshold:0.35`, `mass:0.5`, `otsu`, or a bare number (a threshold)."""
+        name, _, value = text.strip().partition(":")
+        try:
+            if not value and name not in cls.KINDS:
+                return cls("threshold", float(name))
+            return cls(name, float(value) if value else None)
+        except ValueError as e:
+            raise ValueError(str(e) if "rule" in str(e) else f"box rule {text!r}: {e}") from None
+
+    def __str__(self) -> str:
+        return self.name if self.value is None else f"{self.name}:{self.value:g}"
+
+    def threshold_for(self, heat: np.ndarray) -> float:
+        """The fraction of heat.max() at which this rule cuts `heat` (normalised, see `normalize`)."""
+        if self.name == "threshold":
+            return float(self.value)
+        top = float(heat.max())
+        if top <= 0:
+            return 1.0
+        if self.name == "mass":
+            return mass_threshold(heat, float(self.value)) / top
+        return otsu_threshold(heat) / top
+
+
+# A model whose card has a threshold calibrated on at least this many boxed validation images draws
+# its boxes with it; others use DEFAULT_RULE, the box-free rule chosen by measurement (BENCHMARKS.md).
+CALIBRATION_MIN_IMAGES = 20
+DEFAULT_RULE = BoxRule("mass", 0.5)
+
+
+def rule_from_card(card: dict) -> BoxRule:
+    """The rule a model card says its boxes are drawn with: `cam.rule` (written by training: a
+    threshold calibrated on boxed validation images, or the box-free default), else an older card's
+    `cam.best_threshold` when it was calibrated, else DEFAULT_RULE."""
+    cam = card.get("cam") or {}
+    if isinstance(cam.get("rule"), str):
+        try:
+            return BoxRule.parse(cam["rule"])
+        except ValueError:
+            pass
+    images = (card.get("metrics") or {}).get("images_with_boxes", 0)
+    best = cam.get("best_threshold")
+    if isinstance(best, (int, float)) and 0 < best < 1 and images >= CALIBRATION_MIN_IMAGES:
+        return BoxRule("threshold", float(best))
+    return DEFAULT_RULE
+
+
+def mass_threshold(heat: np.ndarray, share: float) -> float:
+    """The highest value t such that the pixels >= t hold `share` of the map's positive heat."""
+    values = np.sort(heat[heat > 0], axis=None)[::-1]
+    if values.size == 0:
+        return 0.0
+    cumulative = np.cumsum(values, dtype=np.float64)
+    k = int(np.searchsorted(cumulative, share * cumulative[-1]))
+    return float(values[min(k, values.size - 1)])
+
+
+def otsu_threshold(heat: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold over the positive part of the map: the cut that maximises the variance
+    between the two classes of values."""
+    values = heat[heat > 0]
+    if values.size == 0:
+        return 0.0
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, float(values.max())))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(counts * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def boxes_from_heatmap(heat: np.ndarray, threshold: float | BoxRule = PAPER_THRESHOLD, all_components: bool = False,
                        min_area_fraction: float = 0.0) -> list[Box]:
-    """Boxes as in the CAM paper: keep pixels above threshold * max, then the bounding box of the
-    largest connected component (or of every component above min_area_fraction of the image).
-    Largest first."""
+    """Boxes as in the CAM paper: keep pixels above threshold * max (a BoxRule sets the threshold
+    per map), then the bounding box of the largest connected component (or of every component
+    above min_area_fraction of the image). Largest first."""
     top = float(heat.max())
     if top <= 0:
         return []
+    if isinstance(threshold, BoxRule):
+        threshold = threshold.threshold_for(heat)
     mask = heat >= threshold * top
     labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if count == 0:
@@ -177,7 +280,8 @@ def boxes_from_heatmap(heat: np.ndarray, threshold: float = PAPER_THRESHOLD, all
             continue
         ys, xs = slices[i]
         peak = float(heat[ys, xs][labels[ys, xs] == i + 1].max())
-        boxes.append(Box(float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), int(areas[i]), peak))
+        boxes.append(Box(float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), int(areas[i]), peak,
+                         float(threshold)))
     return boxes
 
 

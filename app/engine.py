@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
-from .cam import PAPER_THRESHOLD
+from .cam import DEFAULT_RULE, BoxRule, rule_from_card
 from .preprocess import Preprocessing
 from .registry import CARD_FILE, MODEL_FILE
 
@@ -152,13 +152,23 @@ class Engine:
         logits, cams = self.session.run(["logits", "cam"], {"input": batch})
         return logits, cams
 
-    def default_threshold(self, configured: float | None) -> float:
-        """The box threshold when a request names none: the configured one, else the card's
-        calibrated one, else the CAM paper's 0.2."""
-        if configured is not None:
-            return configured
-        calibrated = (self.card.get("cam") or {}).get("best_threshold")
-        return float(calibrated) if isinstance(calibrated, (int, float)) and 0 < calibrated < 1 else PAPER_THRESHOLD
+    def default_rule(self, configured: BoxRule | None) -> BoxRule:
+        """The box rule when a request names none: the configured one, else the card's (a threshold
+        calibrated on boxed validation images, or the box-free default; app.cam.rule_from_card)."""
+        return configured if configured is not None else self.box_rule
+
+    @property
+    def box_rule(self) -> BoxRule:
+        return rule_from_card(self.card)
+
+    @property
+    def rule_source(self) -> str:
+        """Where the card's rule comes from, in the words an answer gives."""
+        if self.box_rule.name == "threshold" and self.box_rule != DEFAULT_RULE:
+            n = (self.card.get("cam") or {}).get("calibration_images") or \
+                (self.card.get("metrics") or {}).get("images_with_boxes", 0)
+            return f"calibrated on {n} boxed validation images"
+        return "default rule for models without boxes"
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,

@@ -36,7 +36,7 @@ class Options:
     top_k: int
     cams: bool = True
     boxes: bool = True
-    threshold: float | None = None  # None: the engine's default_threshold
+    rule: cam.BoxRule | None = None  # None: the engine's default_rule
     all_boxes: bool = False
     min_area: float = 0.0
 
@@ -46,14 +46,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def cam_boxes(cams: np.ndarray, indices: list[int], g: cam.Geometry, width: int, height: int, threshold: float,
+def cam_boxes(cams: np.ndarray, indices: list[int], g: cam.Geometry, width: int, height: int, rule: cam.BoxRule,
               all_components: bool = False, min_area: float = 0.0) -> list[list[cam.Box]]:
     """CAM boxes of each class in `indices` (the CAM paper's rule), found on a heatmap at most
     BOX_GRID long and scaled to a width x height picture of g's image: the original for the JSON
     answer, the overlay for the drawing, so both show the same boxes."""
     grid = g.fitted(BOX_GRID)
     sx, sy = width / grid.image_width, height / grid.image_height
-    return [[b.scaled(sx, sy) for b in cam.boxes_from_heatmap(heat, threshold, all_components, min_area)]
+    return [[b.scaled(sx, sy) for b in cam.boxes_from_heatmap(heat, rule, all_components, min_area)]
             for heat in cam.heatmaps(cams[indices], grid)]
 
 
@@ -63,8 +63,9 @@ def find_boxes(cams: np.ndarray, indices: list[int], g: cam.Geometry, width: int
     grid = g.fitted(BOX_GRID)
     grid_pixels = grid.image_width * grid.image_height
     return [[{"x0": round(b.x0, 1), "y0": round(b.y0, 1), "x1": round(b.x1, 1), "y1": round(b.y1, 1),
-              "area_fraction": round(b.area / grid_pixels, 4), "peak": round(b.peak, 4)} for b in boxes]
-            for boxes in cam_boxes(cams, indices, g, width, height, opts.threshold, opts.all_boxes, opts.min_area)]
+              "area_fraction": round(b.area / grid_pixels, 4), "peak": round(b.peak, 4),
+              "threshold": round(b.threshold, 4)} for b in boxes]
+            for boxes in cam_boxes(cams, indices, g, width, height, opts.rule, opts.all_boxes, opts.min_area)]
 
 
 class Service:
@@ -183,8 +184,11 @@ class Service:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         s = self.settings
-        if opts.threshold is None:
-            opts = dataclasses.replace(opts, threshold=engine.default_threshold(s.cam_threshold))
+        source = "request"
+        if opts.rule is None:
+            configured = s.configured_rule()
+            source = "settings" if configured is not None else engine.rule_source
+            opts = dataclasses.replace(opts, rule=engine.default_rule(configured))
 
         def prepare(data: bytes) -> tuple[imaging.Decoded, np.ndarray, cam.Geometry]:
             """Decode and preprocess, off the event loop."""
@@ -238,15 +242,16 @@ class Service:
             stored.append(image)
         if stored and opts.cams:  # off the event loop: the shared store writes files
             await loop.run_in_executor(None, self.store.put, StoredPrediction(
-                pid, engine.name, engine.version, engine.labels, stored, time.time(), opts.threshold))
+                pid, engine.name, engine.version, engine.labels, stored, time.time(), opts.rule))
         return {"id": pid, "model": {"name": engine.name, "version": engine.version,
                                      "architecture": engine.card.get("architecture")},
-                "cam_threshold": opts.threshold,
+                "cam_threshold": opts.rule.value if opts.rule.name == "threshold" else None,
+                "box_rule": {"rule": str(opts.rule), "name": opts.rule.name, "value": opts.rule.value, "source": source},
                 "provider": engine.provider, "results": results,
                 "total_ms": round((time.perf_counter() - started) * 1000, 3)}
 
-    def overlay_image(self, stored: StoredImage, index: int, label: str, alpha: float, cmap: str, threshold: float,
-                      max_side: int) -> Image.Image:
+    def overlay_image(self, stored: StoredImage, index: int, label: str, alpha: float, cmap: str,
+                      rule: cam.BoxRule, max_side: int) -> Image.Image:
         from . import overlay
 
         g = stored.geometry.fitted(max_side)
@@ -254,7 +259,7 @@ class Service:
         if image.size != (g.image_width, g.image_height):
             image = image.resize((g.image_width, g.image_height), Image.Resampling.BILINEAR)
         heat = cam.heatmap(stored.cams[index], g)
-        boxes = cam_boxes(stored.cams, [index], stored.geometry, g.image_width, g.image_height, threshold)[0]
+        boxes = cam_boxes(stored.cams, [index], stored.geometry, g.image_width, g.image_height, rule)[0]
         return overlay.render(image, heat, [b.as_list() for b in boxes], label, alpha=alpha, cmap=cmap)
 
     def heatmap(self, stored: StoredImage, index: int) -> np.ndarray:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .cam import BoxRule
 
 
 class Settings(BaseSettings):
@@ -39,6 +41,20 @@ class Settings(BaseSettings):
     # box threshold, a fraction of the CAM's max; unset: the model card's calibrated one (the best
     # threshold on its validation set, Choe et al. 2020), else the CAM paper's 0.2
     cam_threshold: float | None = Field(None, gt=0, lt=1)
+    # or a whole box rule for every model: threshold:F, mass:F or otsu (app.cam.BoxRule)
+    box_rule: str | None = None
+
+    @field_validator("box_rule")
+    @classmethod
+    def _known_rule(cls, value: str | None) -> str | None:
+        if value:
+            BoxRule.parse(value)  # a ValueError names what is wrong
+        return value
+
+    def configured_rule(self) -> BoxRule | None:
+        if self.box_rule:
+            return BoxRule.parse(self.box_rule)
+        return BoxRule("threshold", self.cam_threshold) if self.cam_threshold is not None else None
     work_max_side: int = 1024  # heatmaps, boxes and overlays are computed at most this long
     overlay_max_side: int = 1024
     prediction_ttl_s: float = 900.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .cam import Geometry
+from .cam import BoxRule, Geometry
 
 
 @dataclass
@@ -40,7 +40,7 @@ class StoredPrediction:
     labels: list[str]
     images: list[StoredImage]
     created: float
-    threshold: float  # the box threshold its answer used; overlays draw the same boxes
+    rule: BoxRule  # the box rule its answer used; overlays draw the same boxes
 
     @property
     def nbytes(self) -> int:
@@ -89,7 +89,7 @@ class SharedPredictionStore(PredictionStore):
         tmp = self.root / f".{p.id}.tmp"
         tmp.mkdir()
         meta = {"id": p.id, "model": p.model, "version": p.version, "labels": p.labels, "created": p.created,
-                "threshold": p.threshold,
+                "rule": str(p.rule),
                 "images": [{"filename": i.filename, "width": i.width, "height": i.height,
                             "geometry": dataclasses.asdict(i.geometry)} for i in p.images]}
         for k, i in enumerate(p.images):
@@ -116,7 +116,7 @@ class SharedPredictionStore(PredictionStore):
                               Geometry(**m["geometry"]), m["width"], m["height"], np.load(folder / f"{k}.cams.npy"))
                   for k, m in enumerate(meta["images"])]
         return StoredPrediction(meta["id"], meta["model"], meta["version"], meta["labels"], images, meta["created"],
-                                meta["threshold"])
+                                BoxRule.parse(meta["rule"]))
 
     def sweep(self, now: float) -> None:
         for folder in self.root.iterdir():

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 from torch.utils.data import DataLoader
 
+from app.cam import rule_from_card
 from app.preprocess import Preprocessing
 from app.registry import CARD_FILE, MODEL_FILE
 
@@ -20,7 +21,8 @@ from .localization import LocalizationTally
 
 def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64) -> dict:
     """Top-1 and CAM localization of an exported model on cfg's validation split; labels are
-    matched by name, and an image whose class the model does not know counts as wrong."""
+    matched by name, and an image whose class the model does not know counts as wrong. Its boxes
+    are drawn with its own rule (the one the service serves it with)."""
     model_dir = Path(model_dir)
     card = json.loads((model_dir / CARD_FILE).read_text())
     prep = Preprocessing.from_card(card)
@@ -29,7 +31,7 @@ def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64)
     session = ort.InferenceSession(str(model_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
     index = {label: i for i, label in enumerate(card["labels"])}
     correct = count = 0
-    tally = LocalizationTally()
+    tally = LocalizationTally(served=rule_from_card(card))
     for images, labels, boxes, windows in DataLoader(data.val, batch_size=batch_size):
         x = prep.normalize(images.numpy().transpose(0, 2, 3, 1))
         logits, cams = session.run(["logits", "cam"], {"input": x})
@@ -40,4 +42,4 @@ def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64)
             count += 1
             if known is not None and np.isfinite(boxes[i].numpy()).all():
                 tally.add(cams[i, known], right, boxes[i].numpy(), geometry_from_vector(windows[i]))
-    return {"images": count, "top1": correct / max(count, 1), **tally.result()}
+    return {"images": count, "top1": correct / max(count, 1), "labels": list(card["labels"]), **tally.result()}

@@ -20,13 +20,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from app.cam import DEFAULT_RULE
 from app.preprocess import Preprocessing
 from app.registry import CARD_FILE, MODEL_FILE, WEIGHTS_FILE
 from models import ResNet
 
 from .config import TrainConfig
 from .data import load_data, preprocessing
-from .localization import DEFAULT_THRESHOLD
 from .train import load_checkpoint_model
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,10 @@ def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, 
         "outputs": {"logits": "logits", "cam": "cam"},
         "cam_size": [feature_size, feature_size],
         "preprocessing": prep.to_card(),
-        "cam": {"threshold": DEFAULT_THRESHOLD, "best_threshold": metrics.get("best_threshold")},
+        # the rule the service draws this model's boxes with: calibrated on its boxed validation
+        # images when it had enough of them, else the box-free default (app.cam)
+        "cam": {"rule": metrics.get("box_rule", str(DEFAULT_RULE)), "best_threshold": metrics.get("best_threshold"),
+                "calibration_images": metrics.get("images_with_boxes", 0)},
         "data_fingerprint": ckpt.get("fingerprint"),
         "metrics": metrics,
         "training_config": ckpt["config"],

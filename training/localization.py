@@ -7,51 +7,105 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.cam import PAPER_THRESHOLD, Geometry, boxes_from_heatmap, heatmap, iou
+from app.cam import (
+    CALIBRATION_MIN_IMAGES,
+    DEFAULT_RULE,
+    PAPER_THRESHOLD,
+    BoxRule,
+    Geometry,
+    boxes_from_heatmap,
+    heatmap,
+    iou,
+)
 
-DEFAULT_THRESHOLD = PAPER_THRESHOLD
 THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
 IOU_NEEDED = 0.5
+IOUS_V2 = (0.3, 0.5, 0.7)  # MaxBoxAccV2 averages the best accuracy at each (Choe et al. 2020)
 MAX_SIDE = 256  # heatmaps of large images are evaluated on a copy at most this long
+# the rules compared in BENCHMARKS.md; none of them needs boxes
+MEASURED_RULES = (BoxRule("threshold", PAPER_THRESHOLD), BoxRule("otsu"),
+                  *(BoxRule("mass", m) for m in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)))
 
 
 class LocalizationTally:
     """Accumulates, over images with a known box:
-    - top-1 localization: the predicted class is right and its CAM box has IoU >= 0.5;
-    - GT-known localization: the CAM box of the true class has IoU >= 0.5;
-    - MaxBoxAcc: the GT-known accuracy at the best CAM threshold (Choe et al. 2020)."""
+    - GT-known localization: the CAM box of the true class has IoU >= 0.5 with the true box,
+      at every threshold (MaxBoxAcc: the best; MaxBoxAccV2: the best at IoU 0.3, 0.5 and 0.7,
+      averaged) and under every box-free rule;
+    - top-1 localization: the same, and the predicted class is right.
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, thresholds=THRESHOLDS) -> None:
-        self.threshold = threshold
+    The served figures are those at the rule the service uses for this model: `served` when given
+    (an exported model's own rule), else the best threshold when at least CALIBRATION_MIN_IMAGES
+    images have boxes (it will be calibrated on them), else `fallback`."""
+
+    def __init__(self, served: BoxRule | None = None, fallback: BoxRule = DEFAULT_RULE, thresholds=THRESHOLDS,
+                 rules=MEASURED_RULES) -> None:
+        self.served, self.fallback = served, fallback
         self.thresholds = tuple(float(t) for t in thresholds)
+        self.rules = tuple(dict.fromkeys((*rules, fallback, *([served] if served else []))))
         self.count = 0
-        self.top1 = 0
-        self.gt_known = 0
-        self.per_threshold = np.zeros(len(self.thresholds), dtype=np.int64)
+        self.curve = np.zeros((len(IOUS_V2), len(self.thresholds)), dtype=np.int64)  # GT-known hits
+        self.curve_top1 = np.zeros(len(self.thresholds), dtype=np.int64)
+        self.rule_hits = np.zeros(len(self.rules), dtype=np.int64)
+        self.rule_top1 = np.zeros(len(self.rules), dtype=np.int64)
+        self.area_ratio = [[] for _ in self.rules]  # box area / true area, per image
 
     def add(self, cam_true: np.ndarray, correct: bool, box: np.ndarray, geometry: Geometry) -> None:
         """cam_true: the (h, w) CAM of the true class; correct: whether top-1 was right (then the
         predicted class's CAM is cam_true, so top-1 localization needs nothing more)."""
         g = geometry.fitted(MAX_SIDE)
         sx, sy = geometry.image_width / g.image_width, geometry.image_height / g.image_height
-        heat_true = heatmap(cam_true, g)
+        heat = heatmap(cam_true, g)
+        true_area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
 
-        def hit(heat: np.ndarray, t: float) -> bool:
-            found = boxes_from_heatmap(heat, t)
-            return bool(found) and iou(found[0].scaled(sx, sy).as_list(), box) >= IOU_NEEDED
+        def overlap(rule: float | BoxRule) -> tuple[float, float]:
+            found = boxes_from_heatmap(heat, rule)
+            if not found:
+                return 0.0, 0.0
+            b = found[0].scaled(sx, sy)
+            return iou(b.as_list(), box), (b.x1 - b.x0) * (b.y1 - b.y0) / true_area
 
-        hits = {t: hit(heat_true, t) for t in {*self.thresholds, self.threshold}}  # each threshold once
-        found = hits[self.threshold]
         self.count += 1
-        self.gt_known += found
-        self.top1 += correct and found
-        self.per_threshold += np.array([hits[t] for t in self.thresholds])
+        for j, t in enumerate(self.thresholds):
+            value = overlap(t)[0]
+            self.curve[:, j] += [value >= need for need in IOUS_V2]
+            self.curve_top1[j] += correct and value >= IOU_NEEDED
+        for j, rule in enumerate(self.rules):
+            value, ratio = overlap(rule)
+            self.rule_hits[j] += value >= IOU_NEEDED
+            self.rule_top1[j] += correct and value >= IOU_NEEDED
+            self.area_ratio[j].append(ratio)
 
-    def result(self) -> dict[str, float]:
+    def served_rule(self) -> BoxRule:
+        if self.served is not None:
+            return self.served
+        if self.count >= CALIBRATION_MIN_IMAGES:
+            best = int(np.argmax(self.curve[IOUS_V2.index(IOU_NEEDED)]))
+            return BoxRule("threshold", self.thresholds[best])
+        return self.fallback
+
+    def result(self) -> dict:
         if not self.count:
             return {}
-        curve = self.per_threshold / self.count
-        best = int(np.argmax(curve))
-        return {"images_with_boxes": self.count, "cam_threshold": self.threshold,
-                "top1_loc": self.top1 / self.count, "gt_known_loc": self.gt_known / self.count,
-                "max_box_acc": float(curve[best]), "best_threshold": self.thresholds[best]}
+        curves = self.curve / self.count
+        at_half = curves[IOUS_V2.index(IOU_NEEDED)]
+        best = int(np.argmax(at_half))
+        served = self.served_rule()
+        if served.name == "threshold" and served.value in self.thresholds:
+            j = self.thresholds.index(served.value)
+            gt_known, top1_loc = at_half[j], self.curve_top1[j] / self.count
+            ratio = None
+        else:
+            j = self.rules.index(served)
+            gt_known, top1_loc = self.rule_hits[j] / self.count, self.rule_top1[j] / self.count
+            ratio = float(np.median(self.area_ratio[j]))
+        paper = self.thresholds.index(PAPER_THRESHOLD)
+        return {"images_with_boxes": self.count, "box_rule": str(served),
+                "gt_known_loc": float(gt_known), "top1_loc": float(top1_loc),
+                "max_box_acc": float(at_half[best]), "best_threshold": self.thresholds[best],
+                "max_box_acc_v2": float(curves.max(axis=1).mean()),
+                "gt_known_loc_paper": float(at_half[paper]),
+                "gt_known_by_rule": {str(r): float(h / self.count) for r, h in zip(self.rules, self.rule_hits)},
+                "box_area_ratio_by_rule": {str(r): float(np.median(a)) for r, a in zip(self.rules, self.area_ratio)},
+                "gt_known_by_threshold": {f"{t:g}": float(a) for t, a in zip(self.thresholds, at_half)},
+                **({"box_area_ratio": ratio} if ratio is not None else {})}

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from ..cam import BoxRule
 from ..engine import ModelLoadError
 from ..pipeline import Options
 from .deps import ServiceDep, require_predict_token
@@ -62,6 +63,19 @@ async def read_uploads(request: Request, max_bytes: int, max_files: int, allowed
     return [("body", body)]
 
 
+def request_rule(threshold: float | None, box_rule: str | None) -> BoxRule | None:
+    if threshold is not None and box_rule is not None:
+        raise HTTPException(422, "give threshold or box_rule, not both")
+    if threshold is not None:
+        return BoxRule("threshold", threshold)
+    if box_rule is None:
+        return None
+    try:
+        return BoxRule.parse(box_rule)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+
+
 @router.post("/v1/predict")
 async def predict(
     request: Request,
@@ -70,6 +84,8 @@ async def predict(
     cam: Annotated[bool, Query(description="keep CAMs for overlay URLs")] = True,
     boxes: Annotated[bool, Query(description="CAM boxes per label")] = True,
     threshold: Annotated[float | None, Query(gt=0, lt=1, description="box threshold, a fraction of the CAM's max")] = None,
+    box_rule: Annotated[str | None, Query(max_length=32, description="threshold:F, mass:F (the smallest region "
+                                          "holding F of the CAM's heat) or otsu; default: the model's rule")] = None,
     all_boxes: Annotated[bool, Query(description="every component, not only the largest")] = False,
     min_area: Annotated[float, Query(ge=0, le=1, description="smallest component kept, a fraction of the image")] = 0.0,
 ):
@@ -78,8 +94,7 @@ async def predict(
     s = service.settings
     uploads = await read_uploads(request, s.max_upload_bytes, s.max_files)
     # top_k beyond the label count returns every label; no model loaded is a 503 (ModelLoadError)
-    opts = Options(top_k=top_k, cams=cam, boxes=boxes,
-                   threshold=threshold, all_boxes=all_boxes,
+    opts = Options(top_k=top_k, cams=cam, boxes=boxes, rule=request_rule(threshold, box_rule), all_boxes=all_boxes,
                    min_area=min_area)
     try:
         answer = await service.predict(uploads, opts)
@@ -132,7 +147,7 @@ def cam_overlay(
     if format == "heatmap.png":
         return Response(grey_png(service.heatmap(item, index)), media_type="image/png")
     picture = service.overlay_image(item, index, stored.labels[index], alpha, colormap,
-                                    threshold or stored.threshold,
+                                    BoxRule("threshold", threshold) if threshold else stored.rule,
                                     max_side or service.settings.overlay_max_side)
     data, media_type = encode(picture, format)
     return Response(data, media_type=media_type)

@@ -76,7 +76,9 @@ function selectImage(i) {
     list.appendChild(li);
   }
   const m = state.answer.model;
-  $("answered").textContent = `answered by ${m.name} v${m.version} (${m.architecture}) on ${state.answer.provider}`;
+  const rule = state.answer.box_rule;
+  $("answered").textContent = `answered by ${m.name} v${m.version} (${m.architecture}) on ${state.answer.provider}` +
+    (rule ? ` · boxes: ${rule.rule} (${rule.source})` : "");
   const t = r.timings;
   $("timings").textContent = `decode ${t.decode_ms} ms · queue ${t.queue_ms} ms · inference ${t.inference_ms} ms · ` +
     `CAM ${t.cam_ms} ms · batch ${t.batch_size} · total ${state.answer.total_ms} ms`;

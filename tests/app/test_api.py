@@ -102,25 +102,47 @@ def test_open_inference_protocol_v2(client):
     assert client.get("/v2/models/other").status_code == 404
 
 
-def test_default_box_threshold_is_the_cards_calibrated_one(client, tiny_model):
+def test_default_box_rule_is_the_cards_calibrated_threshold(client, tiny_model):
     calibrated = tiny_model.card["cam"]["best_threshold"]
-    assert 0 < calibrated < 1
+    assert 0 < calibrated < 1 and tiny_model.card["cam"]["rule"] == f"threshold:{calibrated:g}"
     default = client.post("/v1/predict?top_k=8", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
     assert default["cam_threshold"] == calibrated
+    assert default["box_rule"]["source"] == "calibrated on 64 boxed validation images"
     asked = client.post("/v1/predict?top_k=8&threshold=0.05", content=shape_jpeg(),
                         headers={"content-type": "image/jpeg"}).json()
-    assert asked["cam_threshold"] == 0.05
+    assert asked["cam_threshold"] == 0.05 and asked["box_rule"] == {"rule": "threshold:0.05", "name": "threshold",
+                                                                   "value": 0.05, "source": "request"}
     area = [sum((b["x1"] - b["x0"]) * (b["y1"] - b["y0"]) for p in a["results"][0]["predictions"] for b in p["boxes"])
             for a in (default, asked)]
     assert area[1] >= area[0]  # a lower threshold keeps more of every CAM
 
 
-def test_engine_default_threshold_order():
+def test_a_request_may_name_a_box_rule(client):
+    r = client.post("/v1/predict?top_k=3&box_rule=mass:0.5", content=shape_jpeg(),
+                    headers={"content-type": "image/jpeg"}).json()
+    assert r["cam_threshold"] is None and r["box_rule"]["name"] == "mass" and r["box_rule"]["value"] == 0.5
+    boxes = [b for p in r["results"][0]["predictions"] for b in p["boxes"]]
+    assert boxes and all(0 < b["threshold"] <= 1 for b in boxes)  # each box says where its map was cut
+    for bad in ("mass:2", "median", "mass"):
+        answer = client.post(f"/v1/predict?box_rule={bad}", content=shape_jpeg(), headers={"content-type": "image/jpeg"})
+        assert answer.status_code == 422 and "rule" in answer.json()["error"], answer.text
+    both = client.post("/v1/predict?box_rule=otsu&threshold=0.3", content=shape_jpeg(),
+                       headers={"content-type": "image/jpeg"})
+    assert both.status_code == 422
+
+
+def test_engine_default_rule_order():
+    from app.cam import DEFAULT_RULE, BoxRule
     from app.engine import Engine
 
     engine = Engine.__new__(Engine)
-    engine.card = {"cam": {"threshold": 0.2, "best_threshold": 0.55}}
-    assert engine.default_threshold(0.3) == 0.3
-    assert engine.default_threshold(None) == 0.55
+    engine.card = {"cam": {"rule": "threshold:0.55"}}
+    assert engine.default_rule(BoxRule("threshold", 0.3)) == BoxRule("threshold", 0.3)  # configured first
+    assert engine.default_rule(None) == BoxRule("threshold", 0.55)
+    # an older card: its best threshold only when it was calibrated on enough boxed images
+    engine.card = {"cam": {"best_threshold": 0.6}, "metrics": {"images_with_boxes": 500}}
+    assert engine.default_rule(None) == BoxRule("threshold", 0.6)
+    engine.card = {"cam": {"best_threshold": 0.6}, "metrics": {"images_with_boxes": 5}}
+    assert engine.default_rule(None) == DEFAULT_RULE
     engine.card = {"cam": {"best_threshold": None}}
-    assert engine.default_threshold(None) == 0.2
+    assert engine.default_rule(None) == DEFAULT_RULE and engine.rule_source.startswith("default rule")

@@ -77,3 +77,36 @@ def test_normalisation_follows_the_cam_paper_fraction_of_the_max():
     cam = np.array([[-4.0, 0.0], [1.0, 5.0]], dtype=np.float32)
     np.testing.assert_allclose(normalize(cam), [[0, 0], [0.2, 1]])  # negative evidence is no evidence
     np.testing.assert_allclose(normalize(np.array([[-3.0, -1.0]])), [[0, 1]])  # no positive evidence: min-max
+
+
+def test_box_rules_cut_each_map_where_they_say():
+    from app.cam import BoxRule, mass_threshold, otsu_threshold
+
+    heat = np.zeros((10, 10), dtype=np.float32)
+    heat[2:6, 2:6] = 0.5  # 16 pixels holding 8 of the map's 9 units of heat...
+    heat[3, 3] = 1.0  # ...and a peak holding 1 (the map's maximum)
+    assert mass_threshold(heat, 0.1) == 1.0  # the peak alone holds a tenth
+    assert mass_threshold(heat, 0.5) == 0.5  # half needs the plateau too
+    assert 0.5 <= otsu_threshold(heat) < 1.0  # between the plateau and the peak
+    box = boxes_from_heatmap(heat, BoxRule("mass", 0.5))[0]
+    assert box.as_list() == [2, 2, 6, 6] and box.threshold == 0.5
+    assert boxes_from_heatmap(heat, BoxRule("mass", 0.1))[0].as_list() == [3, 3, 4, 4]
+    assert boxes_from_heatmap(heat, BoxRule("threshold", 0.6))[0].as_list() == [3, 3, 4, 4]
+    assert boxes_from_heatmap(np.zeros((4, 4), np.float32), BoxRule("otsu")) == []
+
+
+@pytest.mark.parametrize("text, rule", [("mass:0.5", ("mass", 0.5)), ("otsu", ("otsu", None)),
+                                        ("0.35", ("threshold", 0.35)), ("threshold:0.2", ("threshold", 0.2))])
+def test_box_rules_parse_and_print(text, rule):
+    from app.cam import BoxRule
+
+    parsed = BoxRule.parse(text)
+    assert (parsed.name, parsed.value) == rule and BoxRule.parse(str(parsed)) == parsed
+
+
+@pytest.mark.parametrize("text", ["mass", "mass:1.5", "threshold:0", "median:0.3", "mass:x"])
+def test_bad_box_rules_say_what_is_wrong(text):
+    from app.cam import BoxRule
+
+    with pytest.raises(ValueError, match="rule"):
+        BoxRule.parse(text)
