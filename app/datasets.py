@@ -1,20 +1,35 @@
 """Training data sets on the server: image-folder trees under the data root, made from uploaded
 zips (checked for path escapes, links and bombs before anything is written) or grown one
-labelled sample at a time."""
+labelled sample at a time.
+
+A data set is `<class>/<image>`, or `train/<class>/<image>` and `val/<class>/<image>` (the split
+kept as given), with an optional `boxes.csv` (`path,label,x0,y0,x1,y1`, paths relative to the data
+set's root, pixel coordinates, x1/y1 exclusive): the boxes that calibrate a model's box threshold
+and measure its localization (what `rescam train --boxes-csv` reads)."""
 
 from __future__ import annotations
 
+import csv
 import io
+import math
+import os
 import re
 import shutil
 import stat
+import threading
 import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from PIL import Image, UnidentifiedImageError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+BOXES_FILE = "boxes.csv"
+BOX_FIELDS = ("path", "label", "x0", "y0", "x1", "y1")
+SPLITS = ("train", "val")
+Box = tuple[float, float, float, float]
 
 
 class DatasetError(Exception):
@@ -50,12 +65,27 @@ class Datasets:
         return [self.describe(p.name) for p in sorted(self.root.iterdir()) if p.is_dir() and SAFE_NAME.match(p.name)]
 
     def describe(self, name: str) -> dict:
+        """Images and boxed images per split (`all` when the data set has no train/val folders) and
+        class; `classes` and `images` add the splits up."""
         d = self.path(name)
         if not d.is_dir():
             raise DatasetError(404, f"no dataset {name!r}")
-        classes = {c.name: sum(1 for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-                   for c in sorted(d.iterdir()) if c.is_dir()}
-        return {"name": name, "classes": classes, "images": sum(classes.values())}
+        boxed = set(read_boxes(d))
+        splits = {}
+        for split, root in _split_roots(d).items():
+            per_class = {}
+            for c in sorted(p for p in root.iterdir() if p.is_dir() and not (root == d and p.name in SPLITS)):
+                files = [f for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+                per_class[c.name] = {"images": len(files),
+                                     "boxed": sum(f.relative_to(d).as_posix() in boxed for f in files)}
+            splits[split] = {"images": sum(v["images"] for v in per_class.values()),
+                             "boxed_images": sum(v["boxed"] for v in per_class.values()), "classes": per_class}
+        classes: dict[str, int] = {}
+        for part in splits.values():
+            for c, v in part["classes"].items():
+                classes[c] = classes.get(c, 0) + v["images"]
+        return {"name": name, "classes": classes, "images": sum(classes.values()),
+                "boxed_images": sum(p["boxed_images"] for p in splits.values()), "splits": splits}
 
     def import_zip(self, name: str, data: bytes, limits: Limits) -> dict:
         """Unpack a zip of `<class>/<image>` (optionally under one top folder) as dataset `name`."""
@@ -70,6 +100,7 @@ class Datasets:
         except (zipfile.BadZipFile, ValueError, OSError) as e:
             raise DatasetError(400, f"not a readable zip file: {e}") from None
         plan = self._plan(members, limits)
+        boxes = self._plan_boxes(archive, members, plan)
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".staging-{uuid.uuid4().hex}"
         try:
@@ -83,6 +114,8 @@ class Datasets:
                         if written > limits.max_uncompressed:  # sizes in the header can lie
                             raise DatasetError(413, "the zip inflates past the uncompressed limit")
                         dst.write(chunk)
+            if boxes:
+                write_boxes(staging, boxes)
             staging.rename(target)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise DatasetError(400, f"the zip could not be unpacked: {e}") from None
@@ -114,34 +147,161 @@ class Datasets:
                   if p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith((".", "__")) for part in p.parts)]
         if not images:
             raise DatasetError(422, "the zip holds no images (expected <class>/<image> entries)")
-        tops = {p.parts[0] for _, p in images}
-        if len(tops) == 1 and all(len(p.parts) == 3 for _, p in images):  # one top folder: drop it
+        top = _common_top(images)
+        if top:  # one top folder around everything: drop it
             images = [(m, PurePosixPath(*p.parts[1:])) for m, p in images]
+        split = images[0][1].parts[0] in SPLITS and len(images[0][1].parts) == 3
         plan, taken = [], set()
         for m, p in images:
-            if len(p.parts) != 2:
-                raise DatasetError(422, f"{m.filename!r} is not <class>/<image>")
-            check_name(p.parts[0], "class folder")
+            if split and not (len(p.parts) == 3 and p.parts[0] in SPLITS):
+                raise DatasetError(422, f"{m.filename!r} is not train/<class>/<image> or val/<class>/<image>, "
+                                        "as the zip's other images are")
+            if not split and len(p.parts) != 2:
+                raise DatasetError(422, f"{m.filename!r} is not <class>/<image> (or train|val/<class>/<image>)")
+            folder = PurePosixPath(*p.parts[:-1])
+            check_name(p.parts[-2], "class folder")
             # names are kept (the validation split is drawn from them, so it stays the same)
-            target, n = PurePosixPath(p.parts[0], check_safe_file(p.name)), 1
+            target, n = folder / check_safe_file(p.name), 1
             while target in taken:
-                target, n = PurePosixPath(p.parts[0], f"{n}-{check_safe_file(p.name)}"), n + 1
+                target, n = folder / f"{n}-{check_safe_file(p.name)}", n + 1
             taken.add(target)
             plan.append((m, target))
         return plan
 
-    def add_sample(self, name: str, label: str, data: bytes, suffix: str) -> dict:
-        """One labelled image (already checked to decode) into dataset `name`."""
+    @staticmethod
+    def _plan_boxes(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo],
+                    plan: list[tuple[zipfile.ZipInfo, PurePosixPath]]) -> list[tuple[str, str, Box]]:
+        """The rows of the zip's boxes.csv, checked (each names an image of the zip, with its class,
+        and a non-empty box inside that image), with the paths the images will have."""
+        found = [m for m in members if PurePosixPath(m.filename).name == BOXES_FILE
+                 and len(PurePosixPath(m.filename).parts) <= 2]
+        if not found:
+            return []
+        if len(found) > 1:
+            raise DatasetError(422, "the zip holds more than one boxes.csv")
+        csv_dir = PurePosixPath(found[0].filename).parent
+        where = {}  # the paths a row may use (from the zip's root, or from the csv's folder) -> plan entry
+        for m, target in plan:
+            original = PurePosixPath(m.filename.replace("\\", "/"))
+            where[original.as_posix()] = (m, target)
+            if csv_dir.parts and original.parts[:len(csv_dir.parts)] == csv_dir.parts:
+                where[PurePosixPath(*original.parts[len(csv_dir.parts):]).as_posix()] = (m, target)
+        try:
+            text = archive.read(found[0]).decode("utf-8-sig")
+        except (UnicodeDecodeError, zipfile.BadZipFile, OSError) as e:
+            raise DatasetError(422, f"boxes.csv could not be read: {e}") from None
+        rows, seen = [], set()
+        reader = csv.DictReader(io.StringIO(text))
+        missing = set(BOX_FIELDS) - set(reader.fieldnames or ())
+        if missing:
+            raise DatasetError(422, f"boxes.csv needs the columns {', '.join(BOX_FIELDS)}; missing {sorted(missing)}")
+        for line, row in enumerate(reader, start=2):
+            key = PurePosixPath((row["path"] or "").replace("\\", "/").lstrip("./")).as_posix()
+            if key not in where:
+                raise DatasetError(422, f"boxes.csv line {line}: {row['path']!r} names no image in the zip")
+            member, target = where[key]
+            if row["label"] != target.parts[-2]:
+                raise DatasetError(422, f"boxes.csv line {line}: label {row['label']!r}, but {row['path']!r} is in "
+                                        f"class folder {target.parts[-2]!r}")
+            if target in seen:
+                raise DatasetError(422, f"boxes.csv line {line}: a second box for {row['path']!r}; one box per image")
+            seen.add(target)
+            with archive.open(member) as f:
+                size = _image_size(f)
+            box = check_box(row, size, f"boxes.csv line {line} ({row['path']})")
+            rows.append((target.as_posix(), target.parts[-2], box))
+        return rows
+
+    def add_sample(self, name: str, label: str, data: bytes, suffix: str, size: tuple[int, int],
+                   box: Box | None = None, split: str | None = None) -> dict:
+        """One labelled image (already checked to decode, `size` its width and height) into data
+        set `name`, with an optional box (appended to boxes.csv) and split (train or val, for a
+        data set that has them)."""
         d = self.path(name)
-        folder = d / check_name(label, "label")
+        roots = _split_roots(d)
+        if split is not None and split not in roots:
+            raise DatasetError(422, f"dataset {name!r} has no train/val folders; leave split out" if "all" in roots
+                               else f"split must be train or val, not {split!r}")
+        root = roots[split or ("train" if "train" in roots else "all")]
+        if box is not None:
+            box = check_box(dict(zip(("x0", "y0", "x1", "y1"), box)), size, "the box")
+        folder = root / check_name(label, "label")
         folder.mkdir(parents=True, exist_ok=True)
         out = folder / f"{uuid.uuid4().hex}{suffix}"
         tmp = out.with_name("." + out.name + ".tmp")
         tmp.write_bytes(data)
-        tmp.rename(out)
-        return {"dataset": name, "label": label, "file": out.name}
+        with self._boxes_lock:
+            if box is not None:
+                rows = [(p, lab, b) for p, (lab, b) in read_boxes(d).items()]
+                write_boxes(d, [*rows, (out.relative_to(d).as_posix(), label, box)])
+            tmp.rename(out)
+        return {"dataset": name, "label": label, "file": out.name, "split": split or next(iter(roots)),
+                "box": list(box) if box else None}
+
+    _boxes_lock = threading.Lock()
 
 
 def check_safe_file(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[-100:]
     return cleaned.lstrip(".") or "image"
+
+
+def _common_top(images: list[tuple[zipfile.ZipInfo, PurePosixPath]]) -> bool:
+    """Whether every image lies under one top folder that is neither a class nor a split."""
+    tops = {p.parts[0] for _, p in images}
+    if len(tops) != 1 or next(iter(tops)) in SPLITS:
+        return False
+    depths = {len(p.parts) for _, p in images}
+    return depths == {3} or (depths == {4} and all(p.parts[1] in SPLITS for _, p in images))
+
+
+def _split_roots(d: Path) -> dict[str, Path]:
+    if all((d / s).is_dir() for s in SPLITS):
+        return {s: d / s for s in SPLITS}
+    return {"all": d}
+
+
+def _image_size(f) -> tuple[int, int]:
+    try:
+        with Image.open(f) as im:  # the size as served: after EXIF orientation (5-8 turn it)
+            w, h = im.size
+            return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(422, f"an image named in boxes.csv could not be read: {e}") from None
+
+
+def check_box(row: dict, size: tuple[int, int], where: str) -> Box:
+    """x0, y0, x1, y1 from `row`: numbers, a box of some area, inside a width x height image."""
+    try:
+        x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+    except (TypeError, ValueError, KeyError):
+        raise DatasetError(422, f"{where}: x0, y0, x1, y1 must be numbers") from None
+    w, h = size
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise DatasetError(422, f"{where}: x0, y0, x1, y1 must be finite")
+    if x1 <= x0 or y1 <= y0:
+        raise DatasetError(422, f"{where}: the box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty (x1 > x0 and y1 > y0 "
+                                "needed)")
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise DatasetError(422, f"{where}: the box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {w}x{h} image")
+    return x0, y0, x1, y1
+
+
+def read_boxes(d: Path) -> dict[str, tuple[str, Box]]:
+    """boxes.csv of data set folder `d`: relative path -> (label, box)."""
+    try:
+        with open(d / BOXES_FILE, newline="") as f:
+            return {r["path"]: (r["label"], tuple(float(r[k]) for k in ("x0", "y0", "x1", "y1")))
+                    for r in csv.DictReader(f)}
+    except FileNotFoundError:
+        return {}
+
+
+def write_boxes(d: Path, rows: list[tuple[str, str, Box]]) -> None:
+    """boxes.csv written whole: a reader sees the old file or the new one."""
+    tmp = d / f".{BOXES_FILE}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(BOX_FIELDS)
+        w.writerows((p, label, *(f"{v:g}" for v in box)) for p, label, box in rows)
+    os.replace(tmp, d / BOXES_FILE)

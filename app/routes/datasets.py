@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
@@ -31,7 +31,9 @@ def show_dataset(name: str, service: ServiceDep, actor: AdminDep) -> dict:
 @router.post("", status_code=201)
 async def upload_dataset(request: Request, service: ServiceDep, actor: AdminDep,
                          name: Annotated[str, Query(description="the new data set's name")]) -> dict:
-    """A zip of `<class>/<image>` entries (multipart `file` or a raw application/zip body)."""
+    """A zip of `<class>/<image>` entries, or `train/<class>/<image>` and `val/<class>/<image>` (the
+    split kept), with an optional `boxes.csv` (`path,label,x0,y0,x1,y1`, paths relative to the zip's
+    root); multipart `file` or a raw application/zip body. A bad row is a 422 naming it."""
     s = service.settings
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
@@ -46,11 +48,21 @@ async def upload_dataset(request: Request, service: ServiceDep, actor: AdminDep,
 
 @router.post("/{name}/samples", status_code=201)
 async def add_sample(name: str, request: Request, service: ServiceDep, actor: AdminDep,
-                     label: Annotated[str, Query(description="the sample's class")]) -> dict:
-    """One labelled image, e.g. a user's correction of a prediction."""
+                     label: Annotated[str, Query(description="the sample's class")],
+                     x0: Annotated[float | None, Query(description="the object's box, in the image's pixels "
+                                                                   "(after EXIF orientation): all four or none")] = None,
+                     y0: float | None = None, x1: float | None = None, y1: float | None = None,
+                     split: Annotated[Literal["train", "val"] | None, Query(
+                         description="for a data set with train/val folders (default train)")] = None) -> dict:
+    """One labelled image, e.g. a user's correction of a prediction, with its box if known."""
     s = service.settings
+    corners = (x0, y0, x1, y1)
+    if any(v is None for v in corners) and any(v is not None for v in corners):
+        raise HTTPException(422, "a box needs all of x0, y0, x1, y1")
     _, data = (await read_uploads(request, s.max_upload_bytes, 1))[0]
     decoded = await asyncio.get_running_loop().run_in_executor(None, decode, data, s.max_pixels, 64)
     if not service.datasets.path(name).is_dir():
         raise HTTPException(404, f"no dataset {name!r}")
-    return service.datasets.add_sample(name, label, data, SUFFIXES.get(decoded.format, ".img"))
+    box = None if x0 is None else corners
+    return service.datasets.add_sample(name, label, data, SUFFIXES.get(decoded.format, ".img"),
+                                       (decoded.width, decoded.height), box, split)
