@@ -22,7 +22,7 @@ def _config(args: argparse.Namespace):
 
     overrides = {}
     for key in ("model", "data", "epochs", "batch_size", "lr", "image_size", "device", "seed", "init", "workers",
-                "boxes_csv", "max_steps"):
+                "boxes_csv", "max_steps", "min_steps", "time_budget_s"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
@@ -36,7 +36,14 @@ def _config(args: argparse.Namespace):
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    return recipe(args.recipe, **overrides)
+    name = args.recipe or default_recipe(overrides.get("data"))
+    return recipe(name, **overrides)
+
+
+def default_recipe(data: str | None) -> str:
+    """The demo recipe for the embedded synthetic set (the default model), else `auto`: a user's
+    data decide the image size and the number of steps (training/plan.py)."""
+    return "demo" if data in (None, "synthetic") else "auto"
 
 
 def register(export_dir: Path, registry: str, name: str, deploy: str) -> int:
@@ -73,7 +80,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.no_register or not ckpt.get("finished"):
         return
     export_dir = export_checkpoint(checkpoint, out / "export")
-    result = {"checkpoint": str(checkpoint), "export": str(export_dir), "metrics": metrics}
+    result = {"checkpoint": str(checkpoint), "export": str(export_dir), "metrics": metrics,
+              "labels": list(ckpt["classes"])}
     if args.compare_with:
         from .compare import evaluate_onnx
 
@@ -113,15 +121,34 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> None:
-    """Train, export and deploy the default model when the registry has no live version."""
+    """Deploy the default model when the registry has no live version: the one the package ships
+    (registered in seconds), or, with --train, one trained afresh by the demo recipe."""
     from app.registry import Registry
 
-    if Registry(args.registry).deployed(args.name) is not None:
+    registry = Registry(args.registry)
+    if registry.deployed(args.name) is not None:
         return
-    print(f"no model deployed in {args.registry}: training the default model (a few minutes on a CPU)",
-          file=sys.stderr)
+    shipped = shipped_model_dir()
+    if not args.train and shipped is not None:
+        version = registry.register(args.name, shipped)
+        registry.deploy(args.name, version, actor="bootstrap", reason="the default model shipped with rescam")
+        print(f"registered and deployed the shipped default model as {args.name} v{version} in {args.registry}",
+              file=sys.stderr)
+        return
+    print(f"no model deployed in {args.registry}: training the default model (the demo recipe; "
+          "about 15 minutes on 2 CPU cores, a minute on a GPU)", file=sys.stderr)
     parser = build_parser()
     cmd_train(parser.parse_args(["train", "--registry", args.registry, "--name", args.name, "--out", "runs/default"]))
+
+
+def shipped_model_dir() -> Path | None:
+    """app/default_model: the default model's ONNX file, card and weights, as `rescam bootstrap
+    --train` makes them (BENCHMARKS.md); None in an install without it."""
+    import app
+    from app.registry import CARD_FILE, MODEL_FILE
+
+    folder = Path(app.__file__).resolve().parent / "default_model"
+    return folder if (folder / MODEL_FILE).is_file() and (folder / CARD_FILE).is_file() else None
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -177,7 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             kept = service.store.get(answer["id"])
             top = result["predictions"][0]
             picture = service.overlay_image(kept.images[0], top["index"], top["label"], 0.5, "turbo",
-                                            kept.threshold, service.settings.overlay_max_side)
+                                            kept.rule, service.settings.overlay_max_side)
             picture.save(args.out)
             answer["overlay"] = args.out
             return answer
@@ -196,12 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--name", default=DEFAULT_NAME, help="model name in the registry (default %(default)s)")
 
     t = sub.add_parser("train", help="train a model, export it and register it")
-    t.add_argument("--recipe", default="demo", help="demo | paper-cifar | paper-imagenet")
+    t.add_argument("--recipe", choices=("auto", "demo", "paper-cifar", "paper-imagenet"),
+                   help="default: demo for the synthetic set, auto (steps, size and augmentation from the data) "
+                        "for any other --data")
     t.add_argument("--data", help="synthetic | folder:PATH | cifar10:PATH | cifar100:PATH")
     t.add_argument("--boxes-csv", help="path,label,x0,y0,x1,y1 for localization metrics on folders")
     t.add_argument("--model", help="architecture, e.g. resnet20 or resnet50")
     t.add_argument("--epochs", type=int)
     t.add_argument("--max-steps", type=int)
+    t.add_argument("--min-steps", type=int, help="at least this many optimizer steps (auto: 1000)")
+    t.add_argument("--time-budget", dest="time_budget_s", type=float, metavar="SECONDS",
+                   help="cut the steps so that training fits this many seconds (auto: 480)")
     t.add_argument("--batch-size", type=int, help="global batch size")
     t.add_argument("--lr", type=float)
     t.add_argument("--image-size", type=int)
@@ -238,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     registry_args(x)
     x.set_defaults(func=cmd_export)
 
-    b = sub.add_parser("bootstrap", help="train and deploy the default model if none is deployed")
+    b = sub.add_parser("bootstrap", help="deploy the shipped default model if none is deployed")
+    b.add_argument("--train", action="store_true", help="train the default model afresh instead of registering "
+                                                        "the shipped one")
     registry_args(b)
     b.set_defaults(func=cmd_bootstrap)
 

@@ -18,16 +18,22 @@ class TrainConfig:
     data: str = "synthetic"  # synthetic | folder:PATH | cifar10:PATH | cifar100:PATH
     boxes_csv: str | None = None  # path,label,x0,y0,x1,y1 for localization on image folders
     val_fraction: float = 0.1  # for folders without a val/ subfolder
-    image_size: int = 48  # the network's input side, pixels
+    image_size: int = 48  # the network's input side, pixels; 0: from the images (training/plan.py)
     resize: int | None = None  # shorter side before the centre crop at evaluation; None = image_size
     synthetic_train: int = 8000  # images
     synthetic_val: int = 1000  # images
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    augment: str = "none"  # none | cifar (4-px pad, crop, flip) | imagenet (scale [256, 480], crop, flip)
+    # none | cifar (4-px pad, crop, flip) | imagenet (scale [256, 480], crop, flip) | shift-scale (zoom,
+    # shift, contrast: for small data sets of any kind)
+    augment: str = "none"
     # optimisation
     epochs: int = 6
     max_steps: int | None = None  # stop after this many optimizer steps (the paper counts iterations)
+    min_steps: int = 0  # at least this many optimizer steps, however small the data set
+    time_budget_s: float | None = None  # steps are cut so that training and evaluation fit, seconds
+    keep_best: bool = False  # the final model is the epoch with the best validation top-1
+    adapt: bool = False  # image size (when 0) and the CIFAR stem's stride chosen from the data
     batch_size: int = 128  # global, across all processes
     lr: float = 0.1
     momentum: float = 0.9
@@ -63,6 +69,13 @@ class TrainConfig:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
+    # The default for a user's data (`--data folder:...`, `POST /v1/jobs`): the image size from the
+    # images, at least 1,000 optimizer steps (a 1,500-image set is 11 steps an epoch: one epoch
+    # learns nothing), zoom/shift/contrast augmentation (small sets overfit without it), the best
+    # epoch kept, and at most 8 minutes of training on whatever machine runs it (BENCHMARKS.md).
+    "auto": dict(model="resnet20", data="synthetic", image_size=0, adapt=True, epochs=30, min_steps=1000,
+                 time_budget_s=480, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine",
+                 warmup_steps=50, augment="shift-scale", keep_best=True),
     # The default model: about 3 minutes on 2 CPU cores (BENCHMARKS.md). resnet20 with a strided
     # stem sees 64x64 images at the cost of 32x32 ones (small shapes need the pixels); one pass over
     # 36k unique synthetic images beats several passes over fewer. Training sits on a plateau near

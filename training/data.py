@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from app.cam import Geometry
@@ -82,8 +82,8 @@ class FolderSet(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.files[i]
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        with Image.open(path) as im:  # oriented as the service orients it, so boxes agree
+            image = ImageOps.exif_transpose(im).convert("RGB")
         if self.augment != "none":
             array, window = self._train_view(image), Geometry.full(*image.size)
         else:
@@ -209,3 +209,34 @@ def cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
                  rows[:, None, :, None], cols[:, None, None, :]]
     flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def shift_scale_augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.15,
+                        scale: tuple[float, float] = (0.8, 1.25), jitter: float = 0.25, erase: bool = False
+                        ) -> torch.Tensor:
+    """For small data sets of any kind: each image zoomed by a factor in `scale` and moved by up to
+    `shift` of its side (what lies outside becomes the mean colour, 0 after normalisation), and its
+    contrast and brightness jittered by up to `jitter`. No flips: they change digits and text.
+    x: normalised (N, C, H, W)."""
+    n = x.shape[0]
+    zoom = torch.empty(n).uniform_(*scale, generator=generator)
+    move = torch.empty(n, 2).uniform_(-shift, shift, generator=generator) * 2  # grid units span [-1, 1]
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    theta[:, :, 2] = move
+    grid = torch.nn.functional.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    contrast = torch.empty(n, 1, 1, 1).uniform_(1 - jitter, 1 + jitter, generator=generator).to(x.device, x.dtype)
+    brightness = torch.empty(n, 1, 1, 1).uniform_(-jitter, jitter, generator=generator).to(x.device, x.dtype)
+    out = out * contrast + brightness
+    if erase:  # hide-and-seek / random erasing: a patch of the mean colour on half of the images
+        side = (torch.empty(n, 2).uniform_(0.2, 0.5, generator=generator) * torch.tensor(x.shape[-2:])).long()
+        corner = (torch.rand(n, 2, generator=generator) * (torch.tensor(x.shape[-2:]) - side + 1)).long()
+        keep = torch.rand(n, generator=generator) < 0.5
+        rows = torch.arange(x.shape[-2])[None, :]
+        cols = torch.arange(x.shape[-1])[None, :]
+        in_rows = (rows >= corner[:, :1]) & (rows < corner[:, :1] + side[:, :1])
+        in_cols = (cols >= corner[:, 1:]) & (cols < corner[:, 1:] + side[:, 1:])
+        hole = (in_rows[:, :, None] & in_cols[:, None, :] & keep[:, None, None]).to(x.device)
+        out = out.masked_fill(hole[:, None], 0.0)
+    return out

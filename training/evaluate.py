@@ -31,7 +31,7 @@ def evaluate(model: ResNet, dataset: Dataset, cfg, device: torch.device, num_cla
     mean, std = channel_stats(cfg, device)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     top5 = loss_sum = count = 0
-    tally = LocalizationTally()
+    tally = LocalizationTally()  # served rule: calibrated on these boxes if enough, else the default
     for images, labels, boxes, windows in DataLoader(dataset, batch_size=batch_size, num_workers=cfg.workers):
         x = normalize_batch(images.to(device), mean, std)
         features = model.forward_features(x)
@@ -51,6 +51,8 @@ def evaluate(model: ResNet, dataset: Dataset, cfg, device: torch.device, num_cla
                 tally.add(cams[i, truth[i]], bool(pred[i] == truth[i]), boxes[i].numpy(),
                           geometry_from_vector(windows[i]))
     result = {"images": count, "loss": loss_sum / max(count, 1), "top1": float(np.trace(confusion)) / max(count, 1),
-              "top5": top5 / max(count, 1), "confusion": confusion.tolist()}
+              "top5": top5 / max(count, 1), "confusion": confusion.tolist(),
+              # what always answering the most common class would score: the gate's floor
+              "chance_top1": float(confusion.sum(axis=1).max()) / max(count, 1)}
     result.update(tally.result())
     return result

@@ -26,11 +26,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models import ResNet, create_model
 
 from .config import TrainConfig
-from .data import cifar_augment, load_data
+from .data import load_data
 from .evaluate import channel_stats, evaluate, normalize_batch
+from .plan import Plan, adapt_to_data, augment_batch, make_plan, time_steps
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pth"
+BEST = "best.pth"  # the weights of the epoch with the best validation top-1 (cfg.keep_best)
 METRICS = "metrics.jsonl"
 
 
@@ -161,7 +163,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
 
-    # data
+    # data, and what the data decide (image size, stem; training/plan.py)
+    cfg = adapt_to_data(cfg, device.type == "cuda")
     data = load_data(cfg)
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not divide over {world} processes")
@@ -177,17 +180,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                         num_workers=cfg.workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.workers > 0)
     steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
     mean, std = channel_stats(cfg, device)
 
-    # model and optimiser
+    # model, the plan (how many steps), optimiser
     model = build_model(cfg, len(data.classes))
     if cfg.init:
         load_init(model, cfg.init)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    checkpoint_path = out_dir / CHECKPOINT
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
+        if resume and checkpoint_path.exists() else None
+    if ckpt is not None and ckpt.get("plan"):
+        plan = Plan(**ckpt["plan"])  # a resumed run keeps its schedule
+    else:
+        timed = time_steps(model, loader, cfg, device) if cfg.time_budget_s or cfg.adapt else None
+        plan = make_plan(cfg, steps_per_epoch, batch_size, len(data.train), len(data.val), timed)
+    total_steps, epochs = plan.steps, plan.epochs
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     decay, no_decay = [], []
@@ -200,17 +209,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=2)
                if cfg.schedule == "plateau" else None)
 
-    start_epoch, step = 0, 0
-    checkpoint_path = out_dir / CHECKPOINT
-    if resume and checkpoint_path.exists():
-        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    start_epoch, step, best_top1 = 0, 0, -1.0
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if plateau is not None:
             plateau.load_state_dict(ckpt["plateau"])
         set_rng_state(ckpt["rng"])
-        start_epoch, step = ckpt["epoch"], ckpt["step"]
+        start_epoch, step, best_top1 = ckpt["epoch"], ckpt["step"], ckpt.get("best_top1", -1.0)
         log.info("resumed from %s at epoch %d, step %d", checkpoint_path, start_epoch, step)
 
     net = DistributedDataParallel(model) if world > 1 else model
@@ -218,12 +225,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         net = torch.compile(net)
     use_amp = cfg.amp and device.type == "cuda"
     progress = Progress(out_dir, total_steps, is_main)
+    if is_main and ckpt is None:
+        log.info(plan.describe(len(data.train)))
+        print(f"rescam: {plan.describe(len(data.train))}", file=sys.stderr, flush=True)
+        progress.report(event="plan", step=0, train_images=len(data.train), val_images=len(data.val),
+                        **plan.to_dict())
     aug_gen = torch.Generator()
     val_metrics: dict = {}
 
     # the loop
     epochs_done = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
+    replan_at = cfg.warmup_steps if cfg.time_budget_s and ckpt is None and cfg.warmup_steps >= 10 else None
+    train_s = 0.0  # time in training steps, evaluation excluded
+    epoch = start_epoch
+    while epoch < epochs:
         if step >= total_steps or (cfg.stop_after_epochs is not None and epoch - start_epoch >= cfg.stop_after_epochs):
             break
         net.train()
@@ -232,12 +247,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         sampler.set_epoch(epoch)
         aug_gen.manual_seed(cfg.seed * 100_003 + epoch * 1009 + rank)
         seen, tick = 0, time.monotonic()
+        mark = tick
         for images, labels, _, _ in loader:
             if step >= total_steps:
                 break
             x = normalize_batch(images.to(device, non_blocking=True), mean, std)
-            if cfg.augment == "cifar":
-                x = cifar_augment(x, aug_gen)
+            x = augment_batch(x, cfg.augment, aug_gen)
             x = x.contiguous(memory_format=memory_format)
             y = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -247,6 +262,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             optimizer.step()
             scheduler.step()
             step += 1
+            train_s, mark = train_s + time.monotonic() - mark, time.monotonic()
+            if step == replan_at:
+                # the loop's own speed (the probe's can be off on a busy machine): fit the budget
+                # again before the cosine phase, whose shape depends on the step count
+                plan = replan(cfg, plan, train_s / step, len(data.train), len(data.val), world, device)
+                total_steps, epochs, progress.total = plan.steps, plan.epochs, plan.steps
+                scheduler.lr_lambdas = [lr_factor(cfg, total_steps)] * len(optimizer.param_groups)
+                progress.report(event="plan", step=step, replanned=True, train_images=len(data.train),
+                                val_images=len(data.val), **plan.to_dict())
+                if is_main:
+                    log.info("re-planned at step %d: %s", step, plan.describe(len(data.train)))
             seen += len(y) * world
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.monotonic() - tick
@@ -261,20 +287,31 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                 plateau.step(val_metrics["loss"])
             progress.report(event="epoch", epoch=epoch + 1, step=step, val_loss=val_metrics["loss"],
                             val_top1=val_metrics["top1"], val_top5=val_metrics["top5"])
+            if cfg.keep_best and val_metrics["top1"] > best_top1:
+                best_top1 = val_metrics["top1"]
+                save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "step": step, "top1": best_top1},
+                            out_dir / BEST)
             save_atomic({"model": model.state_dict(), "model_name": cfg.model, "model_kwargs": cfg.model_kwargs,
                          "classes": data.classes, "config": cfg.to_dict(), "fingerprint": data.fingerprint,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "plateau": plateau.state_dict() if plateau is not None else None,
-                         "rng": rng_state(), "epoch": epoch + 1, "step": step, "metrics": val_metrics},
+                         "rng": rng_state(), "epoch": epoch + 1, "step": step, "metrics": val_metrics,
+                         "plan": plan.to_dict(), "best_top1": best_top1},
                         checkpoint_path)
-        epochs_done = epoch + 1
+        epochs_done = epoch = epoch + 1
         if world > 1:
             dist.barrier()
 
-    finished = step >= total_steps or epochs_done >= cfg.epochs
+    finished = step >= total_steps or epochs_done >= epochs
     if is_main and finished:
-        metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=True)
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if cfg.keep_best and (out_dir / BEST).exists():
+            best = torch.load(out_dir / BEST, map_location="cpu", weights_only=False)
+            model.load_state_dict(best["model"])
+            ckpt["model"], ckpt["best_epoch"] = best["model"], best["epoch"]
+            log.info("kept the weights of epoch %d (validation top-1 %.4f)", best["epoch"], best["top1"])
+        metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=True)
+        metrics["diverged"] = diverged(ckpt, metrics)
         ckpt["metrics"] = metrics
         ckpt["finished"] = True  # the run is complete: export and registration may follow
         save_atomic(ckpt, checkpoint_path)
@@ -283,6 +320,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     if world > 1:
         dist.barrier()
     return checkpoint_path
+
+
+def replan(cfg: TrainConfig, plan: Plan, seconds_per_step: float, train_images: int, val_images: int, world: int,
+           device: torch.device) -> Plan:
+    """The plan again with the loop's measured speed; every process takes rank 0's figure, so all
+    stop at the same step."""
+    if world > 1:
+        t = torch.tensor([seconds_per_step], dtype=torch.float64, device=device)
+        dist.broadcast(t, 0)
+        seconds_per_step = float(t.item())
+    return make_plan(cfg, plan.steps_per_epoch, plan.batch_size, train_images, val_images, seconds_per_step)
+
+
+def diverged(ckpt: dict, metrics: dict) -> bool:
+    """A run whose validation loss is not a number learnt nothing usable (NaN or inf weights)."""
+    weights_ok = all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    return not (math.isfinite(metrics["loss"]) and weights_ok)
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[ResNet, dict]:

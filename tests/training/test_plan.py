@@ -1,0 +1,53 @@
+"""The training plan: steps from the data with a floor and a time budget, the image size from
+the images, and the augmentation for small data sets."""
+
+import pytest
+import torch
+from PIL import Image
+
+from training.config import recipe
+from training.data import shift_scale_augment
+from training.plan import adapt_to_data, make_plan
+
+
+def test_a_small_data_set_gets_the_step_floor_not_ten_steps():
+    cfg = recipe("auto", data="folder:/x")
+    plan = make_plan(cfg, steps_per_epoch=11, batch_size=128, train_images=1437, val_images=360,
+                     seconds_per_step=None)
+    assert plan.steps == 1000 and plan.epochs == 91 and plan.limited_by == "min_steps"
+    big = make_plan(cfg, steps_per_epoch=800, batch_size=128, train_images=102_400, val_images=1000,
+                    seconds_per_step=None)
+    assert big.steps == 30 * 800 and big.limited_by == "epochs"
+
+
+def test_the_time_budget_cuts_the_steps_and_says_so():
+    cfg = recipe("auto", data="folder:/x", time_budget_s=100)
+    plan = make_plan(cfg, steps_per_epoch=11, batch_size=128, train_images=1437, val_images=360,
+                     seconds_per_step=0.5)
+    assert plan.limited_by == "time_budget" and plan.steps < 200
+    assert plan.expected_s <= 100 and plan.expected_s > 90  # it uses the budget, not a fraction of it
+    roomy = make_plan(cfg.replace(time_budget_s=10_000), 11, 128, 1437, 360, 0.5)
+    assert roomy.steps == 1000 and roomy.limited_by == "min_steps"
+
+
+@pytest.mark.parametrize("side, expected, stem", [(40, 32, 1), (64, 64, 2), (100, 96, 2), (500, 128, 2)])
+def test_the_image_size_and_stem_come_from_the_images(tmp_path, side, expected, stem):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("RGB", (side + 10 * i, side)).save(tmp_path / c / f"{i}.png")
+    cfg = adapt_to_data(recipe("auto", data=f"folder:{tmp_path}"), on_gpu=False)
+    assert cfg.image_size == expected and cfg.model_kwargs == {"stem_stride": stem}
+    explicit = adapt_to_data(recipe("auto", data=f"folder:{tmp_path}", image_size=48), on_gpu=False)
+    assert explicit.image_size == 48  # a size the user gave is kept
+
+
+def test_shift_scale_augment_moves_and_zooms_but_keeps_the_shape():
+    x = torch.zeros(8, 3, 32, 32)
+    x[:, :, 12:20, 12:20] = 1.0
+    a = shift_scale_augment(x, torch.Generator().manual_seed(0))
+    b = shift_scale_augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)  # the same seed, the same views
+    assert not torch.allclose(a, x)
+    centres = [(torch.nonzero(img[0] > img[0].mean()).float().mean(0)) for img in a]
+    assert len({tuple(c.round().tolist()) for c in centres}) > 1  # objects moved by different amounts

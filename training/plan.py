@@ -1,0 +1,159 @@
+"""The training plan, chosen from the data: image size, the CIFAR stem's stride, and how many
+optimizer steps fit, so that a user's first `rescam train --data folder:...` or `POST /v1/jobs`
+with nothing but a data set trains long enough to learn and no longer than its time budget.
+
+A plan is made once, before the first step, printed, written to metrics.jsonl (the job shows it)
+and kept in the checkpoint, so a resumed run follows the same schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.registry import is_cifar_model
+
+from .config import TrainConfig
+
+SIZE_STEP = 16  # the network's input side is a multiple of this
+SIZE_RANGE = (32, 128)  # on a CPU a larger side costs more steps than it gains; a GPU may go higher
+SIZE_RANGE_GPU = (32, 224)
+SAMPLED_FILES = 200  # image headers read to choose the size
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: int
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    image_size: int
+    augment: str
+    seconds_per_step: float | None  # measured before training; None when nothing was timed
+    expected_s: float | None
+    limited_by: str  # "epochs", "min_steps" or "time_budget"
+
+    def describe(self, train_images: int) -> str:
+        eta = f", about {self.expected_s / 60:.1f} min" if self.expected_s else ""
+        return (f"plan: {self.steps} optimizer steps ({self.epochs} epochs of {train_images} images, batch "
+                f"{self.batch_size}), {self.image_size} px, augmentation {self.augment}{eta}; "
+                f"steps set by {self.limited_by}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _folder_sizes(root: Path) -> list[tuple[int, int]]:
+    from PIL import Image
+
+    from .data import IMAGE_SUFFIXES
+
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    step = max(1, len(files) // SAMPLED_FILES)
+    sizes = []
+    for p in files[::step][:SAMPLED_FILES]:
+        try:
+            with Image.open(p) as im:  # reads the header only
+                sizes.append(im.size)
+        except OSError:
+            continue
+    return sizes
+
+
+def image_size_for(cfg: TrainConfig, on_gpu: bool) -> int:
+    """The median shorter side of the images, rounded down to a multiple of SIZE_STEP and kept
+    within SIZE_RANGE: a network that reads the images near their own resolution."""
+    kind, _, where = cfg.data.partition(":")
+    if kind == "synthetic":
+        return 64
+    if kind.startswith("cifar"):
+        return 32
+    sizes = _folder_sizes(Path(where))
+    if not sizes:
+        return 64
+    low, high = SIZE_RANGE_GPU if on_gpu else SIZE_RANGE
+    side = statistics.median(min(w, h) for w, h in sizes)
+    return int(min(high, max(low, side // SIZE_STEP * SIZE_STEP)))
+
+
+def adapt_to_data(cfg: TrainConfig, on_gpu: bool) -> TrainConfig:
+    """cfg with what `adapt` leaves to the data filled in: the image size (when 0) and, for the
+    CIFAR family, a stride-2 stem from 64 px up (64 px at the cost of 32, an 8x8 CAM)."""
+    if not cfg.adapt:
+        return cfg if cfg.image_size else cfg.replace(image_size=image_size_for(cfg, on_gpu))
+    size = cfg.image_size or image_size_for(cfg, on_gpu)
+    kwargs = dict(cfg.model_kwargs)
+    if is_cifar_model(cfg.model):
+        kwargs.setdefault("stem_stride", 2 if size >= 64 else 1)
+    return cfg.replace(image_size=size, model_kwargs=kwargs)
+
+
+def time_steps(model: torch.nn.Module, loader, cfg: TrainConfig, device: torch.device, steps: int = 3) -> float:
+    """Seconds per optimizer step, measured on a copy of the model with one batch from the loader
+    (its loading included), without touching the run's model, optimizer or random state."""
+    from .evaluate import channel_stats, normalize_batch
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe = copy.deepcopy(model).train()
+        optimizer = torch.optim.SGD(probe.parameters(), lr=0.0)
+        mean, std = channel_stats(cfg, device)
+        t0 = time.perf_counter()
+        images, labels, _, _ = next(iter(loader))
+        load_s = time.perf_counter() - t0
+        x = normalize_batch(images.to(device), mean, std)
+        y = labels.to(device)
+        elapsed = []
+        for _ in range(steps + 1):  # the first step warms up the allocator and kernels
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(probe(augment_batch(x, cfg.augment, torch.Generator().manual_seed(0))), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed.append(time.perf_counter() - t0)
+    return load_s + statistics.median(elapsed[1:])
+
+
+def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
+    from .data import cifar_augment, shift_scale_augment
+
+    if augment == "cifar":
+        return cifar_augment(x, generator)
+    if augment == "shift-scale":
+        return shift_scale_augment(x, generator)
+    if augment == "shift-scale-erase":
+        return shift_scale_augment(x, generator, erase=True)
+    return x
+
+
+def make_plan(cfg: TrainConfig, steps_per_epoch: int, batch_size: int, train_images: int, val_images: int,
+              seconds_per_step: float | None) -> Plan:
+    """Steps: cfg.epochs passes, at least cfg.min_steps (a small data set still gets enough updates
+    to learn), at most cfg.max_steps, and no more than fit cfg.time_budget_s with the evaluation
+    after every epoch."""
+    steps, limited_by = cfg.epochs * steps_per_epoch, "epochs"
+    if cfg.min_steps and steps < cfg.min_steps:
+        steps, limited_by = cfg.min_steps, "min_steps"
+    if cfg.max_steps and steps > cfg.max_steps:
+        steps, limited_by = cfg.max_steps, "max_steps"
+    expected = None
+    if seconds_per_step:
+        # evaluation runs the forward pass only (about a third of a training step per image)
+        eval_per_epoch = seconds_per_step / 3 * val_images / max(batch_size, 1)
+        per_step = seconds_per_step + eval_per_epoch / steps_per_epoch
+        final = 4 * eval_per_epoch  # the closing evaluation also draws boxes at every threshold
+        if cfg.time_budget_s and steps * per_step + final > cfg.time_budget_s:
+            steps = max(1, int((cfg.time_budget_s - final) / per_step))
+            limited_by = "time_budget"
+        expected = round(steps * per_step + final, 1)
+    return Plan(steps, math.ceil(steps / steps_per_epoch), steps_per_epoch, batch_size, cfg.image_size, cfg.augment,
+                round(seconds_per_step, 4) if seconds_per_step else None, expected, limited_by)
