@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .datasets import BOXES_FILE
 from .registry import WEIGHTS_FILE, Registry
 
 log = logging.getLogger("rescam.jobs")
@@ -32,14 +34,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     request TEXT NOT NULL, run_dir TEXT NOT NULL, pid INTEGER, worker TEXT, resume INTEGER DEFAULT 0,
     progress TEXT, result TEXT, error TEXT
 )"""
-
-
-# The localization the gate guards: MaxBoxAcc, the GT-known accuracy at the model's calibrated
-# threshold, which is the threshold the service draws boxes with by default; GT-known at the CAM
-# paper's 0.2 for metrics recorded before calibration existed.
-LOCALIZATION_KEYS = ("max_box_acc", "gt_known_loc")
-LOCALIZATION_NAMES = {"max_box_acc": "MaxBoxAcc (localization at the calibrated threshold)",
-                      "gt_known_loc": "GT-known localization at 0.2"}
 
 
 class JobStore:
@@ -148,24 +142,74 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
                                                        "images_per_s", "eta_s")})
         elif record.get("event") in ("epoch", "done"):
             latest.update({k: v for k, v in record.items()
-                           if k.startswith("val_") or k in ("top1", *LOCALIZATION_KEYS)})
+                           if k.startswith("val_") or k in ("top1", "gt_known_loc", "max_box_acc", "box_rule")})
+        elif record.get("event") == "plan":
+            latest["plan"] = {k: v for k, v in record.items() if k not in ("event", "time", "eta_s", "total_steps")}
     return latest or None
 
 
-def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float) -> dict[str, Any]:
-    """Promote when validation top-1 is at least the live model's on the same images and CAM
-    localization (see LOCALIZATION_KEYS) does not drop by more than `margin`."""
-    if not live:
-        return {"passed": True, "reason": "no live model to compare with"}
-    reasons = []
-    if new["top1"] < live["top1"]:
-        reasons.append(f"top-1 {new['top1']:.4f} < live {live['top1']:.4f}")
-    key = next((k for k in LOCALIZATION_KEYS if k in new and k in live), None)
-    if key is not None and new[key] < live[key] - margin:
-        reasons.append(f"{LOCALIZATION_NAMES[key]} {new[key]:.4f} < live {live[key]:.4f} - {margin}")
-    shown = ("top1", *LOCALIZATION_KEYS)
-    return {"passed": not reasons, "reason": "; ".join(reasons) or "as good as the live model",
-            "new": {k: new.get(k) for k in shown}, "live": {k: live.get(k) for k in shown}}
+FLOOR_P_VALUE = 1e-3  # top-1 must beat chance at this one-sided binomial significance
+
+
+def above_chance(top1: float, images: int, chance: float) -> tuple[bool, float]:
+    """Whether `top1` on `images` validation images clears `chance` (the rate of always answering
+    the most common class) by a statistically clear margin: the one-sided binomial p-value of so
+    many right answers from a model at chance is below FLOOR_P_VALUE."""
+    from scipy.stats import binom
+
+    if images <= 0:
+        return False, 1.0
+    p_value = float(binom.sf(round(top1 * images) - 1, images, min(max(chance, 1e-9), 1.0)))
+    return p_value < FLOOR_P_VALUE, p_value
+
+
+def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_labels: list[str] | None = None,
+         ) -> dict[str, Any]:
+    """The promotion decision for a retrained model, both models scored by one code path (ONNX
+    Runtime, each with its card's preprocessing and box rule) on the same validation images:
+
+    - `deployable` is False, even with force, for a run that diverged or whose top-1 does not
+      clear chance by a clear margin: such a model must never serve;
+    - `passed` (deploy without force) also needs the live model's labels (other labels make a new
+      task, deployed only when forced), top-1 at least the live model's, and, where both have
+      boxes, localization at each model's own rule no more than `margin` below the live one's."""
+    blockers, reasons = [], []
+    chance = new.get("chance_top1")
+    if new.get("diverged") or not _finite(new.get("loss", 0.0)):
+        blockers.append(f"training diverged (validation loss {new.get('loss')})")
+    if chance is not None:
+        clear, p_value = above_chance(new["top1"], new.get("images", 0), chance)
+        if not clear:
+            blockers.append(f"top-1 {new['top1']:.4f} does not clear chance ({chance:.4f}, always the most common "
+                            f"class) on {new.get('images', 0)} validation images (p = {p_value:.2g})")
+    shown = ("top1", "gt_known_loc", "box_rule", "images_with_boxes")
+    decision = {"new": {k: new.get(k) for k in (*shown, "chance_top1")},
+                "live": {k: live.get(k) for k in shown} if live else None}
+    if live and new_labels is not None and live.get("labels") is not None and \
+            set(new_labels) != set(live["labels"]):
+        added, gone = sorted(set(new_labels) - set(live["labels"])), sorted(set(live["labels"]) - set(new_labels))
+        reasons.append(f"a new task: its labels differ from the live model's (new {added[:5]}, missing {gone[:5]}); "
+                       "deploy it with force")
+    elif live:
+        if new["top1"] < live["top1"]:
+            reasons.append(f"top-1 {new['top1']:.4f} < live {live['top1']:.4f}")
+        if new.get("images_with_boxes") and live.get("images_with_boxes") and "gt_known_loc" in new \
+                and "gt_known_loc" in live and new["gt_known_loc"] < live["gt_known_loc"] - margin:
+            reasons.append(f"localization (GT-known at {new.get('box_rule')}) {new['gt_known_loc']:.4f} < live "
+                           f"{live['gt_known_loc']:.4f} (at {live.get('box_rule')}) - {margin}")
+    passed = not blockers and not reasons
+    if passed:
+        reason = "as good as the live model" if live else "no live model to compare with; clears chance"
+    else:
+        reason = "; ".join(blockers + reasons)
+    return {**decision, "passed": passed, "deployable": not blockers, "reason": reason}
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
 
 
 class JobRunner:
@@ -186,11 +230,17 @@ class JobRunner:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.processes}"] \
             if self.processes > 1 else [sys.executable]
         args = [*launcher, "-m", "training.cli", "train", "--out", str(run_dir), "--export-only",
-                "--result-file", str(run_dir / "result.json"), "--recipe", r.get("recipe", "demo")]
+                "--result-file", str(run_dir / "result.json")]
+        if r.get("recipe"):
+            args += ["--recipe", r["recipe"]]
         if r["dataset"] != "synthetic":
-            args += ["--data", f"folder:{self.data_root / 'datasets' / r['dataset']}"]
+            folder = self.data_root / "datasets" / r["dataset"]
+            args += ["--data", f"folder:{folder}"]
+            if (folder / BOXES_FILE).is_file():
+                args += ["--boxes-csv", str(folder / BOXES_FILE)]
         for key, flag in (("architecture", "--model"), ("epochs", "--epochs"), ("batch_size", "--batch-size"),
-                          ("lr", "--lr"), ("image_size", "--image-size"), ("seed", "--seed")):
+                          ("lr", "--lr"), ("image_size", "--image-size"), ("seed", "--seed"),
+                          ("time_budget_s", "--time-budget")):
             if r.get(key) is not None:
                 args += [flag, str(r[key])]
         for key, value in (r.get("options") or {}).items():
@@ -244,16 +294,25 @@ class JobRunner:
         try:
             result = json.loads((run_dir / "result.json").read_text())
             version = self.registry.register(self.model_name, result["export"])
-            decision = gate(result["metrics"], result.get("live_metrics"), self.gate_margin)
+            decision = gate(result["metrics"], result.get("live_metrics"), self.gate_margin, result.get("labels"))
             request = job["request"]
-            deployed = False
-            if request.get("deploy", True) and (decision["passed"] or request.get("force")):
+            deployed, why = False, None
+            if not request.get("deploy", True):
+                why = "the job asked not to deploy"
+            elif not decision["deployable"]:
+                why = f"never deployed, even with force: {decision['reason']}"
+            elif decision["passed"] or request.get("force"):
                 forced = not decision["passed"]
-                self.deploy(version, {"job": job_id, "gate": decision, "forced": forced})
+                self.deploy(version, {"job": job_id, "gate": decision, "forced": forced,
+                                      "reason": f"forced over the gate: {decision['reason']}" if forced
+                                      else decision["reason"]})
                 deployed = True
+            else:
+                why = f"the gate did not pass: {decision['reason']}"
             self.store.update(job_id, state="succeeded", finished=time.time(), progress=progress,
-                              result={"version": version, "deployed": deployed, "gate": decision,
-                                      "metrics": result["metrics"], "live_metrics": result.get("live_metrics")})
+                              result={"version": version, "deployed": deployed, "not_deployed_because": why,
+                                      "gate": decision, "metrics": result["metrics"],
+                                      "live_metrics": result.get("live_metrics")})
         except Exception as e:  # noqa: BLE001 - the job fails, the runner goes on
             self.store.update(job_id, state="failed", finished=time.time(), progress=progress, error=str(e))
 

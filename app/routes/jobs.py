@@ -18,12 +18,16 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 class JobRequest(BaseModel):
     dataset: str = Field(description="a data set under the server's data root, or 'synthetic'")
     architecture: str | None = Field(None, description="e.g. resnet20, resnet50; the recipe's by default")
-    recipe: Literal["demo", "paper-cifar", "paper-imagenet"] = "demo"
+    recipe: Literal["auto", "demo", "paper-cifar", "paper-imagenet"] | None = Field(
+        None, description="default: auto for a data set (steps, image size and augmentation chosen from the data, "
+                          "the best epoch kept), demo for 'synthetic'")
     epochs: int | None = Field(None, ge=1, le=10_000)
     batch_size: int | None = Field(None, ge=1, le=65_536)
     lr: float | None = Field(None, gt=0, le=10)
     image_size: int | None = Field(None, ge=8, le=1024)
     seed: int | None = None
+    time_budget_s: float | None = Field(None, gt=0, le=7 * 24 * 3600,
+                                        description="bound on the training time; auto's default is 480 s")
     init: str = Field("scratch", description="scratch | live (the live version's weights) | file:NAME (a "
                                              "torchvision-format state_dict in the data root's weights/ folder)")
     deploy: bool = Field(True, description="deploy when done, if it passes the promotion gate")
