@@ -48,13 +48,38 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     single(tmp_path / "one", extra)
     a, _ = load_checkpoint_model(tmp_path / "ddp" / "checkpoint.pth")
     b, _ = load_checkpoint_model(tmp_path / "one" / "checkpoint.pth")
+    # The same sum in another order: two half-batch gradients all-reduced against one full batch,
+    # in float32, through 16 momentum steps, differs in the last bits, by how much depends on the
+    # CPU's kernels (AVX2 and AVX-512 sum in other orders). Measured against how far training
+    # moved each tensor, DDP and one process agree to 0.09% (2026-11-29, AVX-512); a real error
+    # (gradients not averaged, other batches) is as large as the update itself. 1% leaves 10x.
+    init = initial_weights()
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4, msg=name)
+        if not x.is_floating_point():
+            assert torch.equal(x, y), name
+            continue
+        moved = (y - init[name]).abs().max().item()
+        assert (x - y).abs().max().item() <= 0.01 * moved + 1e-7, (name, (x - y).abs().max().item(), moved)
     # only rank 0 wrote: one metrics stream, one line per report
     steps = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
              if '"step"' in line and '"event": "step"' in line]
     assert [s["step"] for s in steps] == list(range(1, 17))
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoint.pth", "metrics.jsonl"]
+
+
+def initial_weights() -> dict:
+    """resnet8's weights before the first step: the trainer seeds every generator with the run's
+    seed (0) and builds the model before anything else draws from torch's."""
+    import random
+
+    import numpy as np
+
+    from models import create_model
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    return create_model("resnet8", num_classes=8).state_dict()
 
 
 def test_ddp_trains_with_per_process_batchnorm(tmp_path):
