@@ -23,4 +23,5 @@ WORKDIR /srv
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
-CMD ["rescam", "serve", "--host", "0.0.0.0", "--port", "8000"]
+# an empty registry gets the default model the package ships (seconds; no torch needed), then serve
+CMD ["sh", "-c", "rescam bootstrap && exec rescam serve --host 0.0.0.0 --port 8000"]

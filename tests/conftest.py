@@ -63,13 +63,16 @@ def shape_jpeg(tmp: Path | None = None, index: int = 0, size: int = 64) -> bytes
     return buf.getvalue()
 
 
-# What the default model must reach on its validation set (BENCHMARKS.md has the measured figures).
-DEMO_TARGETS = {"top1": 0.85, "max_box_acc": 0.45}
+# The slow tests train the default model's recipe on 36k instead of 100k synthetic images (about 3
+# minutes on 2 CPU cores instead of 4-5); such a run must come this close to the shipped card's
+# figures (BENCHMARKS.md: 36k-image runs measured 90.5-94.1% top-1 and 49.5-52% MaxBoxAcc).
+SHORT_RUN = ["--set", "synthetic_train=36000"]
+SHORT_RUN_MARGIN = {"top1": 0.12, "max_box_acc": 0.12}
 
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> SimpleNamespace:
-    """The default model, trained by `rescam train` with no training arguments, as a user's first run does."""
+    """The default model's recipe (`rescam train`), trained on fewer images (SHORT_RUN)."""
     import os
     import subprocess
     import sys
@@ -77,15 +80,14 @@ def demo_model(tmp_path_factory) -> SimpleNamespace:
     reuse = os.environ.get("RESCAM_TEST_DEMO_REGISTRY")  # a registry holding a default model already
     if reuse:
         registry = Registry(reuse)
-        return SimpleNamespace(registry=Path(reuse), card=registry.card("default", registry.deployed("default")),
-                               targets=DEMO_TARGETS)
+        return SimpleNamespace(registry=Path(reuse), card=registry.card("default", registry.deployed("default")))
     root = tmp_path_factory.mktemp("demo")
     repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "training.cli", "train", "--registry", str(root / "registry"),
-                          "--out", str(root / "run")], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+    out = subprocess.run([sys.executable, "-m", "training.cli", "train", *SHORT_RUN, "--registry",
+                          str(root / "registry"), "--out", str(root / "run")], cwd=repo,
+                         env={**os.environ, "PYTHONPATH": str(repo)},
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     registry = Registry(root / "registry")
     version = registry.deployed("default")
-    return SimpleNamespace(registry=root / "registry", card=registry.card("default", version),
-                           targets=DEMO_TARGETS)
+    return SimpleNamespace(registry=root / "registry", card=registry.card("default", version))

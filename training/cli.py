@@ -136,7 +136,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
               file=sys.stderr)
         return
     print(f"no model deployed in {args.registry}: training the default model (the demo recipe; "
-          "about 15 minutes on 2 CPU cores, a minute on a GPU)", file=sys.stderr)
+          "about 4 minutes on 2 CPU cores)", file=sys.stderr)
     parser = build_parser()
     cmd_train(parser.parse_args(["train", "--registry", args.registry, "--name", args.name, "--out", "runs/default"]))
 

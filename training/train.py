@@ -195,6 +195,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         plan = Plan(**ckpt["plan"])  # a resumed run keeps its schedule
     else:
         timed = time_steps(model, loader, cfg, device) if cfg.time_budget_s or cfg.adapt else None
+        timed = rank0_value(timed, world, device) if timed is not None else None
         plan = make_plan(cfg, steps_per_epoch, batch_size, len(data.train), len(data.val), timed)
     total_steps, epochs = plan.steps, plan.epochs
     if world > 1 and device.type == "cuda":
@@ -322,14 +323,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     return checkpoint_path
 
 
+def rank0_value(value: float, world: int, device: torch.device) -> float:
+    """Rank 0's `value` in every process: a plan made from timings must be the same everywhere, or
+    the processes stop at different steps and the all-reduce hangs."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, 0)
+    return float(t.item())
+
+
 def replan(cfg: TrainConfig, plan: Plan, seconds_per_step: float, train_images: int, val_images: int, world: int,
            device: torch.device) -> Plan:
-    """The plan again with the loop's measured speed; every process takes rank 0's figure, so all
-    stop at the same step."""
-    if world > 1:
-        t = torch.tensor([seconds_per_step], dtype=torch.float64, device=device)
-        dist.broadcast(t, 0)
-        seconds_per_step = float(t.item())
+    """The plan again with the loop's measured speed (rank 0's)."""
+    seconds_per_step = rank0_value(seconds_per_step, world, device)
     return make_plan(cfg, plan.steps_per_epoch, plan.batch_size, train_images, val_images, seconds_per_step)
 
 

@@ -83,6 +83,7 @@ def test_upload_see_labels_overlay_and_switch_label(server, browser, tmp_path):
     assert "selected" in second.get_attribute("class")
     assert natural_width(page) > 0
     assert "answered by default v1" in page.text_content("#answered")
+    assert "boxes: threshold:" in page.text_content("#answered")  # which rule drew the box, and why
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert (tmp_path / "page.png").stat().st_size > 10_000
     if os.environ.get("RESCAM_SCREENSHOT"):  # how docs/screenshot.png is made

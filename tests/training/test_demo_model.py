@@ -3,21 +3,26 @@ translation invariance (the label stays) and equivariance (the box moves with th
 
 import asyncio
 import io
+import json
 
 import pytest
 from PIL import Image, ImageDraw
 
 from app.pipeline import Options, Service
 from app.settings import Settings
+from tests.conftest import SHORT_RUN_MARGIN
 from training.synthetic import CLASSES, _draw_object
 
 pytestmark = pytest.mark.slow
 
 
-def test_default_model_reaches_its_figures(demo_model):
+def test_rescam_train_still_reaches_the_shipped_cards_figures(demo_model):
+    from training.cli import shipped_model_dir
+
+    shipped = json.loads((shipped_model_dir() / "card.json").read_text())["metrics"]
     m = demo_model.card["metrics"]
-    assert m["top1"] >= demo_model.targets["top1"], m
-    assert m["max_box_acc"] >= demo_model.targets["max_box_acc"], m
+    for key, margin in SHORT_RUN_MARGIN.items():
+        assert m[key] >= shipped[key] - margin, (key, m[key], shipped[key])
 
 
 def shifted_pair(kind: str, size: int, radius: float, shift: tuple[int, int]) -> list[bytes]:

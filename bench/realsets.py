@@ -1,0 +1,185 @@
+"""Real, boxed data sets that no one here drew, built offline from files that packages ship.
+
+- `digits`: scikit-learn's handwritten digits (UCI, 1,797 scans of 43 writers' digits, 8x8, 17
+  grey levels) placed at a random size and position on a cluttered 64x64 canvas (a colour
+  gradient, noise, and fragments of other digits), the box being the extent of the digit's ink.
+  The handwriting is real; the canvas is ours. 10 classes: 360 images held out (`test/`, never
+  uploaded; what the figures in BENCHMARKS.md are measured on) and 1,437 to upload, of which 288
+  are `val/` and 1,149 `train/`. The same seed, the same set.
+
+- `faces`: scikit-image's subset of Labeled Faces in the Wild (100 face and 100 non-face 25x25
+  grey patches of real photographs) pasted at 20-40 px onto 64x64 crops of the real photographs
+  scikit-image ships (brick, grass, gravel, coffee, a cat, a rocket, coins, the Hubble deep field),
+  the box being the patch. 2 classes; the held-out `test/` images use 30 faces and 30 non-faces that
+  no uploaded image contains. Needs `pip install scikit-image` (its wheel carries the files).
+
+Written as an image-folder tree (`train/<class>/`, `val/<class>/`, `test/<class>/`) with a
+`boxes.csv` (`path,label,x0,y0,x1,y1`, paths relative to the root): what `rescam train --data
+folder:ROOT --boxes-csv ROOT/boxes.csv` reads. The zip holds train/ and val/ only (with or without
+their boxes), as `POST /v1/datasets` takes it.
+
+    python bench/realsets.py digits /tmp/digits [--zip /tmp/digits.zip] [--no-boxes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIZE = 64
+INK = 0.25  # a canvas pixel belongs to the digit where its ink covers at least this much
+
+
+def _clutter(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    """A gradient between two colours, noise, and 3-6 fragments (4x4 crops) of other digits."""
+    a, b = rng.integers(0, 256, size=(2, 3)).astype(np.float32)
+    t = np.linspace(0, 1, SIZE, dtype=np.float32)
+    theta = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(theta) * t[None, :] + np.sin(theta) * t[:, None]
+    ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
+    canvas = a + (b - a) * ramp[..., None]
+    for _ in range(int(rng.integers(3, 7))):
+        d = digits[rng.integers(len(digits))]
+        y, x = rng.integers(0, 5, size=2)
+        piece = np.kron(d[y:y + 4, x:x + 4], np.ones((3, 3))) / 16.0  # 12x12
+        py, px = rng.integers(0, SIZE - 12, size=2)
+        tone = rng.integers(0, 256, size=3).astype(np.float32)
+        alpha = piece[..., None] * 0.6
+        region = canvas[py:py + 12, px:px + 12]
+        canvas[py:py + 12, px:px + 12] = region * (1 - alpha) + tone * alpha
+    return canvas
+
+
+def render_digit(rng: np.random.Generator, digit: np.ndarray, digits: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """One canvas with `digit` (8x8, 0..16) at 20-48 px, and the box of its ink."""
+    canvas = _clutter(rng, digits)
+    side = int(rng.integers(20, 49))
+    ink = np.asarray(Image.fromarray((digit / 16.0 * 255).astype(np.uint8)).resize((side, side),
+                     Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    y, x = rng.integers(0, SIZE - side + 1, size=2)
+    colour = rng.integers(0, 256, size=3).astype(np.float32)
+    # the ink contrasts with the canvas under it (a digit nobody can see has no box)
+    under = canvas[y:y + side, x:x + side].mean(axis=(0, 1))
+    if np.abs(colour - under).sum() < 200:
+        colour = np.where(under > 127, 0.0, 255.0).astype(np.float32)
+    alpha = ink[..., None]
+    canvas[y:y + side, x:x + side] = canvas[y:y + side, x:x + side] * (1 - alpha) + colour * alpha
+    canvas = np.clip(canvas + rng.normal(0, 6, canvas.shape), 0, 255).astype(np.uint8)
+    ys, xs = np.nonzero(ink >= INK)
+    box = (int(x + xs.min()), int(y + ys.min()), int(x + xs.max()) + 1, int(y + ys.max()) + 1)
+    return canvas, box
+
+
+def build_digits(root: str | Path, seed: int = 0) -> Path:
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    data = load_digits()
+    images, labels = data.images, data.target
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    n_test, n_val = 360, 288
+    split = {int(i): ("test" if k < n_test else "val" if k < n_test + n_val else "train")
+             for k, i in enumerate(order)}
+    rows = []
+    for i in range(len(labels)):
+        canvas, box = render_digit(np.random.default_rng([seed, i]), images[i], images)
+        rel = Path(split[i]) / str(labels[i]) / f"{i:04d}.png"
+        (root / rel.parent).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(canvas).save(root / rel)
+        rows.append((rel.as_posix(), str(labels[i]), *box))
+    with open(root / "boxes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "x0", "y0", "x1", "y1"])
+        w.writerows(rows)
+    return root
+
+
+def _photos() -> list[np.ndarray]:
+    import skimage.data as d
+
+    out = []
+    for name in ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "coins", "hubble_deep_field"):
+        im = getattr(d, name)()
+        out.append(np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im[..., :3])
+    return out
+
+
+def build_faces(root: str | Path, seed: int = 0, per_patch: int = 8) -> Path:
+    """1,600 images: each of the 200 patches `per_patch` times, at its own size, place and backdrop."""
+    import skimage.data as d
+
+    root = Path(root)
+    patches = d.lfw_subset()  # the first 100 are faces
+    photos = _photos()
+    rows = []
+    for i, patch in enumerate(patches):
+        label = "face" if i < 100 else "other"
+        k = i % 100
+        split = "test" if k >= 70 else "val" if k >= 56 else "train"
+        for j in range(per_patch):
+            rng = np.random.default_rng([seed, i, j])
+            photo = photos[rng.integers(len(photos))]
+            scale = rng.uniform(0.15, 0.5)
+            side = max(64, int(min(photo.shape[:2]) * scale))
+            y, x = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
+            canvas = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((SIZE, SIZE),
+                                Image.Resampling.BILINEAR)).astype(np.float32)
+            size = int(rng.integers(20, 41))
+            grey = np.asarray(Image.fromarray((patch * 255).astype(np.uint8)).resize((size, size),
+                              Image.Resampling.BILINEAR), dtype=np.float32)
+            py, px = rng.integers(0, SIZE - size + 1, size=2)
+            canvas[py:py + size, px:px + size] = grey[..., None]
+            canvas = np.clip(canvas + rng.normal(0, 4, canvas.shape), 0, 255).astype(np.uint8)
+            rel = Path(split) / label / f"{i:03d}-{j}.png"
+            (root / rel.parent).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(canvas).save(root / rel)
+            rows.append((rel.as_posix(), label, int(px), int(py), int(px) + size, int(py) + size))
+    with open(root / "boxes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "x0", "y0", "x1", "y1"])
+        w.writerows(rows)
+    return root
+
+
+def read_boxes(root: str | Path) -> dict[str, tuple[str, list[float]]]:
+    with open(Path(root) / "boxes.csv", newline="") as f:
+        return {r["path"]: (r["label"], [float(r[k]) for k in ("x0", "y0", "x1", "y1")]) for r in csv.DictReader(f)}
+
+
+def zip_bytes(root: str | Path, splits: tuple[str, ...] = ("train", "val"), boxes: bool = True) -> bytes:
+    """The upload: the named splits' images, and boxes.csv with their rows when `boxes`."""
+    root = Path(root)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for split in splits:
+            for p in sorted((root / split).rglob("*.png")):
+                z.write(p, p.relative_to(root).as_posix())
+        if boxes:
+            lines = ["path,label,x0,y0,x1,y1"] + [
+                f"{path},{label},{','.join(f'{v:g}' for v in box)}"
+                for path, (label, box) in read_boxes(root).items() if path.split("/")[0] in splits]
+            z.writestr("boxes.csv", "\n".join(lines) + "\n")
+    return buf.getvalue()
+
+
+BUILDERS = {"digits": build_digits, "faces": build_faces}
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", choices=sorted(BUILDERS))
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zip", help="also write the folder as a zip here")
+    ap.add_argument("--no-boxes", action="store_true", help="leave boxes.csv out")
+    args = ap.parse_args()
+    folder = BUILDERS[args.name](args.out, args.seed)
+    if args.zip:
+        Path(args.zip).write_bytes(zip_bytes(folder, boxes=not args.no_boxes))
+    print(folder)

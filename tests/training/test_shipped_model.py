@@ -1,0 +1,39 @@
+"""The default model the repository ships (app/default_model): what serve.sh deploys in seconds."""
+
+import json
+
+import numpy as np
+import onnx
+
+from app.registry import CARD_FILE, MODEL_FILE, WEIGHTS_FILE
+from training.cli import shipped_model_dir
+from training.compare import evaluate_onnx
+from training.config import TrainConfig
+
+MAX_BYTES = 10 * 1024 * 1024
+
+
+def test_the_shipped_model_is_small_and_its_card_is_the_one_inside_it():
+    folder = shipped_model_dir()
+    assert folder is not None, "app/default_model is missing: `rescam bootstrap --train` makes it"
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= MAX_BYTES
+    card = json.loads((folder / CARD_FILE).read_text())
+    inside = {e.key: e.value for e in onnx.load(str(folder / MODEL_FILE)).metadata_props}
+    embedded = json.loads(inside["rescam.card"])
+    assert {k: v for k, v in card.items() if k != "parity"} == embedded  # parity is measured after export
+    assert (folder / WEIGHTS_FILE).is_file()  # `init: live` fine-tunes from it
+
+
+def test_the_shipped_model_reaches_its_cards_figures_through_onnx_runtime():
+    """The card's figures were measured in torch at the end of training; the ONNX file, run as the
+    service runs it, must give the same ones on the same validation images."""
+    folder = shipped_model_dir()
+    card = json.loads((folder / CARD_FILE).read_text())
+    trained = TrainConfig.from_dict(card["training_config"])
+    measured = evaluate_onnx(folder, trained)
+    m = card["metrics"]
+    assert measured["images"] == m["images"]
+    assert abs(measured["top1"] - m["top1"]) <= 0.005, (measured["top1"], m["top1"])
+    assert measured["box_rule"] == card["cam"]["rule"]
+    assert abs(measured["gt_known_loc"] - m["gt_known_loc"]) <= 0.01, (measured["gt_known_loc"], m["gt_known_loc"])
+    assert np.isclose(measured["max_box_acc"], m["max_box_acc"], atol=0.01)
