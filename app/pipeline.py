@@ -246,7 +246,8 @@ class Service:
         return {"id": pid, "model": {"name": engine.name, "version": engine.version,
                                      "architecture": engine.card.get("architecture")},
                 "cam_threshold": opts.rule.value if opts.rule.name == "threshold" else None,
-                "box_rule": {"rule": str(opts.rule), "name": opts.rule.name, "value": opts.rule.value, "source": source},
+                "box_rule": {"rule": str(opts.rule), "name": opts.rule.name, "value": opts.rule.value,
+                             "source": source},
                 "provider": engine.provider, "results": results,
                 "total_ms": round((time.perf_counter() - started) * 1000, 3)}
 

@@ -49,8 +49,9 @@ async def upload_dataset(request: Request, service: ServiceDep, actor: AdminDep,
 @router.post("/{name}/samples", status_code=201)
 async def add_sample(name: str, request: Request, service: ServiceDep, actor: AdminDep,
                      label: Annotated[str, Query(description="the sample's class")],
-                     x0: Annotated[float | None, Query(description="the object's box, in the image's pixels "
-                                                                   "(after EXIF orientation): all four or none")] = None,
+                     x0: Annotated[float | None, Query(
+                         description="the object's box in the image's pixels (after EXIF orientation): all four "
+                                     "of x0, y0, x1, y1 or none")] = None,
                      y0: float | None = None, x1: float | None = None, y1: float | None = None,
                      split: Annotated[Literal["train", "val"] | None, Query(
                          description="for a data set with train/val folders (default train)")] = None) -> dict:

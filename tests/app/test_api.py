@@ -124,7 +124,8 @@ def test_a_request_may_name_a_box_rule(client):
     boxes = [b for p in r["results"][0]["predictions"] for b in p["boxes"]]
     assert boxes and all(0 < b["threshold"] <= 1 for b in boxes)  # each box says where its map was cut
     for bad in ("mass:2", "median", "mass"):
-        answer = client.post(f"/v1/predict?box_rule={bad}", content=shape_jpeg(), headers={"content-type": "image/jpeg"})
+        answer = client.post(f"/v1/predict?box_rule={bad}", content=shape_jpeg(),
+                             headers={"content-type": "image/jpeg"})
         assert answer.status_code == 422 and "rule" in answer.json()["error"], answer.text
     both = client.post("/v1/predict?box_rule=otsu&threshold=0.3", content=shape_jpeg(),
                        headers={"content-type": "image/jpeg"})
