@@ -36,6 +36,8 @@ def _config(args: argparse.Namespace):
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    if "epochs" in overrides:  # epochs the user asked for are what runs: the floor is for when data decide
+        overrides.setdefault("min_steps", 0)
     name = args.recipe or default_recipe(overrides.get("data"))
     return recipe(name, **overrides)
 

@@ -124,7 +124,7 @@ async function loadAdmin() {
       const tr = document.createElement("tr");
       const m = v.metrics || {};
       tr.innerHTML = `<td>v${v.version}${v.deployed ? " (live)" : ""}</td><td></td><td>${pct(m.top1)}</td>` +
-        `<td>${pct(m.max_box_acc ?? m.gt_known_loc)}</td><td></td><td></td>`;
+        `<td>${pct(m.box_rule ? m.gt_known_loc : (m.max_box_acc ?? m.gt_known_loc))}</td><td></td><td></td>`;
       tr.children[1].textContent = v.architecture || "";
       tr.children[4].textContent = (v.created || "").replace("T", " ").slice(0, 16);
       const cardButton = document.createElement("button");
@@ -193,8 +193,11 @@ $("job-form").addEventListener("submit", async (e) => {
     }
     const job = await api("/v1/jobs", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ dataset, architecture: $("arch").value, image_size: Number($("size").value),
-        epochs: Number($("epochs").value), deploy: $("deploy").checked }),
+      // what the user leaves empty, the data decide (the auto recipe: size from the images, the steps)
+      body: JSON.stringify(Object.fromEntries(Object.entries({
+        dataset, architecture: $("arch").value || null, image_size: Number($("size").value) || null,
+        epochs: Number($("epochs").value) || null, deploy: $("deploy").checked,
+      }).filter(([, v]) => v !== null))),
     }, true);
     watchJob(job.id);
   } catch (err) { show($("admin-error"), err.message); }

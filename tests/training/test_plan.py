@@ -51,3 +51,17 @@ def test_shift_scale_augment_moves_and_zooms_but_keeps_the_shape():
     assert not torch.allclose(a, x)
     centres = [(torch.nonzero(img[0] > img[0].mean()).float().mean(0)) for img in a]
     assert len({tuple(c.round().tolist()) for c in centres}) > 1  # objects moved by different amounts
+
+
+def test_epochs_a_user_asks_for_are_what_runs_and_the_data_decide_otherwise():
+    from training.cli import _config, build_parser
+
+    def config(*argv):
+        return _config(build_parser().parse_args(["train", *argv]))
+
+    mine = config("--data", "folder:/x")
+    assert mine.adapt and mine.min_steps == 1000 and mine.time_budget_s == 480  # the auto recipe
+    asked = config("--data", "folder:/x", "--epochs", "2")
+    assert asked.epochs == 2 and asked.min_steps == 0  # no floor over an explicit choice
+    assert config("--data", "folder:/x", "--epochs", "2", "--min-steps", "50").min_steps == 50
+    assert config().model_kwargs == {"stem_stride": 2} and not config().adapt  # the default model's recipe
