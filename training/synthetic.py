@@ -127,7 +127,11 @@ def render(seed: int, split: str, index: int, size: int = 64, with_object: bool 
     return Sample(image, label, box, mask)
 
 
-PARALLEL_FROM = 512  # images; fewer are generated in this process
+# Fewer images are generated in this process (1,000 take about a second). A fork pool is for the
+# training sets, at the start of a training process: forked from a process whose ONNX Runtime or
+# BLAS threads hold a lock, a child can wait on it for ever (a test process hung so, evaluating
+# the shipped model's 1,000 validation images after other tests had run sessions).
+PARALLEL_FROM = 5000
 
 
 def _generate_serial(seed: int, split: str, count: int, size: int, start: int

@@ -35,7 +35,20 @@ def test_objects_cover_the_size_range_and_every_class():
 
 
 def test_parallel_generation_equals_serial():
-    serial = generate(5, "val", 600, size=24, start=40, workers=1)
-    parallel = generate(5, "val", 600, size=24, start=40, workers=2)
-    for a, b in zip(serial, parallel):
-        assert a.shape == b.shape and np.array_equal(a, b)
+    """In a fresh process, as the trainer runs it: a fork pool started from this test process,
+    which holds ONNX Runtime and BLAS threads by now, could hang (training/synthetic.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from training.synthetic import PARALLEL_FROM
+
+    code = ("import hashlib, sys; from training.synthetic import generate\n"
+            f"for w in (1, 2):\n"
+            f"    arrays = generate(5, 'val', {PARALLEL_FROM}, size=24, start=40, workers=w)\n"
+            "    print(hashlib.sha256(b''.join(a.tobytes() for a in arrays)).hexdigest())")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    serial, parallel = out.stdout.split()
+    assert serial == parallel
