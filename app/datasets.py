@@ -70,7 +70,7 @@ class Datasets:
         d = self.path(name)
         if not d.is_dir():
             raise DatasetError(404, f"no dataset {name!r}")
-        boxed = set(read_boxes(d))
+        boxed = set(dataset_boxes(d))
         splits = {}
         for split, root in _split_roots(d).items():
             per_class = {}
@@ -222,7 +222,8 @@ class Datasets:
         if split is not None and split not in roots:
             raise DatasetError(422, f"dataset {name!r} has no train/val folders; leave split out" if "all" in roots
                                else f"split must be train or val, not {split!r}")
-        root = roots[split or ("train" if "train" in roots else "all")]
+        split = split or next(iter(roots))  # train, or all for a data set without splits
+        root = roots[split]
         if box is not None:
             box = check_box(dict(zip(("x0", "y0", "x1", "y1"), box)), size, "the box")
         folder = root / check_name(label, "label")
@@ -232,10 +233,10 @@ class Datasets:
         tmp.write_bytes(data)
         with self._boxes_lock:
             if box is not None:
-                rows = [(p, lab, b) for p, (lab, b) in read_boxes(d).items()]
+                rows = [(p, lab, b) for p, (lab, b) in dataset_boxes(d).items()]
                 write_boxes(d, [*rows, (out.relative_to(d).as_posix(), label, box)])
             tmp.rename(out)
-        return {"dataset": name, "label": label, "file": out.name, "split": split or next(iter(roots)),
+        return {"dataset": name, "label": label, "file": out.name, "split": split,
                 "box": list(box) if box else None}
 
     _boxes_lock = threading.Lock()
@@ -287,21 +288,29 @@ def check_box(row: dict, size: tuple[int, int], where: str) -> Box:
     return x0, y0, x1, y1
 
 
-def read_boxes(d: Path) -> dict[str, tuple[str, Box]]:
-    """boxes.csv of data set folder `d`: relative path -> (label, box)."""
-    try:
-        with open(d / BOXES_FILE, newline="") as f:
-            return {r["path"]: (r["label"], tuple(float(r[k]) for k in ("x0", "y0", "x1", "y1")))
-                    for r in csv.DictReader(f)}
-    except FileNotFoundError:
-        return {}
+def read_boxes(csv_path: str | Path) -> dict[str, tuple[str, Box]]:
+    """A boxes.csv (`path,label,x0,y0,x1,y1`): path as written -> (label, box). The one reader of
+    the format: the service's data sets, training's --boxes-csv and the bench's data sets."""
+    with open(csv_path, newline="") as f:
+        return {r["path"]: (r["label"], tuple(float(r[k]) for k in ("x0", "y0", "x1", "y1")))
+                for r in csv.DictReader(f)}
+
+
+def dataset_boxes(d: Path) -> dict[str, tuple[str, Box]]:
+    """The boxes of data set folder `d` (none when it has no boxes.csv)."""
+    return read_boxes(d / BOXES_FILE) if (d / BOXES_FILE).is_file() else {}
+
+
+def boxes_csv_text(rows: list[tuple[str, str, Box]]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(BOX_FIELDS)
+    w.writerows((p, label, *(f"{v:g}" for v in box)) for p, label, box in rows)
+    return out.getvalue()
 
 
 def write_boxes(d: Path, rows: list[tuple[str, str, Box]]) -> None:
     """boxes.csv written whole: a reader sees the old file or the new one."""
     tmp = d / f".{BOXES_FILE}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(BOX_FIELDS)
-        w.writerows((p, label, *(f"{v:g}" for v in box)) for p, label, box in rows)
+    tmp.write_text(boxes_csv_text(rows))
     os.replace(tmp, d / BOXES_FILE)

@@ -8,6 +8,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
-from .cam import DEFAULT_RULE, BoxRule, rule_from_card
+from .cam import CALIBRATION_MIN_IMAGES, BoxRule, rule_from_card
 from .preprocess import Preprocessing
 from .registry import CARD_FILE, MODEL_FILE
 
@@ -157,16 +158,16 @@ class Engine:
         calibrated on boxed validation images, or the box-free default; app.cam.rule_from_card)."""
         return configured if configured is not None else self.box_rule
 
-    @property
+    @cached_property
     def box_rule(self) -> BoxRule:
-        return rule_from_card(self.card)
+        return rule_from_card(self.card)  # read once: the card of a loaded version does not change
 
-    @property
+    @cached_property
     def rule_source(self) -> str:
         """Where the card's rule comes from, in the words an answer gives."""
-        if self.box_rule.name == "threshold" and self.box_rule != DEFAULT_RULE:
-            n = (self.card.get("cam") or {}).get("calibration_images") or \
-                (self.card.get("metrics") or {}).get("images_with_boxes", 0)
+        n = (self.card.get("cam") or {}).get("calibration_images") or \
+            (self.card.get("metrics") or {}).get("images_with_boxes", 0)
+        if self.box_rule.name == "threshold" and n >= CALIBRATION_MIN_IMAGES:
             return f"calibrated on {n} boxed validation images"
         return "default rule for models without boxes"
 

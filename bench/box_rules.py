@@ -17,6 +17,7 @@ from pathlib import Path
 
 from training.compare import evaluate_onnx
 from training.config import TrainConfig
+from training.localization import MEASURED_RULES
 
 
 def measure(model_dir: str, data: str) -> dict:
@@ -28,7 +29,7 @@ def measure(model_dir: str, data: str) -> dict:
 
 def table(results: dict[str, dict]) -> str:
     names = list(results)
-    rules = list(next(iter(results.values()))["gt_known_by_rule"])
+    rules = [str(rule) for rule in MEASURED_RULES]  # every model has these; its own served rule differs
     lines = ["| rule | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for rule in rules:
         cells = [f"{r['gt_known_by_rule'][rule]:.1%} ({r['box_area_ratio_by_rule'][rule]:.1f}x)"

@@ -24,13 +24,14 @@ their boxes), as `POST /v1/datasets` takes it.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from app.datasets import BOXES_FILE, boxes_csv_text, read_boxes, write_boxes
 
 SIZE = 64
 INK = 0.25  # a canvas pixel belongs to the digit where its ink covers at least this much
@@ -93,11 +94,8 @@ def build_digits(root: str | Path, seed: int = 0) -> Path:
         rel = Path(split[i]) / str(labels[i]) / f"{i:04d}.png"
         (root / rel.parent).mkdir(parents=True, exist_ok=True)
         Image.fromarray(canvas).save(root / rel)
-        rows.append((rel.as_posix(), str(labels[i]), *box))
-    with open(root / "boxes.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "x0", "y0", "x1", "y1"])
-        w.writerows(rows)
+        rows.append((rel.as_posix(), str(labels[i]), box))
+    write_boxes(root, rows)
     return root
 
 
@@ -140,17 +138,14 @@ def build_faces(root: str | Path, seed: int = 0, per_patch: int = 8) -> Path:
             rel = Path(split) / label / f"{i:03d}-{j}.png"
             (root / rel.parent).mkdir(parents=True, exist_ok=True)
             Image.fromarray(canvas).save(root / rel)
-            rows.append((rel.as_posix(), label, int(px), int(py), int(px) + size, int(py) + size))
-    with open(root / "boxes.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "x0", "y0", "x1", "y1"])
-        w.writerows(rows)
+            rows.append((rel.as_posix(), label, (int(px), int(py), int(px) + size, int(py) + size)))
+    write_boxes(root, rows)
     return root
 
 
-def read_boxes(root: str | Path) -> dict[str, tuple[str, list[float]]]:
-    with open(Path(root) / "boxes.csv", newline="") as f:
-        return {r["path"]: (r["label"], [float(r[k]) for k in ("x0", "y0", "x1", "y1")]) for r in csv.DictReader(f)}
+def read_set_boxes(root: str | Path) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
+    """The set's boxes.csv, read by the service's own reader."""
+    return read_boxes(Path(root) / BOXES_FILE)
 
 
 def zip_bytes(root: str | Path, splits: tuple[str, ...] = ("train", "val"), boxes: bool = True) -> bytes:
@@ -162,10 +157,9 @@ def zip_bytes(root: str | Path, splits: tuple[str, ...] = ("train", "val"), boxe
             for p in sorted((root / split).rglob("*.png")):
                 z.write(p, p.relative_to(root).as_posix())
         if boxes:
-            lines = ["path,label,x0,y0,x1,y1"] + [
-                f"{path},{label},{','.join(f'{v:g}' for v in box)}"
-                for path, (label, box) in read_boxes(root).items() if path.split("/")[0] in splits]
-            z.writestr("boxes.csv", "\n".join(lines) + "\n")
+            rows = [(path, label, box) for path, (label, box) in read_set_boxes(root).items()
+                    if path.split("/")[0] in splits]
+            z.writestr(BOXES_FILE, boxes_csv_text(rows))
     return buf.getvalue()
 
 

@@ -26,7 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.cam import iou  # noqa: E402
-from bench.realsets import build_digits, read_boxes, zip_bytes  # noqa: E402
+from bench.realsets import build_digits, read_set_boxes, zip_bytes  # noqa: E402
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -73,7 +73,7 @@ def retrain(client: httpx.Client, name: str, upload: bytes) -> dict:
 def held_out(client: httpx.Client, root: Path) -> dict:
     right = found = count = 0
     rules = set()
-    for path, (label, box) in read_boxes(root).items():
+    for path, (label, box) in read_set_boxes(root).items():
         if not path.startswith("test/"):
             continue
         answer = client.post("/v1/predict?top_k=10&cam=false", content=(root / path).read_bytes(),

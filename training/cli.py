@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--name", default=DEFAULT_NAME, help="model name in the registry (default %(default)s)")
 
     t = sub.add_parser("train", help="train a model, export it and register it")
-    t.add_argument("--recipe", choices=("auto", "demo", "paper-cifar", "paper-imagenet"),
+    from .config import RECIPES  # plain data: the parser stays free of torch
+
+    t.add_argument("--recipe", choices=tuple(RECIPES),
                    help="default: demo for the synthetic set, auto (steps, size and augmentation from the data) "
                         "for any other --data")
     t.add_argument("--data", help="synthetic | folder:PATH | cifar10:PATH | cifar100:PATH")

@@ -7,7 +7,6 @@ CAM boxes can be compared with ground truth in original coordinates.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import pickle
@@ -21,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from app.cam import Geometry
+from app.datasets import read_boxes
 from app.preprocess import Preprocessing
 
 from . import synthetic
@@ -124,11 +124,9 @@ def read_boxes_csv(path: str | None, base: Path) -> dict[str, tuple[float, float
     if not path:
         return {}
     boxes = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            p = Path(row["path"])
-            p = p if p.is_absolute() else base / p
-            boxes[str(p.resolve())] = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+    for written, (_, box) in read_boxes(path).items():
+        p = Path(written)
+        boxes[str((p if p.is_absolute() else base / p).resolve())] = box
     return boxes
 
 

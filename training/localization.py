@@ -58,12 +58,15 @@ class LocalizationTally:
         heat = heatmap(cam_true, g)
         true_area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
 
+        cuts: dict[float, tuple[float, float]] = {}  # a threshold rule cuts where a curve point does
+
         def overlap(rule: float | BoxRule) -> tuple[float, float]:
-            found = boxes_from_heatmap(heat, rule)
-            if not found:
-                return 0.0, 0.0
-            b = found[0].scaled(sx, sy)
-            return iou(b.as_list(), box), (b.x1 - b.x0) * (b.y1 - b.y0) / true_area
+            t = rule.threshold_for(heat) if isinstance(rule, BoxRule) else float(rule)
+            if t not in cuts:
+                found = boxes_from_heatmap(heat, t)
+                b = found[0].scaled(sx, sy) if found else None
+                cuts[t] = (iou(b.as_list(), box), (b.x1 - b.x0) * (b.y1 - b.y0) / true_area) if b else (0.0, 0.0)
+            return cuts[t]
 
         self.count += 1
         for j, t in enumerate(self.thresholds):

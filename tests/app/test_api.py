@@ -136,14 +136,18 @@ def test_engine_default_rule_order():
     from app.cam import DEFAULT_RULE, BoxRule
     from app.engine import Engine
 
-    engine = Engine.__new__(Engine)
-    engine.card = {"cam": {"rule": "threshold:0.55"}}
-    assert engine.default_rule(BoxRule("threshold", 0.3)) == BoxRule("threshold", 0.3)  # configured first
-    assert engine.default_rule(None) == BoxRule("threshold", 0.55)
+    def engine(card):
+        e = Engine.__new__(Engine)  # the card is all the rule needs
+        e.card = card
+        return e
+
+    calibrated = engine({"cam": {"rule": "threshold:0.55"}})
+    assert calibrated.default_rule(BoxRule("threshold", 0.3)) == BoxRule("threshold", 0.3)  # configured first
+    assert calibrated.default_rule(None) == BoxRule("threshold", 0.55)
     # an older card: its best threshold only when it was calibrated on enough boxed images
-    engine.card = {"cam": {"best_threshold": 0.6}, "metrics": {"images_with_boxes": 500}}
-    assert engine.default_rule(None) == BoxRule("threshold", 0.6)
-    engine.card = {"cam": {"best_threshold": 0.6}, "metrics": {"images_with_boxes": 5}}
-    assert engine.default_rule(None) == DEFAULT_RULE
-    engine.card = {"cam": {"best_threshold": None}}
-    assert engine.default_rule(None) == DEFAULT_RULE and engine.rule_source.startswith("default rule")
+    older = engine({"cam": {"best_threshold": 0.6}, "metrics": {"images_with_boxes": 500}})
+    assert older.default_rule(None) == BoxRule("threshold", 0.6)
+    assert engine({"cam": {"best_threshold": 0.6}, "metrics": {"images_with_boxes": 5}}).default_rule(None) == \
+        DEFAULT_RULE
+    plain = engine({"cam": {"best_threshold": None}})
+    assert plain.default_rule(None) == DEFAULT_RULE and plain.rule_source.startswith("default rule")
