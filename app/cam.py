@@ -206,25 +206,9 @@ class BoxRule:
 
 # A model whose card has a threshold calibrated on at least this many boxed validation images draws
 # its boxes with it; others use DEFAULT_RULE, the box-free rule chosen by measurement (BENCHMARKS.md).
+# The card says which (app.card.ModelCard.box_rule).
 CALIBRATION_MIN_IMAGES = 20
 DEFAULT_RULE = BoxRule("mass", 0.5)
-
-
-def rule_from_card(card: dict) -> BoxRule:
-    """The rule a model card says its boxes are drawn with: `cam.rule` (written by training: a
-    threshold calibrated on boxed validation images, or the box-free default), else an older card's
-    `cam.best_threshold` when it was calibrated, else DEFAULT_RULE."""
-    cam = card.get("cam") or {}
-    if isinstance(cam.get("rule"), str):
-        try:
-            return BoxRule.parse(cam["rule"])
-        except ValueError:
-            pass
-    images = (card.get("metrics") or {}).get("images_with_boxes", 0)
-    best = cam.get("best_threshold")
-    if isinstance(best, (int, float)) and 0 < best < 1 and images >= CALIBRATION_MIN_IMAGES:
-        return BoxRule("threshold", float(best))
-    return DEFAULT_RULE
 
 
 def mass_threshold(heat: np.ndarray, share: float) -> float:
@@ -292,3 +276,23 @@ def iou(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+BOX_GRID = 160  # boxes are found on a heatmap at most this long, then scaled to the picture's pixels
+
+
+def class_boxes(cams: np.ndarray, indices: list[int], g: Geometry, width: int, height: int, rule: BoxRule,
+                all_components: bool = False, min_area: float = 0.0) -> list[list[Box]]:
+    """CAM boxes of each class in `indices`, found on a heatmap at most BOX_GRID long and scaled to
+    a width x height picture of g's image: the original for the JSON answer, the overlay for the
+    drawing, so both show the same boxes. `Box.area` stays in BOX_GRID cells (see `grid_pixels`)."""
+    grid = g.fitted(BOX_GRID)
+    sx, sy = width / grid.image_width, height / grid.image_height
+    return [[b.scaled(sx, sy) for b in boxes_from_heatmap(heat, rule, all_components, min_area)]
+            for heat in heatmaps(cams[indices], grid)]
+
+
+def grid_pixels(g: Geometry) -> int:
+    """The pixel count of the heatmap `class_boxes` finds boxes on: Box.area's denominator."""
+    grid = g.fitted(BOX_GRID)
+    return grid.image_width * grid.image_height

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
-from .cam import CALIBRATION_MIN_IMAGES, BoxRule, rule_from_card
+from .card import ModelCard
 from .preprocess import Preprocessing
-from .registry import CARD_FILE, MODEL_FILE
+from .registry import MODEL_FILE
 
 log = logging.getLogger("rescam.engine")
 
@@ -109,27 +107,24 @@ def open_session(model: Path, providers: list[str], graph_optimization: str = "a
 class Engine:
     name: str
     version: int
-    card: dict[str, Any]
+    card: ModelCard
     session: ort.InferenceSession
-    prep: Preprocessing
-    labels: list[str]
     provider: str
     load_ms: float
     warm: bool = False
 
     @classmethod
-    def load(cls, directory: Path, name: str, version: int, providers: list[str], intra_op_threads: int = 0,
-             inter_op_threads: int = 0, graph_optimization: str = "all", lean: bool = True) -> Engine:
+    def load(cls, directory: Path, card: ModelCard, name: str, version: int, providers: list[str],
+             intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization: str = "all",
+             lean: bool = True) -> Engine:
         start = time.perf_counter()
         wanted = installed_providers(providers)
         try:
-            card = json.loads((directory / CARD_FILE).read_text())
             session = open_session(directory / MODEL_FILE, wanted, graph_optimization, intra_op_threads,
                                    inter_op_threads, lean)
-            engine = cls(name, version, card, session, Preprocessing.from_card(card), list(card["labels"]),
-                         session.get_providers()[0], 0.0)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many kinds; all mean "does not load"
             raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
+        engine = cls(name, version, card, session, session.get_providers()[0], 0.0)
         engine.check()
         engine.load_ms = (time.perf_counter() - start) * 1000
         log.info("loaded %s v%d on %s (asked for %s) in %.0f ms", name, version, engine.provider, wanted,
@@ -139,10 +134,21 @@ class Engine:
                         wanted[0], engine.provider)
         return engine
 
+    @property
+    def prep(self) -> Preprocessing:
+        return self.card.preprocessing
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.card.labels
+
     def check(self) -> None:
         """Warm-up and smoke test: one inference of the right shapes, finite numbers."""
         x = np.zeros((1, 3, self.prep.crop, self.prep.crop), dtype=np.float32)
-        logits, cams = self.run(x)
+        try:
+            logits, cams = self.run(x)
+        except Exception as e:  # noqa: BLE001 - a graph that does not run is a model that does not load
+            raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: {e}") from e
         n = len(self.labels)
         if logits.shape != (1, n) or cams.shape[:2] != (1, n) or not np.isfinite(logits).all():
             raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: logits {logits.shape}, "
@@ -153,25 +159,6 @@ class Engine:
         logits, cams = self.session.run(["logits", "cam"], {"input": batch})
         return logits, cams
 
-    def default_rule(self, configured: BoxRule | None) -> BoxRule:
-        """The box rule when a request names none: the configured one, else the card's (a threshold
-        calibrated on boxed validation images, or the box-free default; app.cam.rule_from_card)."""
-        return configured if configured is not None else self.box_rule
-
-    @cached_property
-    def box_rule(self) -> BoxRule:
-        return rule_from_card(self.card)  # read once: the card of a loaded version does not change
-
-    @cached_property
-    def rule_source(self) -> str:
-        """Where the card's rule comes from, in the words an answer gives."""
-        n = (self.card.get("cam") or {}).get("calibration_images") or \
-            (self.card.get("metrics") or {}).get("images_with_boxes", 0)
-        if self.box_rule.name == "threshold" and n >= CALIBRATION_MIN_IMAGES:
-            return f"calibrated on {n} boxed validation images"
-        return "default rule for models without boxes"
-
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,
-                "architecture": self.card.get("architecture"), "labels": self.labels,
-                "input_size": self.prep.crop}
+                "architecture": self.card.architecture, "labels": list(self.labels), "input_size": self.prep.crop}

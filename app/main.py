@@ -1,4 +1,11 @@
-"""The FastAPI application: `create_app(settings)`; nothing is loaded at import time."""
+"""The FastAPI application: `create_app(settings)` wires the service's parts; nothing is loaded at
+import time.
+
+    ModelManager  (app/model_manager.py)  the live model: load, swap, follow, deploy, roll back
+    Predictor     (app/predictor.py)      decode -> prepare -> infer -> postprocess; kept overlays
+    Retraining    (app/retraining.py)     data sets, the job queue and its runner
+    routes/       one thin router per resource; errors become answers through ERROR_STATUS below
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,39 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .card import CardError
 from .datasets import DatasetError
+from .engine import ModelLoadError
 from .imaging import ImageError
-from .pipeline import Service
+from .metrics import Metrics
+from .model_manager import ModelManager, NotDeployed
+from .predictor import NotFound, Overloaded, Predictor
+from .registry import RegistryError, UnknownVersion
+from .retraining import JobRefused, Retraining
 from .routes import admin, datasets, health, jobs, models, predict, v2
 from .settings import Settings
 
 log = logging.getLogger("rescam")
+
+# The one table from the service's exceptions to HTTP statuses (the most specific class wins);
+# ImageError, DatasetError and JobRefused carry their own 4xx.
+ERROR_STATUS: dict[type[Exception], int] = {
+    ModelLoadError: 503,  # no model can serve
+    Overloaded: 504,  # no answer within the request timeout
+    NotFound: 404,  # a kept prediction, image or label
+    UnknownVersion: 404,
+    NotDeployed: 409,  # a deploy or rollback that changed nothing; the live version keeps serving
+    RegistryError: 409,
+    CardError: 409,
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,18 +54,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = Service(settings)
-        app.state.service = service
-        await service.start()
-        engine = service.engine
-        log.info("rescam serving %s", engine.describe() if engine else f"nothing yet: {service.load_error}")
+        metrics = Metrics()
+        models_ = ModelManager(settings, metrics)
+        predictor = Predictor(settings, models_, metrics)
+        retraining = Retraining(settings, models_)
+        app.state.settings, app.state.metrics = settings, metrics
+        app.state.models, app.state.predictor, app.state.retraining = models_, predictor, retraining
+        await predictor.start()
+        await models_.start()
+        await retraining.start()
+        engine = models_.engine
+        log.info("rescam serving %s", engine.describe() if engine else f"nothing yet: {models_.load_error}")
         try:
             yield
         finally:
-            await service.stop()
+            await retraining.stop()
+            await models_.stop()
+            await predictor.stop()
 
-    app = FastAPI(title="rescam", version="0.1.0", lifespan=lifespan,
-                  description="ResNet classification with class-activation maps and CAM boxes.")
+    # Swagger UI and ReDoc from the assets fastapi-offline ships: /docs works with no network
+    app = FastAPIOffline(title="rescam", version="0.1.0", lifespan=lifespan,
+                         description="ResNet classification with class-activation maps and CAM boxes.")
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
@@ -55,21 +90,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             route = request.scope.get("route")
             path = getattr(route, "path", "unmatched")
-            service = getattr(request.app.state, "service", None)
-            if service is not None:
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:
                 labels = (request.method, path, str(status))
-                service.metrics.requests.labels(*labels).inc()
-                service.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+                metrics.requests.labels(*labels).inc()
+                metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+
+    def answer(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return answer(exc.status_code, exc.detail, getattr(exc, "headers", None))
 
     @app.exception_handler(DatasetError)
     @app.exception_handler(ImageError)
-    async def input_error(request: Request, exc: DatasetError | ImageError) -> JSONResponse:
-        return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status)
+    @app.exception_handler(JobRefused)
+    async def input_error(request: Request, exc: DatasetError | ImageError | JobRefused) -> JSONResponse:
+        return answer(exc.status, exc.message)
+
+    async def table_error(request: Request, exc: Exception) -> JSONResponse:
+        status = next(ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in ERROR_STATUS)
+        return answer(status, str(exc))
+
+    for error in ERROR_STATUS:
+        app.add_exception_handler(error, table_error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -81,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}", "status": 500}, status_code=500)
+        return answer(500, f"internal error: {type(exc).__name__}")
 
     static = Path(__file__).parent / "static"
     app.mount("/static", StaticFiles(directory=static), name="static")
@@ -94,6 +139,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    v2.router):
         app.include_router(router)
     return app
-
-
-__all__ = ["create_app", "HTTPException"]

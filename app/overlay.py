@@ -12,6 +12,10 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from . import cam
+from .cam import BoxRule
+from .store import StoredImage
+
 try:  # Intel ISA-L's deflate: about four times as fast as zlib's fastest level on overlays
     from isal import isal_zlib as _deflate_lib
 except ImportError:  # no wheel for this platform: zlib, with run-length matching (its fastest useful mode)
@@ -66,8 +70,9 @@ def render(image: Image.Image, heat: np.ndarray, boxes: list[list[float]], label
     width = max(1, round(max(out.size) / 250))
     font = _font(max(10, round(max(out.size) / 40)))
     for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255), width=width + 1)
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 0, 0), width=max(1, width - 1))
+        corners = [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)]  # a box thinner than a pixel at a small size
+        draw.rectangle(corners, outline=(255, 255, 255), width=width + 1)
+        draw.rectangle(corners, outline=(0, 0, 0), width=max(1, width - 1))
     if label:
         x0, y0 = boxes[0][:2] if boxes else (2, 2)
         text_box = draw.textbbox((0, 0), label, font=font)
@@ -75,6 +80,27 @@ def render(image: Image.Image, heat: np.ndarray, boxes: list[list[float]], label
         draw.rectangle([x0, ty, x0 + text_box[2] + 4, ty + text_box[3] + 4], fill=(0, 0, 0))
         draw.text((x0 + 2, ty + 1), label, fill=(255, 255, 255), font=font)
     return out
+
+
+def cam_picture(item: StoredImage, index: int, label: str, fmt: str, rule: BoxRule, alpha: float = 0.5,
+                cmap: str = "turbo", max_side: int = 1024) -> tuple[bytes, str]:
+    """A kept image's CAM of class `index`, encoded as `fmt`: png/jpeg/webp overlays (the heatmap
+    blended over the image, at most max_side long, with the boxes the JSON answer gave), the raw
+    heatmap as a grey PNG (`heatmap.png`) or as float32 `.npy`, at the image's working resolution."""
+    if fmt in ("npy", "heatmap.png"):
+        heat = cam.heatmap(item.cams[index], item.geometry)
+        if fmt == "heatmap.png":
+            return grey_png(heat), "image/png"
+        buf = io.BytesIO()
+        np.save(buf, heat)
+        return buf.getvalue(), "application/octet-stream"
+    g = item.geometry.fitted(max_side)
+    image = item.image
+    if image.size != (g.image_width, g.image_height):
+        image = image.resize((g.image_width, g.image_height), Image.Resampling.BILINEAR)
+    heat = cam.heatmap(item.cams[index], g)
+    boxes = cam.class_boxes(item.cams, [index], item.geometry, g.image_width, g.image_height, rule)[0]
+    return encode(render(image, heat, [b.as_list() for b in boxes], label, alpha=alpha, cmap=cmap), fmt)
 
 
 def encode(image: Image.Image, fmt: str) -> tuple[bytes, str]:

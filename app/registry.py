@@ -5,7 +5,8 @@
     <root>/<model>/DEPLOYED               {"version": v, "history": [...]}, replaced atomically
     <root>/<model>/audit.jsonl            who deployed what, when and why
 
-Pure Python: used by the service and by training's `register` step.
+Used by the service and by training's `register` step; a version's card is read here, once, into a
+typed ModelCard.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .card import CardError, ModelCard
+
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pth"  # optional: the torch state_dict, to fine-tune from the live model
@@ -27,6 +30,10 @@ AUDIT = "audit.jsonl"
 
 class RegistryError(Exception):
     """A request the registry cannot honour; the message says why."""
+
+
+class UnknownVersion(RegistryError):
+    """The model has no such version (or no such model)."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -53,11 +60,15 @@ class Registry:
     def version_dir(self, model: str, version: int) -> Path:
         d = self.model_dir(model) / str(int(version))
         if not (d / MODEL_FILE).is_file():
-            raise RegistryError(f"model {model!r} has no version {version}")
+            raise UnknownVersion(f"model {model!r} has no version {version}")
         return d
 
-    def card(self, model: str, version: int) -> dict[str, Any]:
-        return json.loads((self.version_dir(model, version) / CARD_FILE).read_text())
+    def card(self, model: str, version: int) -> ModelCard:
+        """The version's card; RegistryError when it is missing or unreadable."""
+        try:
+            return ModelCard.load(self.version_dir(model, version) / CARD_FILE)
+        except CardError as e:
+            raise RegistryError(f"model {model!r} v{version} has a broken card: {e}") from None
 
     def register(self, model: str, source: str | Path) -> int:
         """Copy source/{model.onnx, card.json} in as the next version; the new directory appears
@@ -66,6 +77,10 @@ class Registry:
         for name in (MODEL_FILE, CARD_FILE):
             if not (source / name).is_file():
                 raise RegistryError(f"{source} has no {name}")
+        try:
+            ModelCard.load(source / CARD_FILE)
+        except CardError as e:
+            raise RegistryError(f"{source}: {e}") from None
         d = self.model_dir(model)
         d.mkdir(parents=True, exist_ok=True)
         staging = d / f".staging-{uuid.uuid4().hex}"
@@ -85,14 +100,20 @@ class Registry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def delete(self, model: str, version: int) -> None:
-        """Remove a version that is not live; it disappears at once and whole."""
+    def delete(self, model: str, version: int, actor: str = "cli") -> None:
+        """Remove a version that is not live; it disappears at once and whole, and leaves the
+        rollback history (a rollback goes to the deployment before it)."""
         directory = self.version_dir(model, version)
-        if version == self.deployed(model):
+        current = self.pointer(model)
+        if current is not None and version == int(current["version"]):
             raise RegistryError(f"v{version} is live; deploy another version before deleting it")
         trash = directory.with_name(f".deleted-{version}-{uuid.uuid4().hex}")
         directory.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
+        if current is not None and version in current["history"]:
+            history = [v for v in current["history"] if v != version]
+            write_atomic(self.model_dir(model) / POINTER, json.dumps({**current, "history": history}))
+        self._audit(model, {"action": "delete", "version": int(version), "actor": actor})
 
     def pointer(self, model: str) -> dict[str, Any] | None:
         try:
@@ -120,12 +141,12 @@ class Registry:
 
     def _set(self, model: str, version: int, history: list[int], action: str, actor: str, reason: str,
              audit: dict[str, Any]) -> None:
-        d = self.model_dir(model)
-        write_atomic(d / POINTER, json.dumps({"version": int(version), "history": history}))
-        entry = {"time": time.time(), "action": action, "version": int(version), "actor": actor,
-                 "reason": reason, **audit}
-        with open(d / AUDIT, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        write_atomic(self.model_dir(model) / POINTER, json.dumps({"version": int(version), "history": history}))
+        self._audit(model, {"action": action, "version": int(version), "actor": actor, "reason": reason, **audit})
+
+    def _audit(self, model: str, entry: dict[str, Any]) -> None:
+        with open(self.model_dir(model) / AUDIT, "a") as f:
+            f.write(json.dumps({"time": time.time(), **entry}) + "\n")
 
     def audit_log(self, model: str) -> list[dict[str, Any]]:
         try:

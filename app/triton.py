@@ -8,13 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-from .registry import CARD_FILE, MODEL_FILE, Registry
+from .card import ModelCard
+from .registry import MODEL_FILE, Registry
 
 
-def config_pbtxt(name: str, card: dict, max_batch_size: int = 64, queue_delay_us: int = 2000) -> str:
-    n = len(card["labels"])
-    side = int(card["preprocessing"]["crop"])
-    h, w = card["cam_size"]
+def config_pbtxt(name: str, card: ModelCard, max_batch_size: int = 64, queue_delay_us: int = 2000) -> str:
+    n = len(card.labels)
+    side = card.preprocessing.crop
+    h, w = card.cam_size
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
@@ -27,7 +28,7 @@ output [
 ]
 dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}
 instance_group [ {{ kind: KIND_AUTO count: 1 }} ]
-parameters {{ key: "rescam_card" value: {{ string_value: {json.dumps(json.dumps(card))} }} }}
+parameters {{ key: "rescam_card" value: {{ string_value: {json.dumps(json.dumps(card.to_dict()))} }} }}
 """
 
 
@@ -38,11 +39,11 @@ def export_triton(registry: Registry, model: str, version: int | None, out: Path
     if version is None:
         raise ValueError(f"model {model!r} has no deployed version; name one")
     source = registry.version_dir(model, version)
-    card = json.loads((source / CARD_FILE).read_text())
+    card = registry.card(model, version)
     name = triton_name or model
     target = Path(out) / name
     (target / str(version)).mkdir(parents=True, exist_ok=True)
     shutil.copy2(source / MODEL_FILE, target / str(version) / MODEL_FILE)
-    (target / "labels.txt").write_text("\n".join(card["labels"]) + "\n")
+    (target / "labels.txt").write_text("\n".join(card.labels) + "\n")
     (target / "config.pbtxt").write_text(config_pbtxt(name, card, max_batch_size))
     return target

@@ -33,19 +33,21 @@ def make_registry(model: str, classes: int, size: int, root: Path) -> Path:
     """Export `model` with random weights through the real exporter into a scratch registry."""
     import torch
 
+    from app.card import ModelCard
+    from app.preprocess import Preprocessing
     from app.registry import CARD_FILE, MODEL_FILE, Registry
     from models import create_model
+    from training.config import IMAGENET_MEAN, IMAGENET_STD
     from training.export import export_onnx
 
     export = root / "export"
     net = create_model(model, num_classes=classes).eval()
-    card = {"labels": [f"class{i}" for i in range(classes)], "architecture": model,
-            "preprocessing": {"crop": size, "resize": round(size * 256 / 224), "mean": [0.485, 0.456, 0.406],
-                              "std": [0.229, 0.224, 0.225]}}
     with torch.no_grad():
-        card["cam_size"] = list(net.forward_features(torch.zeros(1, 3, size, size)).shape[-2:])
-    export_onnx(net, export / MODEL_FILE, size, card)
-    (export / CARD_FILE).write_text(json.dumps(card))
+        h, w = net.forward_features(torch.zeros(1, 3, size, size)).shape[-2:]
+    card = ModelCard(labels=tuple(f"class{i}" for i in range(classes)), architecture=model, cam_size=(h, w),
+                     preprocessing=Preprocessing(size, round(size * 256 / 224), IMAGENET_MEAN, IMAGENET_STD))
+    export_onnx(net, export / MODEL_FILE, size, card.to_dict())
+    (export / CARD_FILE).write_text(card.to_json())
     reg = Registry(root / "registry")
     reg.deploy("default", reg.register("default", export))
     return root / "registry"
@@ -148,53 +150,49 @@ def alternate(server: Server, requests: list[tuple[str, str, bytes | None]], sec
     return [1000 * statistics.median(t) for t in times]
 
 
-def with_service(registry: Path, work):
-    """asyncio.run(work(service)) on a started in-process Service: batching off, no HTTP."""
+def with_predictor(registry: Path, work):
+    """asyncio.run(work(predictor)) on a started in-process Predictor: batching off, no HTTP."""
     import asyncio
 
-    from app.pipeline import Service
+    from app.predictor import standalone
     from app.settings import Settings
 
     async def run():
-        service = Service(Settings(registry=registry, batching=False))
-        await service.start()
-        try:
-            return await work(service)
-        finally:
-            await service.stop()
+        async with standalone(Settings(registry=registry, batching=False)) as predictor:
+            return await work(predictor)
 
     return asyncio.run(run())
 
 
 def in_process_rps(registry: Path, body: bytes, seconds: float) -> float:
     """The same work without HTTP: decode + preprocess + inference + CAM boxes, in a loop."""
-    from app.pipeline import Options
+    from app.predictor import Options
 
-    async def work(service) -> float:
+    async def work(predictor) -> float:
         n, stop = 0, time.perf_counter() + seconds
         start = time.perf_counter()
         while time.perf_counter() < stop:
-            await service.predict([("x", body)], Options(top_k=5))
+            await predictor.predict([("x", body)], Options(top_k=5))
             n += 1
         return n / (time.perf_counter() - start)
 
-    return with_service(registry, work)
+    return with_predictor(registry, work)
 
 
 def in_process_cam_cost(registry: Path, body: bytes, rounds: int = 40) -> tuple[float, float]:
-    """p50 ms of Service.predict without and with CAM boxes, the two interleaved, no HTTP."""
-    from app.pipeline import Options
+    """p50 ms of Predictor.predict without and with CAM boxes, the two interleaved, no HTTP."""
+    from app.predictor import Options
 
-    async def work(service) -> tuple[float, float]:
+    async def work(predictor) -> tuple[float, float]:
         times: tuple[list[float], list[float]] = ([], [])
         for _ in range(rounds):
             for opts, out in ((Options(5, cams=False, boxes=False), times[0]), (Options(5), times[1])):
                 t = time.perf_counter()
-                await service.predict([("x", body)], opts)
+                await predictor.predict([("x", body)], opts)
                 out.append(1000 * (time.perf_counter() - t))
         return statistics.median(times[0]), statistics.median(times[1])
 
-    return with_service(registry, work)
+    return with_predictor(registry, work)
 
 
 def raw_session_rates(registry: Path, size: int, seconds: float) -> dict:

@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory) -> SimpleNamespace:
     version = registry.register("default", export)
     registry.deploy("default", version, actor="test")
     return SimpleNamespace(root=root, registry=root / "registry", checkpoint=checkpoint, export=export,
-                           config=cfg, version=version, card=registry.card("default", version))
+                           config=cfg, version=version, card=registry.card("default", version).to_dict())
 
 
 def image_bytes(fmt: str = "PNG", size=(64, 48), mode: str = "RGB", seed: int = 0, **save) -> bytes:
@@ -81,7 +81,7 @@ def demo_model(tmp_path_factory) -> SimpleNamespace:
     reuse = os.environ.get("RESCAM_TEST_DEMO_REGISTRY")  # a registry holding a default model already
     if reuse:
         registry = Registry(reuse)
-        return SimpleNamespace(registry=Path(reuse), card=registry.card("default", registry.deployed("default")))
+        return SimpleNamespace(registry=Path(reuse), card=registry.card("default", registry.deployed("default")).to_dict())
     root = tmp_path_factory.mktemp("demo")
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-m", "training.cli", "train", *SHORT_RUN, "--registry",
@@ -91,4 +91,4 @@ def demo_model(tmp_path_factory) -> SimpleNamespace:
     assert out.returncode == 0, out.stderr[-3000:]
     registry = Registry(root / "registry")
     version = registry.deployed("default")
-    return SimpleNamespace(registry=root / "registry", card=registry.card("default", version))
+    return SimpleNamespace(registry=root / "registry", card=registry.card("default", version).to_dict())

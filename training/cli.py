@@ -17,35 +17,82 @@ DEFAULT_REGISTRY = os.environ.get("RESCAM_REGISTRY", "registry")
 DEFAULT_NAME = os.environ.get("RESCAM_MODEL_NAME", "default")
 
 
-def _config(args: argparse.Namespace):
-    from .config import recipe
+TRAIN_FLAGS = ("model", "epochs", "batch_size", "lr", "image_size", "device", "seed", "workers", "max_steps",
+               "min_steps", "time_budget_s")
 
-    overrides = {}
-    for key in ("model", "data", "epochs", "batch_size", "lr", "image_size", "device", "seed", "init", "workers",
-                "boxes_csv", "max_steps", "min_steps", "time_budget_s"):
-        value = getattr(args, key, None)
-        if value is not None:
-            overrides[key] = value
+
+class UserError(Exception):
+    """A mistake the user can fix; main() prints it as one line and exits 1."""
+
+
+def job_spec(args: argparse.Namespace):
+    """`rescam train`'s flags as the JobSpec every training job runs from."""
+    from app.jobspec import JobSpec
+
+    settings = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
     if args.no_amp:
-        overrides["amp"] = False
+        settings["amp"] = False
     if args.compile:
-        overrides["compile"] = True
+        settings["compile"] = True
     for item in args.set or []:
-        key, _, value = item.partition("=")
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. --set synthetic_train=36000")
         try:  # JSON (numbers, true, lists, objects), else the text itself
-            overrides[key] = json.loads(value)
+            settings[key] = json.loads(value)
         except json.JSONDecodeError:
-            overrides[key] = value
-    if "epochs" in overrides:  # epochs the user asked for are what runs: the floor is for when data decide
-        overrides.setdefault("min_steps", 0)
-    name = args.recipe or default_recipe(overrides.get("data"))
-    return recipe(name, **overrides)
+            settings[key] = value
+    data = settings.pop("data", None) or args.data or "synthetic"
+    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{settings.get('model', 'model')}"
+    return JobSpec(run_dir=out, data=data, boxes_csv=args.boxes_csv, recipe=args.recipe, settings=settings,
+                   init=args.init, resume=args.resume, export=not args.no_register,
+                   registry=None if args.no_register or args.export_only else args.registry,
+                   model_name=args.name, threads=args.threads)
 
 
-def default_recipe(data: str | None) -> str:
-    """The demo recipe for the embedded synthetic set (the default model), else `auto`: a user's
-    data decide the image size and the number of steps (training/plan.py)."""
-    return "demo" if data in (None, "synthetic") else "auto"
+def _config(args: argparse.Namespace):
+    """The TrainConfig `rescam train ARGS` runs with."""
+    from .job import config_for
+
+    return config_for(job_spec(args))
+
+
+def deploy_after_job(result, registry_root: str, name: str, policy: str) -> None:
+    """auto: only a model's first version goes live; gate: when the promotion gate passed."""
+    from app.registry import Registry
+
+    if result is None or result.version is None:
+        return
+    registry = Registry(registry_root)
+    go = policy == "always" or (policy == "auto" and result.live_version is None) or \
+        (policy == "gate" and result.gate["passed"])
+    if go:
+        reason = "first version" if result.live_version is None else f"--deploy {policy}: {result.gate['reason']}"
+        registry.deploy(name, result.version, actor="cli", reason=reason, gate=result.gate)
+        print(f"registered and deployed {name} v{result.version} in {registry_root}", file=sys.stderr)
+    else:
+        print(f"registered {name} v{result.version} in {registry_root} (live stays v{registry.deployed(name)}; "
+              f"gate: {result.gate['reason']})", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .job import run_job
+
+    result = run_job(job_spec(args))
+    if result is None:  # not rank 0
+        return
+    print(json.dumps({"checkpoint": result.checkpoint, "seconds": result.seconds, **result.metrics}))
+    if not (args.no_register or args.export_only):
+        deploy_after_job(result, args.registry, args.name, args.deploy)
+
+
+def cmd_run_job(args: argparse.Namespace) -> None:
+    """What the service's job runner starts: the spec's job, its JobResult in result.json."""
+    from app.jobspec import JobSpec
+
+    from .job import run_job
+
+    run_job(JobSpec.load(args.spec))
 
 
 def register(export_dir: Path, registry: str, name: str, deploy: str) -> int:
@@ -60,38 +107,6 @@ def register(export_dir: Path, registry: str, name: str, deploy: str) -> int:
     else:
         print(f"registered {name} v{version} in {registry} (live stays v{reg.deployed(name)})")
     return version
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    import torch
-
-    from .export import export_checkpoint
-    from .train import train
-
-    cfg = _config(args)
-    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}")
-    if cfg.device in ("auto", "cpu") and not torch.cuda.is_available() and args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.time()
-    checkpoint = train(cfg, out, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if k != "confusion"}
-    print(json.dumps({"checkpoint": str(checkpoint), "seconds": round(time.time() - start, 1), **metrics}))
-    if args.no_register or not ckpt.get("finished"):
-        return
-    export_dir = export_checkpoint(checkpoint, out / "export")
-    result = {"checkpoint": str(checkpoint), "export": str(export_dir), "metrics": metrics,
-              "labels": list(ckpt["classes"])}
-    if args.compare_with:
-        from .compare import evaluate_onnx
-
-        result["live_metrics"] = evaluate_onnx(args.compare_with, cfg)
-    if args.result_file:
-        Path(args.result_file).write_text(json.dumps(result))
-    if not args.export_only:
-        register(export_dir, args.registry, args.name, args.deploy)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -125,7 +140,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_bootstrap(args: argparse.Namespace) -> None:
     """Deploy the default model when the registry has no live version: the one the package ships
     (registered in seconds), or, with --train, one trained afresh by the demo recipe."""
+    from app.jobspec import JobSpec
     from app.registry import Registry
+
+    from .job import run_job
 
     registry = Registry(args.registry)
     if registry.deployed(args.name) is not None:
@@ -139,8 +157,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
         return
     print(f"no model deployed in {args.registry}: training the default model (the demo recipe; "
           "about 4 minutes on 2 CPU cores)", file=sys.stderr)
-    parser = build_parser()
-    cmd_train(parser.parse_args(["train", "--registry", args.registry, "--name", args.name, "--out", "runs/default"]))
+    result = run_job(JobSpec(run_dir=args.out, registry=args.registry, model_name=args.name))
+    deploy_after_job(result, args.registry, args.name, "auto")
 
 
 def shipped_model_dir() -> Path | None:
@@ -173,117 +191,171 @@ def cmd_export_triton(args: argparse.Namespace) -> None:
     print(f"wrote {target}: tritonserver --model-repository={Path(args.out).resolve()}")
 
 
+def settings_for(args: argparse.Namespace, **fields):
+    from app.settings import Settings
+
+    return Settings(registry=Path(args.registry), model_name=args.name, **fields)
+
+
 def cmd_worker(args: argparse.Namespace) -> None:
     """Run retrain jobs from the shared job database, apart from the API (e.g. on a GPU host);
     start the API with RESCAM_RUN_JOBS=false then."""
     import asyncio
 
-    from app.pipeline import Service
-    from app.settings import Settings
+    from app.model_manager import ModelManager
+    from app.retraining import Retraining
 
-    service = Service(Settings(registry=Path(args.registry), model_name=args.name, registry_poll_s=0))
-    print(f"rescam worker: jobs from {service.jobs.path}, registry {args.registry}", file=sys.stderr)
+    settings = settings_for(args, registry_poll_s=0)
+    retraining = Retraining(settings, ModelManager(settings))
+    print(f"rescam worker: jobs from {retraining.jobs.path}, registry {args.registry}", file=sys.stderr)
     try:
-        asyncio.run(service.runner.run())
+        asyncio.run(retraining.runner.run())
     except KeyboardInterrupt:
         pass
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    """One image through the predictor, in this process: no HTTP, no job runner, no job database."""
     import asyncio
 
-    from app.pipeline import Options, Service
-    from app.settings import Settings
+    from app.predictor import Options, standalone
+
+    image = Path(args.image)
+    if not image.is_file():
+        raise UserError(f"{image}: no such file")
 
     async def run() -> dict:
-        service = Service(Settings(registry=Path(args.registry), model_name=args.name, batching=False))
-        await service.start()
-        try:
-            answer = await service.predict([(args.image, Path(args.image).read_bytes())], Options(top_k=args.top_k))
-            result = answer["results"][0]
-            if "error" in result:
-                raise SystemExit(f"rescam: {args.image}: {result['error']['message']}")
-            kept = service.store.get(answer["id"])
-            top = result["predictions"][0]
-            picture = service.overlay_image(kept.images[0], top["index"], top["label"], 0.5, "turbo",
-                                            kept.rule, service.settings.overlay_max_side)
-            picture.save(args.out)
-            answer["overlay"] = args.out
-            return answer
-        finally:
-            await service.stop()
+        async with standalone(settings_for(args, batching=False)) as predictor:
+            answer = await predictor.predict([(args.image, image.read_bytes())], Options(top_k=args.top_k))
+        result = answer.results[0]
+        if result.error is not None:
+            raise UserError(f"{args.image}: {result.error.message}")
+        top = result.predictions[0]
+        fmt = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(Path(args.out).suffix.lower(), "png")
+        data, _ = predictor.cam_picture(answer.id, 0, str(top.index), fmt)
+        Path(args.out).write_bytes(data)
+        return {**answer.model_dump(), "overlay": args.out}
 
     print(json.dumps(asyncio.run(run()), indent=2))
 
 
+def cmd_models(args: argparse.Namespace) -> None:
+    """The registry's versions: list, show a card, deploy (after a smoke test), roll back, delete."""
+    from app.model_manager import ModelManager
+
+    models = ModelManager(settings_for(args, registry_poll_s=0))
+    registry, name = models.registry, args.name
+    if args.action == "list":
+        live = registry.deployed(name)
+        versions = registry.versions(name)
+        if not versions:
+            print(f"no versions of {name!r} in {args.registry}; `rescam bootstrap` registers the default model")
+        for v in versions:
+            try:
+                card = registry.card(name, v)
+                m = card.metrics
+                line = (f"{card.architecture or '?':<10} top-1 {m.get('top1', float('nan')):.3f}  "
+                        f"{len(card.labels)} labels  boxes {card.box_rule}  {card.created or ''}")
+            except Exception as e:  # noqa: BLE001 - a broken version is listed as broken
+                line = f"broken: {e}"
+            print(f"{'*' if v == live else ' '} v{v:<4} {line}")
+        return
+    if args.action == "rollback":
+        version, left = models.rollback(actor="cli", reason=args.reason)
+        print(f"{name}: v{version} is live again (rolled back from v{left})")
+        return
+    if args.version is None:
+        raise UserError(f"rescam models {args.action} needs a version, e.g. rescam models {args.action} 2")
+    if args.action == "show":
+        print(registry.card(name, args.version).to_json(), end="")
+    elif args.action == "deploy":
+        engine = models.deploy(args.version, actor="cli", reason=args.reason)
+        print(f"{name}: v{args.version} is live ({engine.provider}, smoke-tested in {engine.load_ms:.0f} ms)")
+    elif args.action == "delete":
+        models.delete(args.version, actor="cli")
+        print(f"{name}: v{args.version} deleted")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from models import list_models  # names only: the parser stays free of torch
+
+    from .config import RECIPES  # plain data
+
     p = argparse.ArgumentParser(prog="rescam", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def registry_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry root (default %(default)s)")
         sp.add_argument("--name", default=DEFAULT_NAME, help="model name in the registry (default %(default)s)")
 
     t = sub.add_parser("train", help="train a model, export it and register it")
-    from .config import RECIPES  # plain data: the parser stays free of torch
-
     t.add_argument("--recipe", choices=tuple(RECIPES),
                    help="default: demo for the synthetic set, auto (steps, size and augmentation from the data) "
                         "for any other --data")
-    t.add_argument("--data", help="synthetic | folder:PATH | cifar10:PATH | cifar100:PATH")
+    t.add_argument("--data", help="synthetic | folder:PATH | cifar10:PATH | cifar100:PATH (default synthetic)")
     t.add_argument("--boxes-csv", help="path,label,x0,y0,x1,y1 for localization metrics on folders")
-    t.add_argument("--model", help="architecture, e.g. resnet20 or resnet50")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--max-steps", type=int)
+    t.add_argument("--model", choices=list_models(), metavar="ARCH",
+                   help="architecture: resnet18/34/50/101/152, resnet8/20/32/44/56/110/1202 (CIFAR), plainN "
+                        "(no shortcuts); default: the recipe's")
+    t.add_argument("--epochs", type=int, help="passes over the training set (default: the recipe's)")
+    t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     t.add_argument("--min-steps", type=int, help="at least this many optimizer steps (auto: 1000)")
     t.add_argument("--time-budget", dest="time_budget_s", type=float, metavar="SECONDS",
                    help="cut the steps so that training fits this many seconds (auto: 480)")
     t.add_argument("--batch-size", type=int, help="global batch size")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--device", help="auto | cpu | cuda")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--image-size", type=int, help="the network's input side in pixels")
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--workers", type=int, help="data-loading processes for image folders")
-    t.add_argument("--init", help="torchvision-format state_dict to fine-tune from")
+    t.add_argument("--init", help="weights to fine-tune from: a .pth or .safetensors state_dict, or a torchvision "
+                                  "name (resnet50) found in the local torch hub cache; a torchvision name brings "
+                                  "ImageNet's mean and std")
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field")
-    t.add_argument("--out", help="run directory (checkpoint, metrics.jsonl, export)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (training/config.py)")
+    t.add_argument("--out", help="run directory (checkpoint, metrics.jsonl, export; default runs/DATE-MODEL)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     t.add_argument("--no-register", action="store_true", help="stop after training")
-    t.add_argument("--export-only", action="store_true", help="train and export, do not register")
-    t.add_argument("--compare-with", help="an exported model directory to evaluate on the same validation set")
-    t.add_argument("--result-file", help="write the export's path and the figures here as JSON")
-    t.add_argument("--deploy", choices=("auto", "always", "never"), default="auto",
-                   help="auto: deploy only the model's first version")
+    t.add_argument("--export-only", action="store_true", help="train and export; register nothing")
+    t.add_argument("--deploy", choices=("auto", "gate", "always", "never"), default="auto",
+                   help="auto: deploy only the model's first version; gate: when it passes the promotion gate "
+                        "against the live version (default %(default)s)")
     registry_args(t)
     t.set_defaults(func=cmd_train)
 
+    j = sub.add_parser("run-job", help="run a job from its spec.json (what the service's job runner starts)")
+    j.add_argument("spec", help="a JobSpec file (app/jobspec.py)")
+    j.set_defaults(func=cmd_run_job)
+
     e = sub.add_parser("eval", help="accuracy and CAM localization of a checkpoint")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint.pth from a run directory")
     e.add_argument("--data", help="evaluate on other data than the run's")
     e.add_argument("--confusion", action="store_true", help="print the confusion matrix too")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX with its card (parity-checked)")
-    x.add_argument("checkpoint")
-    x.add_argument("--out", required=True)
-    x.add_argument("--register", action="store_true")
-    x.add_argument("--deploy", choices=("auto", "always", "never"), default="auto")
+    x.add_argument("checkpoint", help="a checkpoint.pth from a run directory")
+    x.add_argument("--out", required=True, help="the folder for model.onnx, card.json and weights.pth")
+    x.add_argument("--register", action="store_true", help="register the export in the registry")
+    x.add_argument("--deploy", choices=("auto", "always", "never"), default="auto",
+                   help="with --register; auto: only a model's first version (default %(default)s)")
     registry_args(x)
     x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bootstrap", help="deploy the shipped default model if none is deployed")
     b.add_argument("--train", action="store_true", help="train the default model afresh instead of registering "
                                                         "the shipped one")
+    b.add_argument("--out", default="runs/default", help="run directory for --train (default %(default)s)")
     registry_args(b)
     b.set_defaults(func=cmd_bootstrap)
 
     s = sub.add_parser("serve", help="run the HTTP service")
-    s.add_argument("--host", default=os.environ.get("RESCAM_HOST", "127.0.0.1"))
-    s.add_argument("--port", type=int, default=int(os.environ.get("RESCAM_PORT", "8000")))
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--host", default=os.environ.get("RESCAM_HOST", "127.0.0.1"), help="default %(default)s")
+    s.add_argument("--port", type=int, default=int(os.environ.get("RESCAM_PORT", "8000")), help="default %(default)s")
+    s.add_argument("--workers", type=int, default=1, help="worker processes (default %(default)s)")
     registry_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -291,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="the Triton model repository folder")
     tr.add_argument("--version", type=int, help="default: the deployed version")
     tr.add_argument("--triton-name", help="the model's name in Triton (default: its registry name)")
-    tr.add_argument("--max-batch-size", type=int, default=64)
+    tr.add_argument("--max-batch-size", type=int, default=64, help="default %(default)s")
     registry_args(tr)
     tr.set_defaults(func=cmd_export_triton)
 
@@ -300,18 +372,54 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_worker)
 
     pr = sub.add_parser("predict", help="labels, scores and boxes of one image, and its CAM overlay")
-    pr.add_argument("image")
-    pr.add_argument("--out", default="overlay.png")
-    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("image", help="an image file")
+    pr.add_argument("--out", default="overlay.png", help="the top label's overlay (.png, .jpeg or .webp; "
+                                                         "default %(default)s)")
+    pr.add_argument("--top-k", type=int, default=5, help="labels to return (default %(default)s)")
     registry_args(pr)
     pr.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="the registry's versions: list, show, deploy, rollback, delete")
+    m.add_argument("action", choices=("list", "show", "deploy", "rollback", "delete"), help="what to do")
+    m.add_argument("version", type=int, nargs="?", help="the version, for show, deploy and delete")
+    m.add_argument("--reason", default="", help="recorded in the audit log (deploy, rollback)")
+    registry_args(m)
+    m.set_defaults(func=cmd_models)
     return p
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rescam")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean the user asked for something that cannot be done; each names it."""
+    from app.card import CardError
+    from app.engine import ModelLoadError
+    from app.jobspec import JobFileError
+    from app.model_manager import NotDeployed
+    from app.registry import RegistryError
+
+    return (UserError, CardError, ModelLoadError, JobFileError, NotDeployed, RegistryError, FileNotFoundError,
+            ValueError)
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except user_errors() as e:
+        if os.environ.get("RESCAM_DEBUG"):
+            raise
+        message = str(e) if not isinstance(e, FileNotFoundError) else f"{e.filename}: no such file"
+        print(f"rescam: error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

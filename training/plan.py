@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.registry import is_cifar_model
+from models import is_cifar_model
 
 from .config import TrainConfig
 

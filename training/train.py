@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .data import load_data
 from .evaluate import channel_stats, evaluate, normalize_batch
 from .plan import Plan, adapt_to_data, augment_batch, make_plan, time_steps
+from .weights import load_state
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pth"
@@ -64,10 +65,9 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ResNet:
 
 
 def load_init(model: ResNet, path: str) -> None:
-    """Start from a torchvision-format state_dict (or a rescam checkpoint); a head of another class
-    count is left freshly initialised."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
+    """Start from a torchvision-format state_dict (.pth or .safetensors, or a rescam checkpoint); a
+    head of another class count is left freshly initialised."""
+    state = load_state(path)
     own = model.state_dict()
     head = {k for k in ("fc.weight", "fc.bias") if k in state and state[k].shape != own[k].shape}
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)

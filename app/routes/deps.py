@@ -1,4 +1,4 @@
-"""Shared route dependencies."""
+"""Route dependencies: each part of the service as a typed alias, and the two token rules."""
 
 from __future__ import annotations
 
@@ -9,20 +9,36 @@ from fastapi import Depends, HTTPException, Request
 from pydantic import SecretStr
 
 from ..engine import Engine
-from ..pipeline import Service
+from ..model_manager import ModelManager
+from ..predictor import Predictor
+from ..retraining import Retraining
+from ..settings import Settings
 
 
-def get_service(request: Request) -> Service:
-    return request.app.state.service
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
 
 
-def get_engine(service: Annotated[Service, Depends(get_service)]) -> Engine:
-    if service.engine is None:
-        raise HTTPException(503, service.load_error or "no model is loaded yet")
-    return service.engine
+def get_models(request: Request) -> ModelManager:
+    return request.app.state.models
 
 
-ServiceDep = Annotated[Service, Depends(get_service)]
+def get_predictor(request: Request) -> Predictor:
+    return request.app.state.predictor
+
+
+def get_retraining(request: Request) -> Retraining:
+    return request.app.state.retraining
+
+
+def get_engine(models: Annotated[ModelManager, Depends(get_models)]) -> Engine:
+    return models.live()  # ModelLoadError: 503 (app.main's table)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelsDep = Annotated[ModelManager, Depends(get_models)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+RetrainingDep = Annotated[Retraining, Depends(get_retraining)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
@@ -36,10 +52,9 @@ def check_bearer(request: Request, expected: SecretStr, what: str) -> None:
         raise HTTPException(403, f"wrong {what}")
 
 
-def require_admin(request: Request, service: Annotated[Service, Depends(get_service)]) -> str:
+def require_admin(request: Request, settings: SettingsDep) -> str:
     """The admin bearer token. With no token configured the admin endpoints are off, unless local
     development opened them on purpose."""
-    settings = service.settings
     if settings.admin_token is None:
         if settings.open_admin_for_local_development:
             return "local-development"
@@ -51,7 +66,7 @@ def require_admin(request: Request, service: Annotated[Service, Depends(get_serv
 AdminDep = Annotated[str, Depends(require_admin)]
 
 
-def require_predict_token(request: Request, service: Annotated[Service, Depends(get_service)]) -> None:
-    """Predictions need their own bearer token only when RESCAM_PREDICT_TOKEN is set."""
-    if service.settings.predict_token is not None:
-        check_bearer(request, service.settings.predict_token, "token")
+def require_predict_token(request: Request, settings: SettingsDep) -> None:
+    """Inference (v1 and v2) needs its own bearer token only when RESCAM_PREDICT_TOKEN is set."""
+    if settings.predict_token is not None:
+        check_bearer(request, settings.predict_token, "token")

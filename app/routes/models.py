@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
-from ..registry import RegistryError
-from .deps import ServiceDep
+from ..model_manager import ModelManager
+from ..registry import RegistryError, UnknownVersion
+from ..schemas import ErrorAnswer, ModelDetail, ModelList, ModelSummary
+from .deps import ModelsDep
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _summary(service: ServiceDep, version: int, card: dict, deployed: int | None) -> dict:
-    live = service.engine.version if service.engine else None
-    return {"name": service.settings.model_name, "version": version, "deployed": version == deployed,
-            "serving": version == live, "architecture": card.get("architecture"),
-            "labels": card.get("labels"), "metrics": card.get("metrics"), "created": card.get("created")}
-
-
-@router.get("")
-def list_models(service: ServiceDep) -> dict:
-    name, registry = service.settings.model_name, service.registry
-    deployed = registry.deployed(name)
-    return {"name": name, "deployed": deployed,
-            "versions": [_summary(service, v, registry.card(name, v), deployed) for v in registry.versions(name)]}
-
-
-@router.get("/{version}")
-def show_model(version: int, service: ServiceDep) -> dict:
-    name, registry = service.settings.model_name, service.registry
+def summary(models: ModelManager, version: int, deployed: int | None, with_card: bool = False) -> ModelDetail:
+    """A version's figures; a version whose card cannot be read is listed as broken, not an error."""
+    live = models.engine.version if models.engine else None
+    base = dict(name=models.name, version=version, deployed=version == deployed, serving=version == live)
     try:
-        card = registry.card(name, version)
+        card = models.registry.card(models.name, version)
+    except UnknownVersion:
+        raise
     except RegistryError as e:
-        raise HTTPException(404, str(e)) from None
-    return {**_summary(service, version, card, registry.deployed(name)), "card": card}
+        return ModelDetail(**base, broken=str(e))
+    return ModelDetail(**base, architecture=card.architecture, labels=list(card.labels), metrics=card.metrics,
+                       created=card.created, card=card.to_dict() if with_card else None)
+
+
+@router.get("", response_model=ModelList)
+def list_models(models: ModelsDep) -> ModelList:
+    deployed = models.registry.deployed(models.name)
+    versions = [ModelSummary(**summary(models, v, deployed).model_dump(exclude={"card"}))
+                for v in models.registry.versions(models.name)]
+    return ModelList(name=models.name, deployed=deployed, versions=versions)
+
+
+@router.get("/{version}", response_model=ModelDetail, responses={404: {"model": ErrorAnswer}})
+def show_model(version: int, models: ModelsDep) -> ModelDetail:
+    return summary(models, version, models.registry.deployed(models.name), with_card=True)

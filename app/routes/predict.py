@@ -2,65 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 
 from ..cam import BoxRule
-from ..engine import ModelLoadError
-from ..pipeline import Options
-from .deps import ServiceDep, require_predict_token
+from ..predictor import Options
+from ..schemas import ErrorAnswer, PredictAnswer
+from .deps import PredictorDep, SettingsDep, require_predict_token
+from .uploads import read_uploads, upload_body
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_predict_token)])
-RAW_TYPES = ("image/", "application/octet-stream")
-
-
-async def read_limited(stream, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in stream:
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"upload is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_uploads(request: Request, max_bytes: int, max_files: int, allowed: tuple[str, ...] = RAW_TYPES
-                       ) -> list[tuple[str, bytes]]:
-    """The images of a request: multipart parts named `file` (or `files`), or the raw body."""
-    content_type = request.headers.get("content-type", "").lower()
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes * max(1, max_files):
-        raise HTTPException(413, f"upload is larger than the limit of {max_bytes} bytes per file")
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=max_files, max_fields=50, max_part_size=1024 * 1024)
-        except MultiPartException as e:
-            raise HTTPException(400, f"malformed multipart body: {e.message}") from None
-        files = [v for k, v in form.multi_items() if k in ("file", "files") and isinstance(v, UploadFile)]
-        if not files:
-            raise HTTPException(422, "multipart body has no part named 'file' holding an image")
-        out = []
-        for f in files:
-            if f.size is not None and f.size > max_bytes:
-                raise HTTPException(413, f"{f.filename!r} is larger than the limit of {max_bytes} bytes")
-            part_type = (f.content_type or "").lower()
-            if part_type and not part_type.startswith(allowed):
-                raise HTTPException(415, f"{f.filename!r} has content type {part_type!r}; send an image")
-            out.append((f.filename or "upload", await f.read()))
-        return out
-    if content_type and not content_type.startswith(RAW_TYPES):
-        raise HTTPException(415, f"content type {content_type!r} is not an image; send image/* or multipart/form-data")
-    body = await read_limited(request.stream(), max_bytes)
-    if not body:
-        raise HTTPException(400, "the request body is empty; send an image")
-    return [("body", body)]
+ERRORS = {status: {"model": ErrorAnswer} for status in (400, 401, 403, 404, 413, 415, 422, 503, 504)}
+IMAGE_BODY = upload_body("image/*", "application/octet-stream",
+                         description="an image (JPEG, PNG, WebP, GIF, BMP, TIFF); repeat the part for several")
 
 
 def request_rule(threshold: float | None, box_rule: str | None) -> BoxRule | None:
@@ -76,10 +32,11 @@ def request_rule(threshold: float | None, box_rule: str | None) -> BoxRule | Non
         raise HTTPException(422, str(e)) from None
 
 
-@router.post("/v1/predict")
+@router.post("/v1/predict", response_model=PredictAnswer, responses=ERRORS, openapi_extra=IMAGE_BODY)
 async def predict(
     request: Request,
-    service: ServiceDep,
+    predictor: PredictorDep,
+    settings: SettingsDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="labels to return")] = 5,
     cam: Annotated[bool, Query(description="keep CAMs for overlay URLs")] = True,
     boxes: Annotated[bool, Query(description="CAM boxes per label")] = True,
@@ -90,64 +47,39 @@ async def predict(
     min_area: Annotated[float, Query(ge=0, le=1, description="smallest component kept, a fraction of the image")] = 0.0,
 ):
     """Multipart `file` (one or several) or a raw image body. Answers labels, scores, CAM boxes
-    and overlay URLs for each image."""
-    s = service.settings
-    uploads = await read_uploads(request, s.max_upload_bytes, s.max_files)
-    # top_k beyond the label count returns every label; no model loaded is a 503 (ModelLoadError)
+    and overlay URLs for each image; top_k beyond the label count returns every label."""
+    uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_files)
     opts = Options(top_k=top_k, cams=cam, boxes=boxes, rule=request_rule(threshold, box_rule), all_boxes=all_boxes,
                    min_area=min_area)
-    try:
-        answer = await service.predict(uploads, opts)
-    except asyncio.TimeoutError:
-        raise HTTPException(504, f"no answer within {s.request_timeout_s} s; the service is overloaded") from None
-    except ModelLoadError as e:
-        raise HTTPException(503, str(e)) from None
-    errors = [r["error"] for r in answer["results"] if "error" in r]
-    if errors and len(errors) == len(answer["results"]):
-        first = errors[0]
-        return JSONResponse({"error": first["message"], "detail": answer["results"]}, status_code=first["status"])
+    answer = await predictor.predict(uploads, opts)
+    errors = [r.error for r in answer.results if r.error is not None]
+    if errors and len(errors) == len(answer.results):  # nothing answered: the first image's error
+        return JSONResponse({"error": errors[0].message, "status": errors[0].status,
+                             "detail": [r.model_dump(exclude_none=True) for r in answer.results]},
+                            status_code=errors[0].status)
+    overlay = request.app.url_path_for("cam_overlay", pid=answer.id)
+    for result in answer.results:
+        for p in result.predictions if result.image is not None else ():
+            p.cam_url = f"{overlay}?image={result.image}&label={p.index}"
     return answer
 
 
-def _stored_image(service: ServiceDep, pid: str, image: int):
-    stored = service.store.get(pid)
-    if stored is None:
-        raise HTTPException(404, f"prediction {pid!r} is unknown or has expired "
-                                 f"(predictions are kept {service.settings.prediction_ttl_s:.0f} s)")
-    if not 0 <= image < len(stored.images):
-        raise HTTPException(404, f"prediction {pid!r} has {len(stored.images)} image(s); no image {image}")
-    return stored, stored.images[image]
-
-
-@router.get("/v1/predictions/{pid}/cam")
+@router.get("/v1/predictions/{pid}/cam", response_class=Response, responses={
+    200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}, "application/octet-stream": {}},
+          "description": "the overlay, the grey heatmap PNG, or the float32 heatmap as .npy"},
+    **{status: {"model": ErrorAnswer} for status in (401, 403, 404, 422)}})
 def cam_overlay(
     pid: str,
-    service: ServiceDep,
-    label: Annotated[str, Query(description="a label name or index")],
-    image: Annotated[int, Query(ge=0)] = 0,
+    predictor: PredictorDep,
+    label: Annotated[str, Query(max_length=200, description="a label name or index")],
+    image: Annotated[int, Query(ge=0, le=1000)] = 0,
     format: Annotated[Literal["png", "jpeg", "webp", "heatmap.png", "npy"], Query()] = "png",
     alpha: Annotated[float, Query(ge=0, le=1)] = 0.5,
     colormap: Annotated[Literal["turbo", "jet"], Query()] = "turbo",
     threshold: Annotated[float | None, Query(gt=0, lt=1)] = None,
     max_side: Annotated[int | None, Query(ge=16, le=8192)] = None,
-):
+) -> Response:
     """The CAM of any label over the image (png/jpeg/webp), the raw heatmap as a grey PNG, or
     the float32 heatmap as .npy; the heatmap is at the working resolution of the image."""
-    from ..overlay import encode, grey_png
-
-    stored, item = _stored_image(service, pid, image)
-    try:
-        index = service.resolve_label(stored.labels, label)
-    except KeyError:
-        raise HTTPException(404, f"model {stored.model} v{stored.version} has no label {label!r}") from None
-    if format == "npy":
-        buf = io.BytesIO()
-        np.save(buf, service.heatmap(item, index))
-        return Response(buf.getvalue(), media_type="application/octet-stream")
-    if format == "heatmap.png":
-        return Response(grey_png(service.heatmap(item, index)), media_type="image/png")
-    picture = service.overlay_image(item, index, stored.labels[index], alpha, colormap,
-                                    BoxRule("threshold", threshold) if threshold else stored.rule,
-                                    max_side or service.settings.overlay_max_side)
-    data, media_type = encode(picture, format)
+    data, media_type = predictor.cam_picture(pid, image, label, format, alpha, colormap, threshold, max_side)
     return Response(data, media_type=media_type)

@@ -130,24 +130,3 @@ def test_a_request_may_name_a_box_rule(client):
     both = client.post("/v1/predict?box_rule=otsu&threshold=0.3", content=shape_jpeg(),
                        headers={"content-type": "image/jpeg"})
     assert both.status_code == 422
-
-
-def test_engine_default_rule_order():
-    from app.cam import DEFAULT_RULE, BoxRule
-    from app.engine import Engine
-
-    def engine(card):
-        e = Engine.__new__(Engine)  # the card is all the rule needs
-        e.card = card
-        return e
-
-    calibrated = engine({"cam": {"rule": "threshold:0.55"}})
-    assert calibrated.default_rule(BoxRule("threshold", 0.3)) == BoxRule("threshold", 0.3)  # configured first
-    assert calibrated.default_rule(None) == BoxRule("threshold", 0.55)
-    # an older card: its best threshold only when it was calibrated on enough boxed images
-    older = engine({"cam": {"best_threshold": 0.6}, "metrics": {"images_with_boxes": 500}})
-    assert older.default_rule(None) == BoxRule("threshold", 0.6)
-    assert engine({"cam": {"best_threshold": 0.6}, "metrics": {"images_with_boxes": 5}}).default_rule(None) == \
-        DEFAULT_RULE
-    plain = engine({"cam": {"best_threshold": None}})
-    assert plain.default_rule(None) == DEFAULT_RULE and plain.rule_source.startswith("default rule")

@@ -85,7 +85,9 @@ def test_deploy_rollback_and_delete(registry):
         assert predict(c, image) == (1, scores_v1)
         assert c.delete("/v1/models/2", headers=AUTH).status_code == 200
         assert registry.versions("default") == [1, 3]
-        assert [e["action"] for e in registry.audit_log("default")] == ["deploy", "deploy", "rollback"]
+        audit = registry.audit_log("default")
+        assert [e["action"] for e in audit] == ["deploy", "deploy", "rollback", "delete"]
+        assert audit[-1]["version"] == 2 and audit[-1]["actor"] == "admin"
         assert registry.audit_log("default")[1]["reason"] == "better"
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.pipeline import Options, Service
+from app.predictor import Options, standalone
 from app.settings import Settings
 from tests.conftest import shape_jpeg
 from training.train import load_checkpoint_model
@@ -18,42 +18,42 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def with_service(tiny_model, fn, **settings):
-    service = Service(Settings(registry=tiny_model.registry, **settings))
-    await service.start()
-    try:
-        return await fn(service)
-    finally:
-        await service.stop()
+async def with_predictor(tiny_model, fn, **settings):
+    async with standalone(Settings(registry=tiny_model.registry, **settings)) as predictor:
+        return await fn(predictor)
+
+
+async def answer(predictor, uploads, top_k):
+    return (await predictor.predict(uploads, Options(top_k=top_k))).model_dump()
 
 
 def test_served_cam_equals_torch_reference(tiny_model):
     data = shape_jpeg(index=3)
 
-    async def go(service):
-        answer = await service.predict([("a.jpg", data)], Options(top_k=8))
-        return service.store.get(answer["id"]).images[0], answer
+    async def go(predictor):
+        answered = await answer(predictor, [("a.jpg", data)], 8)
+        return predictor.store.get(answered["id"]).images[0], answered
 
-    stored, answer = run(with_service(tiny_model, go))
+    stored, answered = run(with_predictor(tiny_model, go))
     model, ckpt = load_checkpoint_model(tiny_model.checkpoint)
     image = Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
     x = (torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
     with torch.no_grad():
         reference = model.forward_cam(model.forward_features(x))[0].numpy()
     assert np.abs(stored.cams - reference).max() <= 1e-4
-    top = answer["results"][0]["predictions"][0]
+    top = answered["results"][0]["predictions"][0]
     assert top["index"] == int(reference.mean(axis=(1, 2)).argmax())
 
 
 def test_batched_and_unbatched_answers_are_the_same(tiny_model):
     images = [shape_jpeg(index=i) for i in range(8)]
 
-    async def go(service):
-        answers = await asyncio.gather(*(service.predict([(f"{i}", d)], Options(top_k=3)) for i, d in enumerate(images)))
+    async def go(predictor):
+        answers = await asyncio.gather(*(answer(predictor, [(f"{i}", d)], 3) for i, d in enumerate(images)))
         return [a["results"][0] for a in answers]
 
-    batched = run(with_service(tiny_model, go, batching=True, max_batch_wait_ms=50, max_batch_size=8))
-    single = run(with_service(tiny_model, go, batching=False))
+    batched = run(with_predictor(tiny_model, go, batching=True, max_batch_wait_ms=50, max_batch_size=8))
+    single = run(with_predictor(tiny_model, go, batching=False))
     assert max(r["timings"]["batch_size"] for r in batched) > 1
     assert all(r["timings"]["batch_size"] == 1 for r in single)
     for a, b in zip(batched, single):
@@ -76,12 +76,12 @@ def test_boxes_map_back_through_crop_and_exif_rotation(tiny_model):
     rotated = io.BytesIO()
     stored_rotated.save(rotated, "JPEG", exif=exif, quality=100, subsampling=0)
 
-    async def go(service):
-        a = await service.predict([("plain", plain.getvalue())], Options(top_k=1))
-        b = await service.predict([("rotated", rotated.getvalue())], Options(top_k=1))
+    async def go(predictor):
+        a = await answer(predictor, [("plain", plain.getvalue())], 1)
+        b = await answer(predictor, [("rotated", rotated.getvalue())], 1)
         return a["results"][0], b["results"][0]
 
-    a, b = run(with_service(tiny_model, go))
+    a, b = run(with_predictor(tiny_model, go))
     assert (b["width"], b["height"]) == (128, 64)
     box_a, box_b = a["predictions"][0]["boxes"][0], b["predictions"][0]["boxes"][0]
     assert 32 - 1 <= box_a["x0"] and box_a["x1"] <= 96 + 1  # inside the centre window

@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image, ImageDraw
 
-from app.pipeline import Options, Service
+from app.predictor import Options, standalone
 from app.settings import Settings
 from tests.conftest import SHORT_RUN_MARGIN
 from training.synthetic import CLASSES, _draw_object
@@ -43,21 +43,18 @@ def test_translation_keeps_the_label_and_moves_the_box(demo_model):
     calibrated = demo_model.card["cam"]["best_threshold"]  # the service's default box threshold
 
     async def go():
-        service = Service(Settings(registry=demo_model.registry, batching=False))
-        await service.start()
-        try:
+        async with standalone(Settings(registry=demo_model.registry, batching=False)) as predictor:
             results = []
             for kind in ("circle", "square", "triangle", "star", "cross", "hexagon"):
                 # objects 44% of the side: the sizes the model reads near-perfectly on validation
                 # (smaller shapes are where its 10% of errors lie; BENCHMARKS.md)
                 a, b = shifted_pair(kind, size, size * 0.22, shift)
-                answers = [await service.predict([(name, data)], Options(1)) for name, data in (("a", a), ("b", b))]
+                answers = [(await predictor.predict([(name, data)], Options(1))).model_dump()
+                           for name, data in (("a", a), ("b", b))]
                 assert [x["cam_threshold"] for x in answers] == [calibrated, calibrated]
                 ra, rb = (x["results"][0]["predictions"][0] for x in answers)
                 results.append((kind, ra, rb))
             return results
-        finally:
-            await service.stop()
 
     for kind, ra, rb in asyncio.run(go()):
         assert ra["label"] == rb["label"] == kind, (kind, ra["label"], rb["label"])

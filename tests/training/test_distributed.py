@@ -64,7 +64,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     steps = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
              if '"step"' in line and '"event": "step"' in line]
     assert [s["step"] for s in steps] == list(range(1, 17))
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoint.pth", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoint.pth", "metrics.jsonl", "result.json"]
 
 
 def initial_weights() -> dict:

@@ -8,7 +8,9 @@ from app.registry import Registry, RegistryError
 def make_export(path, tag):
     path.mkdir(parents=True)
     (path / "model.onnx").write_bytes(b"onnx-" + tag.encode())
-    (path / "card.json").write_text(json.dumps({"tag": tag}))
+    card = {"labels": [tag], "cam_size": [1, 1], "architecture": tag,
+            "preprocessing": {"crop": 8, "resize": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}}
+    (path / "card.json").write_text(json.dumps(card))
     return path
 
 
@@ -18,7 +20,7 @@ def test_versions_are_immutable_directories_in_triton_layout(tmp_path):
     v2 = reg.register("m", make_export(tmp_path / "b", "b"))
     assert (v1, v2) == (1, 2) and reg.versions("m") == [1, 2]
     assert (tmp_path / "reg" / "m" / "2" / "model.onnx").read_bytes() == b"onnx-b"
-    assert reg.card("m", 1) == {"tag": "a"}
+    assert reg.card("m", 1).architecture == "a" and reg.card("m", 2).labels == ("b",)
     assert not [p for p in (tmp_path / "reg" / "m").iterdir() if p.name.startswith(".")]
 
 
@@ -49,3 +51,27 @@ def test_bad_requests_are_refused(tmp_path):
     with pytest.raises(RegistryError, match="invalid model name"):
         reg.versions("../etc")
     assert reg.versions("m") == []
+
+
+def test_a_deleted_version_leaves_the_rollback_history_and_the_audit_log(tmp_path):
+    reg = Registry(tmp_path)
+    for tag in "abc":
+        reg.register("m", make_export(tmp_path / tag, tag))
+    for v in (1, 2, 3):
+        reg.deploy("m", v)
+    reg.delete("m", 2, actor="carol")
+    assert reg.pointer("m")["history"] == [1]
+    assert reg.rollback("m") == 1  # past the deleted version, not stuck on it
+    assert reg.audit_log("m")[-2] == {**reg.audit_log("m")[-2], "action": "delete", "version": 2, "actor": "carol"}
+
+
+def test_a_card_that_cannot_be_read_is_refused_at_register_and_named_on_read(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    bad = make_export(tmp_path / "bad", "x")
+    (bad / "card.json").write_text(json.dumps({"labels": ["x"]}))
+    with pytest.raises(RegistryError, match="preprocessing"):
+        reg.register("m", bad)
+    reg.register("m", make_export(tmp_path / "good", "g"))
+    (tmp_path / "reg" / "m" / "1" / "card.json").write_text("{damaged")
+    with pytest.raises(RegistryError, match="broken card"):
+        reg.card("m", 1)

@@ -1,0 +1,110 @@
+"""The model card: what a registry version says about itself, read once and passed around typed.
+
+Training writes it (training/export.py) beside `model.onnx` and inside its metadata; the registry
+reads it (`Registry.card`); the engine, the routes, the Triton export and the promotion gate use
+its fields. The JSON keeps every key training wrote: the fields the service reads are typed here,
+the rest (training config, parity, versions) travel untouched in `extra`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cam import CALIBRATION_MIN_IMAGES, DEFAULT_RULE, BoxRule
+from .preprocess import Preprocessing
+
+FORMAT = "rescam.card/1"
+TYPED = ("format", "architecture", "labels", "preprocessing", "cam_size", "cam", "metrics", "created")
+
+
+class CardError(ValueError):
+    """A card that cannot be read; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+    cam_size: tuple[int, int]
+    architecture: str | None = None
+    # the rule the service draws this model's boxes with: a threshold calibrated on its boxed
+    # validation images when it had enough of them (MaxBoxAcc, Choe et al. 2020), else the default
+    box_rule: BoxRule = DEFAULT_RULE
+    best_threshold: float | None = None
+    calibration_images: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+    created: str | None = None
+    format: str = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        if not isinstance(d, dict):
+            raise CardError(f"a card is a JSON object, not {type(d).__name__}")
+        fmt = d.get("format", FORMAT)
+        if not isinstance(fmt, str) or not fmt.startswith("rescam.card/1"):
+            raise CardError(f"card format {fmt!r} is not one this rescam reads ({FORMAT})")
+        try:
+            labels = tuple(str(label) for label in d["labels"])
+            prep = Preprocessing.from_card(d)
+            h, w = (int(v) for v in d["cam_size"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CardError(f"card lacks a readable {e}: it needs labels, preprocessing and cam_size") from None
+        if not labels:
+            raise CardError("card has no labels")
+        metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+        cam = d.get("cam") if isinstance(d.get("cam"), dict) else {}
+        images = cam.get("calibration_images") or metrics.get("images_with_boxes") or 0
+        best = cam.get("best_threshold")
+        best = float(best) if isinstance(best, (int, float)) and 0 < best < 1 else None
+        return cls(labels, prep, (h, w), d.get("architecture"), _rule(cam, best, int(images)), best, int(images),
+                   metrics, d.get("created"), fmt, {k: v for k, v in d.items() if k not in TYPED})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise CardError(f"{path}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "architecture": self.architecture, "labels": list(self.labels),
+                "preprocessing": self.preprocessing.to_card(), "cam_size": list(self.cam_size),
+                "cam": {"rule": str(self.box_rule), "best_threshold": self.best_threshold,
+                        "calibration_images": self.calibration_images},
+                "metrics": self.metrics, "created": self.created, **self.extra}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @property
+    def default_threshold(self) -> float | None:
+        """The box threshold the card's rule cuts at, when its rule is a fixed threshold."""
+        return self.box_rule.value if self.box_rule.name == "threshold" else None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.box_rule.name == "threshold" and self.calibration_images >= CALIBRATION_MIN_IMAGES
+
+    @property
+    def rule_source(self) -> str:
+        """Where the card's rule comes from, in the words an answer gives."""
+        if self.calibrated:
+            return f"calibrated on {self.calibration_images} boxed validation images"
+        return "default rule for models without boxes"
+
+
+def _rule(cam: dict[str, Any], best: float | None, images: int) -> BoxRule:
+    """`cam.rule` (written by training), else an older card's `cam.best_threshold` when it was
+    calibrated on enough boxed images, else DEFAULT_RULE."""
+    if isinstance(cam.get("rule"), str):
+        try:
+            return BoxRule.parse(cam["rule"])
+        except ValueError:
+            pass
+    if best is not None and images >= CALIBRATION_MIN_IMAGES:
+        return BoxRule("threshold", best)
+    return DEFAULT_RULE

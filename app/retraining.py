@@ -1,0 +1,77 @@
+"""The retrain loop's owner: data sets, the job queue and the runner that works it.
+
+`create_job` checks a request against what is on disk (the data set, the starting weights, the
+allowed settings) before it is queued; the runner trains it in another process and asks the
+ModelManager to deploy what passed the promotion gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .datasets import DatasetError, Datasets, check_name
+from .jobs import JobRunner, JobStore
+from .jobspec import JOB_SETTINGS
+from .model_manager import ModelManager, cancel
+from .schemas import JobRequest
+from .settings import Settings
+
+MAX_OPTIONS_BYTES = 16 * 1024
+
+
+class JobRefused(Exception):
+    """A job request that cannot run; `status` says which 4xx, the message why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Retraining:
+    def __init__(self, settings: Settings, models: ModelManager) -> None:
+        self.settings = settings
+        self.data_root = Path(settings.data_root)
+        self.datasets = Datasets(self.data_root / "datasets")
+        self.jobs = JobStore(self.data_root / "jobs.sqlite")
+        self.runner = JobRunner(self.jobs, models.registry, settings.model_name, self.data_root,
+                                settings.max_concurrent_jobs, settings.gate_margin, models.deploy,
+                                processes=settings.train_processes)
+        self.task: asyncio.Task | None = None
+
+    def create_job(self, body: JobRequest) -> dict[str, Any]:
+        if body.dataset != "synthetic" and not self.datasets.path(body.dataset).is_dir():  # path() refuses bad names
+            raise JobRefused(404, f"no dataset {body.dataset!r}; upload one with POST /v1/datasets")
+        if body.architecture is not None and not re.fullmatch(r"(resnet|plain)\d{1,4}", body.architecture):
+            raise JobRefused(422, f"unknown architecture {body.architecture!r}: resnet18, resnet50, resnet20, ...")
+        self._check_init(body.init)
+        options = body.options or {}
+        unknown = sorted(set(options) - JOB_SETTINGS)
+        if unknown:
+            raise JobRefused(422, f"options may not set {unknown}; they may set {sorted(JOB_SETTINGS)}")
+        if len(json.dumps(options)) > MAX_OPTIONS_BYTES:
+            raise JobRefused(413, f"options are longer than {MAX_OPTIONS_BYTES} bytes of JSON")
+        return self.jobs.create(body.model_dump(), self.data_root / "runs")
+
+    def _check_init(self, init: str) -> None:
+        if init in ("scratch", "live"):
+            return
+        kind, _, name = init.partition(":")
+        try:
+            check_name(name, "weights file")
+        except DatasetError as e:
+            raise JobRefused(422, f"init must be scratch, live or file:NAME; {e.message}") from None
+        if kind != "file" or not (self.data_root / "weights" / name).is_file():
+            raise JobRefused(404 if kind == "file" else 422,
+                             f"init {init!r}: no such file in {self.data_root}/weights")
+
+    async def start(self) -> None:
+        if self.settings.run_jobs:
+            self.task = asyncio.get_running_loop().create_task(self.runner.run())
+
+    async def stop(self) -> None:
+        await cancel(self.task)
+        self.task = None

@@ -1,0 +1,201 @@
+"""The shapes of the API's answers (and the predictor's typed results), as `/docs` shows them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorAnswer(BaseModel):
+    error: str = Field(description="what was wrong, in words")
+    status: int
+    detail: Any = None
+
+
+class BoxAnswer(BaseModel):
+    """A CAM box in the original image's pixels (after EXIF orientation)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    area_fraction: float = Field(description="the region's share of the heatmap's pixels")
+    peak: float = Field(description="the region's highest heat, a fraction of the map's maximum")
+    threshold: float = Field(description="the fraction of the map's maximum the region was cut at")
+
+
+class LabelAnswer(BaseModel):
+    label: str
+    index: int
+    score: float
+    boxes: list[BoxAnswer] | None = Field(None, description="absent with boxes=false")
+    cam_url: str | None = Field(None, description="this label's CAM overlay; absent with cam=false")
+
+
+class Timings(BaseModel):
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    cam_ms: float
+    batch_size: int
+
+
+class ImageError(BaseModel):
+    status: int
+    message: str
+
+
+class ImageAnswer(BaseModel):
+    filename: str
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    predictions: list[LabelAnswer] = []
+    timings: Timings | None = None
+    image: int | None = Field(None, description="this image's index in the prediction's overlay URLs")
+    error: ImageError | None = Field(None, description="why this image got no answer (the others still do)")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+    architecture: str | None = None
+
+
+class BoxRuleAnswer(BaseModel):
+    rule: str = Field(description="threshold:F, mass:F or otsu")
+    name: Literal["threshold", "mass", "otsu"]
+    value: float | None = None
+    source: str = Field(description="request, settings, or where the model card's rule comes from")
+
+
+class PredictAnswer(BaseModel):
+    id: str = Field(description="names the kept prediction in overlay URLs")
+    model: ModelRef
+    cam_threshold: float | None = Field(None, description="the box threshold, when the rule is a fixed one")
+    box_rule: BoxRuleAnswer
+    provider: str = Field(description="the ONNX Runtime provider that answered")
+    results: list[ImageAnswer]
+    total_ms: float
+
+
+class ModelSummary(BaseModel):
+    name: str
+    version: int
+    deployed: bool
+    serving: bool
+    architecture: str | None = None
+    labels: list[str] | None = None
+    metrics: dict[str, Any] | None = None
+    created: str | None = None
+    broken: str | None = Field(None, description="why this version's card cannot be read")
+
+
+class ModelDetail(ModelSummary):
+    card: dict[str, Any] | None = None
+
+
+class ModelList(BaseModel):
+    name: str
+    deployed: int | None
+    versions: list[ModelSummary]
+
+
+class DeployAnswer(BaseModel):
+    name: str
+    deployed: int
+    provider: str | None = None
+    rolled_back_from: int | None = None
+
+
+class DeleteAnswer(BaseModel):
+    name: str
+    deleted: int
+    by: str
+
+
+JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted"]
+
+
+class JobRequest(BaseModel):
+    dataset: str = Field(description="a data set under the server's data root, or 'synthetic'")
+    architecture: str | None = Field(None, description="e.g. resnet20, resnet50; the recipe's by default")
+    recipe: Literal["auto", "demo", "paper-cifar", "paper-imagenet"] | None = Field(
+        None, description="default: auto for a data set (steps, image size and augmentation chosen from the data, "
+                          "the best epoch kept), demo for 'synthetic'")
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    batch_size: int | None = Field(None, ge=1, le=65_536)
+    lr: float | None = Field(None, gt=0, le=10)
+    image_size: int | None = Field(None, ge=8, le=1024)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    time_budget_s: float | None = Field(None, gt=0, le=7 * 24 * 3600,
+                                        description="bound on the training time; auto's default is 480 s")
+    init: str = Field("scratch", max_length=200,
+                      description="scratch | live (the live version's weights) | file:NAME (a torchvision-format "
+                                  "state_dict, .pth or .safetensors, in the data root's weights/ folder)")
+    deploy: bool = Field(True, description="deploy when done, if it passes the promotion gate")
+    force: bool = Field(False, description="deploy even if it fails the gate (recorded in the audit log)")
+    options: dict[str, Any] | None = Field(None, max_length=40,
+                                           description="other training settings (app.jobspec.JOB_SETTINGS), "
+                                                       "e.g. synthetic_train")
+
+
+class JobAnswer(BaseModel):
+    id: str
+    state: JobState
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    request: dict[str, Any]
+    resume: bool = False
+    progress: dict[str, Any] | None = Field(None, description="the trainer's latest step, epoch and plan")
+    result: dict[str, Any] | None = Field(None, description="the registered version, the gate's decision, "
+                                                            "whether it went live and why not")
+    error: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobAnswer]
+
+
+class SplitCounts(BaseModel):
+    images: int
+    boxed_images: int
+    classes: dict[str, dict[str, int]]
+
+
+class DatasetAnswer(BaseModel):
+    name: str
+    classes: dict[str, int]
+    images: int
+    boxed_images: int
+    splits: dict[str, SplitCounts]
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetAnswer]
+
+
+class SampleAnswer(BaseModel):
+    dataset: str
+    label: str
+    file: str
+    split: str
+    box: list[float] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["alive"]
+    pid: int
+    model: dict[str, Any] | None
+    provider: str | None
+    load_error: str | None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reason: str | None = None
+    model: str | None = None
+    version: int | None = None
+    provider: str | None = None

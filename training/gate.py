@@ -1,0 +1,71 @@
+"""The promotion gate: may a retrained model go live? Both models are scored by one code path
+(ONNX Runtime, each with its card's preprocessing and box rule) on the same validation images
+(training.compare); this module only decides."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from scipy.stats import binom
+
+FLOOR_P_VALUE = 1e-3  # top-1 must beat chance at this one-sided binomial significance
+
+
+def above_chance(top1: float, images: int, chance: float) -> tuple[bool, float]:
+    """Whether `top1` on `images` validation images clears `chance` (the rate of always answering
+    the most common class) by a statistically clear margin: the one-sided binomial p-value of so
+    many right answers from a model at chance is below FLOOR_P_VALUE."""
+    if images <= 0:
+        return False, 1.0
+    p_value = float(binom.sf(round(top1 * images) - 1, images, min(max(chance, 1e-9), 1.0)))
+    return p_value < FLOOR_P_VALUE, p_value
+
+
+def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_labels: list[str] | None = None,
+         ) -> dict[str, Any]:
+    """The promotion decision for a retrained model, both models scored by one code path (ONNX
+    Runtime, each with its card's preprocessing and box rule) on the same validation images:
+
+    - `deployable` is False, even with force, for a run that diverged or whose top-1 does not
+      clear chance by a clear margin: such a model must never serve;
+    - `passed` (deploy without force) also needs the live model's labels (other labels make a new
+      task, deployed only when forced), top-1 at least the live model's, and, where both have
+      boxes, localization at each model's own rule no more than `margin` below the live one's."""
+    blockers, reasons = [], []
+    chance = new.get("chance_top1")
+    if new.get("diverged") or not _finite(new.get("loss", 0.0)):
+        blockers.append(f"training diverged (validation loss {new.get('loss')})")
+    if chance is not None:
+        clear, p_value = above_chance(new["top1"], new.get("images", 0), chance)
+        if not clear:
+            blockers.append(f"top-1 {new['top1']:.4f} does not clear chance ({chance:.4f}, always the most common "
+                            f"class) on {new.get('images', 0)} validation images (p = {p_value:.2g})")
+    shown = ("top1", "gt_known_loc", "box_rule", "images_with_boxes")
+    decision = {"new": {k: new.get(k) for k in (*shown, "chance_top1")},
+                "live": {k: live.get(k) for k in shown} if live else None}
+    if live and new_labels is not None and live.get("labels") is not None and \
+            set(new_labels) != set(live["labels"]):
+        added, gone = sorted(set(new_labels) - set(live["labels"])), sorted(set(live["labels"]) - set(new_labels))
+        reasons.append(f"a new task: its labels differ from the live model's (new {added[:5]}, missing {gone[:5]}); "
+                       "deploy it with force")
+    elif live:
+        if new["top1"] < live["top1"]:
+            reasons.append(f"top-1 {new['top1']:.4f} < live {live['top1']:.4f}")
+        if new.get("images_with_boxes") and live.get("images_with_boxes") and "gt_known_loc" in new \
+                and "gt_known_loc" in live and new["gt_known_loc"] < live["gt_known_loc"] - margin:
+            reasons.append(f"localization (GT-known at {new.get('box_rule')}) {new['gt_known_loc']:.4f} < live "
+                           f"{live['gt_known_loc']:.4f} (at {live.get('box_rule')}) - {margin}")
+    passed = not blockers and not reasons
+    if passed:
+        reason = "as good as the live model" if live else "no live model to compare with; clears chance"
+    else:
+        reason = "; ".join(blockers + reasons)
+    return {**decision, "passed": passed, "deployable": not blockers, "reason": reason}
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,82 @@
+"""One training job, start to end: train -> export -> measure the live model on the same images ->
+register -> the promotion gate. `rescam train`, `rescam bootstrap --train` and the service's job
+runner (through `rescam run-job SPEC`) all run jobs here; deploying is the caller's."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from app.jobspec import JobResult, JobSpec
+from app.registry import Registry
+
+from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, recipe
+from .weights import resolve
+
+log = logging.getLogger(__name__)
+
+
+def default_recipe(data: str | None) -> str:
+    """The demo recipe for the embedded synthetic set (the default model), else `auto`: a user's
+    data decide the image size and the number of steps (training/plan.py)."""
+    return "demo" if data in (None, "synthetic") else "auto"
+
+
+def config_for(spec: JobSpec) -> TrainConfig:
+    """The run's TrainConfig: the recipe, then the spec's settings. Epochs a user gives are what
+    runs (the auto recipe's step floor is for when the data decide); ImageNet starting weights bring
+    ImageNet's mean and std unless the settings name others."""
+    overrides = {**spec.settings, "data": spec.data}
+    if spec.boxes_csv:
+        overrides["boxes_csv"] = spec.boxes_csv
+    if "epochs" in spec.settings:
+        overrides.setdefault("min_steps", 0)
+    if spec.init:
+        overrides["init"], imagenet = resolve(spec.init)
+        if imagenet:
+            overrides.setdefault("mean", IMAGENET_MEAN)
+            overrides.setdefault("std", IMAGENET_STD)
+    return recipe(spec.recipe or default_recipe(spec.data), **overrides)
+
+
+def run_job(spec: JobSpec) -> JobResult | None:
+    """Run the job; its JobResult (also written to run_dir/result.json) on rank 0, None elsewhere."""
+    from .compare import evaluate_onnx
+    from .export import export_checkpoint
+    from .gate import gate
+    from .train import train
+
+    cfg = config_for(spec)
+    if spec.threads and not torch.cuda.is_available():
+        torch.set_num_threads(spec.threads)
+    run_dir = Path(spec.run_dir)
+    start = time.time()
+    checkpoint = train(cfg, run_dir, resume=spec.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if k != "confusion"}
+    result = JobResult(str(checkpoint), bool(ckpt.get("finished")), round(time.time() - start, 1), metrics,
+                       list(ckpt["classes"]))
+    if not result.finished or not spec.export:
+        return _saved(result, run_dir)
+    export = export_checkpoint(checkpoint, run_dir / "export")
+    version = live = live_metrics = None
+    if spec.registry is not None:
+        registry = Registry(spec.registry)
+        live = registry.deployed(spec.model_name)
+        if live is not None:  # judged on this run's own validation images, through ONNX Runtime
+            live_metrics = evaluate_onnx(registry.version_dir(spec.model_name, live), cfg)
+        version = registry.register(spec.model_name, export)
+    decision = gate(metrics, live_metrics, spec.gate_margin, result.labels)
+    return _saved(JobResult(result.checkpoint, True, round(time.time() - start, 1), metrics, result.labels,
+                            str(export), version, live, live_metrics, decision), run_dir)
+
+
+def _saved(result: JobResult, run_dir: Path) -> JobResult:
+    result.save(run_dir)
+    return result
