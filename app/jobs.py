@@ -162,7 +162,8 @@ class JobRunner:
                  gate_margin: float, deploy: Callable[..., Any], worker: str | None = None,
                  poll_s: float = 0.5, processes: int = 1) -> None:
         self.store, self.registry, self.model_name = store, registry, model_name
-        self.data_root, self.slots, self.gate_margin, self.deploy = Path(data_root), slots, gate_margin, deploy
+        # absolute: a job's process runs in its own run folder
+        self.data_root, self.slots, self.gate_margin, self.deploy = Path(data_root).resolve(), slots, gate_margin, deploy
         self.worker = worker or os.uname().nodename
         self.poll_s, self.processes = poll_s, processes
         self.running: dict[str, subprocess.Popen] = {}
@@ -183,12 +184,12 @@ class JobRunner:
             boxes = str(folder / BOXES_FILE) if (folder / BOXES_FILE).is_file() else None
         init, live = None, self.registry.deployed(self.model_name)
         if r.get("init") == "live" and live is not None:
-            weights = self.registry.version_dir(self.model_name, live) / WEIGHTS_FILE
+            weights = self.registry.version_dir(self.model_name, live).resolve() / WEIGHTS_FILE
             init = str(weights) if weights.exists() else None
         elif str(r.get("init", "")).startswith("file:"):
             init = str(self.data_root / "weights" / r["init"].split(":", 1)[1])
-        return JobSpec(run_dir=job["run_dir"], data=data, boxes_csv=boxes, recipe=r.get("recipe"), settings=settings,
-                       init=init, resume=bool(job["resume"]), registry=str(self.registry.root),
+        return JobSpec(run_dir=str(Path(job["run_dir"]).resolve()), data=data, boxes_csv=boxes, recipe=r.get("recipe"),
+                       settings=settings, init=init, resume=bool(job["resume"]), registry=str(self.registry.root.resolve()),
                        model_name=self.model_name, gate_margin=self.gate_margin)
 
     def command(self, spec_path: Path) -> list[str]:

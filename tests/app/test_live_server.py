@@ -2,48 +2,21 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import shape_jpeg
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.live import ROOT, live_server
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--registry",
-                             str(tiny_model.registry)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready: " + proc.stdout.read())
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with live_server(tiny_model.registry) as url:
+        yield url
 
 
 def test_live_predict_and_overlay(server):
@@ -107,18 +80,17 @@ def test_two_uvicorn_workers_both_follow_a_deploy(tiny_model, tmp_path):
     shutil.copytree(tiny_model.registry, tmp_path / "registry")
     registry = Registry(tmp_path / "registry")
     registry.register("default", tiny_model.export)  # v2: the same files, a new version
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCAM_REGISTRY_POLL_S": "0.2", "RESCAM_DATA_ROOT": str(tmp_path / "data")}
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--workers", "2",
-                             "--registry", str(tmp_path / "registry")], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/healthz"
+    with live_server(tmp_path / "registry", workers=2, env={"RESCAM_REGISTRY_POLL_S": "0.2",
+                                                            "RESCAM_DATA_ROOT": str(tmp_path / "data")}) as base:
+        follows_a_deploy(registry, base)
 
+
+def follows_a_deploy(registry, base: str) -> None:
     def seen(version: int, timeout: float) -> set[int]:
         pids, deadline = set(), time.time() + timeout
         while len(pids) < 2 and time.time() < deadline:
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:  # a new connection each time
+                with urllib.request.urlopen(base + "/healthz", timeout=2) as r:  # a new connection each time
                     body = json.loads(r.read())
                 if body["model"] and body["model"]["version"] == version:
                     pids.add(body["pid"])
@@ -126,18 +98,13 @@ def test_two_uvicorn_workers_both_follow_a_deploy(tiny_model, tmp_path):
                 time.sleep(0.1)
         return pids
 
-    try:
-        assert len(seen(1, 60)) == 2, "two workers did not both serve v1"
-        registry.deploy("default", 2, actor="test")
-        assert len(seen(2, 30)) == 2, "both workers did not switch to v2"
-        # an overlay URL answers on whichever worker the connection reaches
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=shape_jpeg(),
-                                     headers={"Content-Type": "image/jpeg"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            cam_url = json.loads(r.read())["results"][0]["predictions"][0]["cam_url"]
-        for _ in range(12):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{cam_url}", timeout=10) as r:
-                assert r.status == 200 and r.read()[:4] == b"\x89PNG"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    assert len(seen(1, 60)) == 2, "two workers did not both serve v1"
+    registry.deploy("default", 2, actor="test")
+    assert len(seen(2, 30)) == 2, "both workers did not switch to v2"
+    # an overlay URL answers on whichever worker the connection reaches
+    req = urllib.request.Request(base + "/v1/predict", data=shape_jpeg(), headers={"Content-Type": "image/jpeg"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        cam_url = json.loads(r.read())["results"][0]["predictions"][0]["cam_url"]
+    for _ in range(12):
+        with urllib.request.urlopen(base + cam_url, timeout=10) as r:
+            assert r.status == 200 and r.read()[:4] == b"\x89PNG"

@@ -2,19 +2,13 @@
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.app.test_retrain import dataset_zip
 from tests.conftest import shape_jpeg
+from tests.live import live_server
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if CHROMIUM is None:
@@ -23,32 +17,13 @@ if CHROMIUM is None:
 TOKEN = "page-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("page")
     shutil.copytree(tiny_model.registry, root / "registry")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCAM_ADMIN_TOKEN": TOKEN, "RESCAM_DATA_ROOT": str(root / "data")}
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--registry",
-                             str(root / "registry")], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/readyz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield url, root
-    proc.terminate()
-    proc.wait(10)
+    env = {"RESCAM_ADMIN_TOKEN": TOKEN, "RESCAM_DATA_ROOT": str(root / "data")}
+    with live_server(root / "registry", env=env) as url:
+        yield url, root
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import shutil
 import stat
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -158,7 +159,9 @@ def test_cancelled_and_failed_jobs_leave_the_registry_untouched(env):
         while not (c.get(f"/v1/jobs/{long['id']}", headers=AUTH).json()["progress"] or {}).get("step"):
             assert time.time() < deadline
             time.sleep(0.2)
-        assert c.delete(f"/v1/jobs/{long['id']}", headers=AUTH).status_code == 200
+        asked = c.delete(f"/v1/jobs/{long['id']}", headers=AUTH)
+        assert asked.status_code == 200 and asked.json()["state"] in ("cancelling", "cancelled")
+        assert asked.json()["error"] is None  # cancelling is a state, not an error
         cancelled, _ = wait_for(c, long["id"], ("cancelled", "succeeded", "failed"), timeout=60)
         assert cancelled["state"] == "cancelled"
         broken = {**SMALL_JOB, "options": {"model_kwargs": {"shortcut": "Z"}}}
@@ -348,3 +351,32 @@ def test_a_job_can_start_from_a_torchvision_format_file(env):
         assert done["state"] == "succeeded", done["error"]
         assert "replaced the classifier head" in c.get(f"/v1/jobs/{job['id']}/logs", headers=AUTH).text
         assert registry.deployed("default") == 1  # deploy: false
+
+
+@pytest.mark.parametrize("options", [{"data": "folder:/etc"}, {"data=folder:/etc": 1}, {"init": "/tmp/w.pth"},
+                                     {"device": "cuda"}, {"boxes_csv": "/etc/passwd"}])
+def test_job_options_are_allow_listed(env, options):
+    """Where the data, the starting weights and the device come from is the runner's to decide."""
+    registry, settings = env
+    with TestClient(create_app(settings.model_copy(update={"run_jobs": False}))) as c:
+        r = c.post("/v1/jobs", json={"dataset": "synthetic", "options": options}, headers=AUTH)
+        assert r.status_code == 422 and "options may not set" in r.json()["error"], r.json()
+        assert c.get("/v1/jobs", headers=AUTH).json()["jobs"] == []
+
+
+def test_a_job_spec_names_absolute_paths_whatever_the_settings_say(tiny_model, tmp_path, monkeypatch):
+    """The job's process runs in its run folder: relative settings (the defaults: registry, data)
+    must not be read from there."""
+    from app.jobs import JobRunner, JobStore
+
+    shutil.copytree(tiny_model.registry, tmp_path / "registry")
+    (tmp_path / "data" / "datasets" / "pets").mkdir(parents=True)
+    (tmp_path / "data" / "datasets" / "pets" / "boxes.csv").write_text("path,label,x0,y0,x1,y1\n")
+    monkeypatch.chdir(tmp_path)
+    store = JobStore(Path("data") / "jobs.sqlite")
+    runner = JobRunner(store, Registry("registry"), "default", Path("data"), 1, 0.02, lambda *a, **k: None)
+    job = store.create({"dataset": "pets", "init": "live", "options": {"lr": 0.01}}, Path("data") / "runs")
+    spec = runner.spec_for(job)
+    for path in (spec.run_dir, spec.registry, spec.data.removeprefix("folder:"), spec.boxes_csv, spec.init):
+        assert Path(path).is_absolute() and Path(path).resolve().is_relative_to(tmp_path.resolve()), path
+    assert spec.settings == {"lr": 0.01} and spec.model_name == "default"
