@@ -71,13 +71,15 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, registry: Path, **settings) -> None:
+    """`app.main:create_app` under uvicorn, from the source tree `source` (this checkout by default)."""
+
+    def __init__(self, registry: Path, source: Path = ROOT, **settings) -> None:
         self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCAM_REGISTRY": str(registry),
+        env = {**os.environ, "PYTHONPATH": str(source), "RESCAM_REGISTRY": str(registry),
                **{f"RESCAM_{k.upper()}": str(v) for k, v in settings.items()}}
         self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
                                       "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-                                     env=env, cwd=ROOT)
+                                     env=env, cwd=source)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:

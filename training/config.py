@@ -103,6 +103,9 @@ def recipe(name: str, **overrides: Any) -> TrainConfig:
         base = RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}; TrainConfig (training/config.py) has none of them")
     base = dict(base)
     if overrides.get("model", base.get("model")) != base.get("model") and "model_kwargs" not in overrides:
         base.pop("model_kwargs", None)  # the recipe's model options belong to the recipe's model

@@ -104,3 +104,8 @@ def test_init_from_safetensors_loads_the_same_weights(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not weights")
     with pytest.raises(ValueError, match="not a readable weights file"):
         load_init(target, str(tmp_path / "bad.safetensors"))
+
+
+def test_an_unknown_training_setting_is_named():
+    out = rescam("train", "--set", "learning_rate=0.1", "--no-register")
+    one_line_error(out, 1, "unknown training settings ['learning_rate']")
