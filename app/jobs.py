@@ -153,6 +153,28 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
     return latest or None
 
 
+def read_curves(metrics_jsonl: Path | None) -> dict[str, list]:
+    """Training loss and top-1 at each logged step, validation loss and top-1 at each epoch's end."""
+    curves: dict[str, list] = {"step": [], "loss": [], "train_top1": [], "val_step": [], "val_loss": [],
+                               "val_top1": []}
+    if metrics_jsonl is None or not metrics_jsonl.is_file():
+        return curves
+    for line in metrics_jsonl.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if r.get("event") == "step" and r.get("loss") is not None:
+            curves["step"].append(r["step"])
+            curves["loss"].append(r["loss"])
+            curves["train_top1"].append(r.get("train_top1"))
+        elif r.get("event") == "epoch":
+            curves["val_step"].append(r["step"])
+            curves["val_loss"].append(r.get("val_loss"))
+            curves["val_top1"].append(r.get("val_top1"))
+    return curves
+
+
 class JobRunner:
     """Runs queued jobs, at most `slots` at once, each as `rescam run-job SPEC` in its own process
     group. `deploy(version, actor, reason, **audit)` makes a version live after its smoke test and

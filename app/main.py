@@ -31,7 +31,7 @@ from .model_manager import ModelManager, NotDeployed
 from .predictor import NotFound, Overloaded, Predictor
 from .registry import RegistryError, UnknownVersion
 from .retraining import JobRefused, Retraining
-from .routes import admin, datasets, health, jobs, models, predict, v2
+from .routes import admin, datasets, health, jobs, models, predict, reports, v2
 from .settings import Settings
 
 log = logging.getLogger("rescam")
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(static / "index.html")
 
-    for router in (health.router, predict.router, models.router, admin.router, datasets.router, jobs.router,
-                   v2.router):
+    for router in (health.router, predict.router, models.router, reports.router, admin.router, datasets.router,
+                   jobs.router, v2.router):
         app.include_router(router)
     return app

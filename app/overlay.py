@@ -82,6 +82,17 @@ def render(image: Image.Image, heat: np.ndarray, boxes: list[list[float]], label
     return out
 
 
+TRUE_BOX_COLOUR = (40, 220, 90)  # a known true box, beside the CAM's black-and-white one
+
+
+def draw_true_box(image: Image.Image, box: list[float]) -> Image.Image:
+    """Draw a true (x0, y0, x1, y1) box in place, in green, its line about as thick as the CAM box's."""
+    width = max(2, round(max(image.size) / 120))
+    ImageDraw.Draw(image).rectangle([box[0], box[1], max(box[0], box[2] - 1), max(box[1], box[3] - 1)],
+                                    outline=TRUE_BOX_COLOUR, width=width)
+    return image
+
+
 def cam_picture(item: StoredImage, index: int, label: str, fmt: str, rule: BoxRule, alpha: float = 0.5,
                 cmap: str = "turbo", max_side: int = 1024) -> tuple[bytes, str]:
     """A kept image's CAM of class `index`, encoded as `fmt`: png/jpeg/webp overlays (the heatmap

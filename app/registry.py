@@ -2,6 +2,7 @@
 
     <root>/<model>/<version>/model.onnx   immutable, version a positive integer
     <root>/<model>/<version>/card.json
+    <root>/<model>/<version>/report/      optional: figures, gallery and index.html
     <root>/<model>/DEPLOYED               {"version": v, "history": [...]}, replaced atomically
     <root>/<model>/audit.jsonl            who deployed what, when and why
 
@@ -24,6 +25,7 @@ from .card import CardError, ModelCard
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pth"  # optional: the torch state_dict, to fine-tune from the live model
+REPORT_DIR = "report"  # optional: the version's report (training/report.py)
 POINTER = "DEPLOYED"
 AUDIT = "audit.jsonl"
 
@@ -89,6 +91,8 @@ class Registry:
             for name in (MODEL_FILE, CARD_FILE, WEIGHTS_FILE):
                 if (source / name).is_file():
                     shutil.copy2(source / name, staging / name)
+            if (source / REPORT_DIR).is_dir():
+                shutil.copytree(source / REPORT_DIR, staging / REPORT_DIR)
             while True:
                 version = max(self.versions(model) + [0]) + 1
                 try:

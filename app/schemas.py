@@ -89,7 +89,40 @@ class ModelSummary(BaseModel):
     labels: list[str] | None = None
     metrics: dict[str, Any] | None = None
     created: str | None = None
+    report: str | None = Field(None, description="the version's report (index.html), when it has one")
     broken: str | None = Field(None, description="why this version's card cannot be read")
+
+
+class VersionFigures(BaseModel):
+    version: int
+    architecture: str | None
+    labels: int
+    box_rule: str
+    created: str | None
+    metrics: dict[str, Any]
+    report: str | None = Field(None, description="the report's index.html, when the version has one")
+
+
+class VersionAnswer(BaseModel):
+    said: str
+    score: float
+    box: list[float] | None
+    iou: float | None = Field(None, description="of its box with the true box")
+    overlay: str = Field(description="the drawn answer, a data: URL of a PNG")
+
+
+class ComparedImage(BaseModel):
+    truth: str | None
+    true_box: list[float] | None
+    group: str
+    a: VersionAnswer
+    b: VersionAnswer
+
+
+class Comparison(BaseModel):
+    a: VersionFigures
+    b: VersionFigures
+    images: list[ComparedImage]
 
 
 class ModelDetail(ModelSummary):
@@ -153,6 +186,15 @@ class JobAnswer(BaseModel):
     result: dict[str, Any] | None = Field(None, description="the registered version, the gate's decision, "
                                                             "whether it went live and why not")
     error: str | None = None
+
+
+class Curves(BaseModel):
+    step: list[int]
+    loss: list[float]
+    train_top1: list[float | None]
+    val_step: list[int]
+    val_loss: list[float | None]
+    val_top1: list[float | None]
 
 
 class JobList(BaseModel):

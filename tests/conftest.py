@@ -45,6 +45,23 @@ def tiny_model(tmp_path_factory) -> SimpleNamespace:
                            config=cfg, version=version, card=registry.card("default", version).to_dict())
 
 
+@pytest.fixture(scope="session")
+def two_versions(tiny_model, tmp_path_factory) -> Path:
+    """A registry with v1 (live) and v2, both with reports: what a user has after one retrain. Copy
+    its `registry` folder before changing it."""
+    import shutil
+
+    from training.report import write_report
+
+    root = tmp_path_factory.mktemp("two-versions")
+    shutil.copytree(tiny_model.export, root / "export")
+    write_report(root / "export", metrics_jsonl=tiny_model.root / "run" / "metrics.jsonl")
+    registry = Registry(root / "registry")
+    registry.deploy("default", registry.register("default", root / "export"))
+    registry.register("default", root / "export")
+    return root
+
+
 def image_bytes(fmt: str = "PNG", size=(64, 48), mode: str = "RGB", seed: int = 0, **save) -> bytes:
     rng = np.random.default_rng(seed)
     array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)

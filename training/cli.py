@@ -81,7 +81,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = run_job(job_spec(args))
     if result is None:  # not rank 0
         return
-    print(json.dumps({"checkpoint": result.checkpoint, "seconds": result.seconds, **result.metrics}))
+    figures = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}  # the curves are in the report
+    print(json.dumps({"checkpoint": result.checkpoint, "seconds": result.seconds, **figures}))
     if not (args.no_register or args.export_only):
         deploy_after_job(result, args.registry, args.name, args.deploy)
 
@@ -93,6 +94,25 @@ def cmd_run_job(args: argparse.Namespace) -> None:
     from .job import run_job
 
     run_job(JobSpec.load(args.spec))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Write or refresh the report of a run folder (its export) or of a registry version."""
+    from .report import write_report
+    from .train import METRICS
+
+    target = Path(args.target)
+    if target.is_dir():
+        model_dir, curves = target / "export", target / METRICS
+        if not (model_dir / "model.onnx").is_file():
+            raise UserError(f"{target} has no export/model.onnx: a finished run folder, or a version number")
+    elif args.target.isdigit():
+        from app.registry import Registry
+
+        model_dir, curves = Registry(args.registry).version_dir(args.name, int(args.target)), None
+    else:
+        raise UserError(f"{args.target!r} is neither a run folder nor a version number of {args.name!r}")
+    print(write_report(model_dir, metrics_jsonl=curves) / "index.html")
 
 
 def register(export_dir: Path, registry: str, name: str, deploy: str) -> int:
@@ -351,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="runs/default", help="run directory for --train (default %(default)s)")
     registry_args(b)
     b.set_defaults(func=cmd_bootstrap)
+
+    rp = sub.add_parser("report", help="write or refresh a model's report (figures, confusion, localization, "
+                                       "gallery, index.html)")
+    rp.add_argument("target", metavar="RUN_OR_VERSION", help="a run folder (runs/...), or a version in the registry")
+    registry_args(rp)
+    rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("serve", help="run the HTTP service")
     s.add_argument("--host", default=os.environ.get("RESCAM_HOST", "127.0.0.1"), help="default %(default)s")

@@ -1,43 +1,76 @@
-"""The live model's figures on a job's own validation set, through ONNX Runtime, so that a
-retrained model and the live one are judged on the same images (the promotion gate)."""
+"""An exported model through ONNX Runtime on a run's own validation set: the live model's figures
+for the promotion gate (judged on the same images as the retrained one) and the report's
+per-image scores (training/report.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from app.cam import Geometry
 from app.card import ModelCard
 from app.registry import CARD_FILE, MODEL_FILE
 
 from .config import TrainConfig
-from .data import geometry_from_vector, load_data
+from .data import DataBundle, geometry_from_vector, load_data
 from .localization import LocalizationTally
 
 
-def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64) -> dict:
-    """Top-1 and CAM localization of an exported model on cfg's validation split; labels are
-    matched by name, and an image whose class the model does not know counts as wrong. Its boxes
-    are drawn with its own rule (the one the service serves it with)."""
+@dataclass
+class Scored:
+    """One validation image as the exported model saw it."""
+
+    index: int  # in the validation set
+    truth: int | None  # the true class's index among the model's labels; None when it does not know it
+    logits: np.ndarray  # (classes,)
+    cams: np.ndarray  # (classes, h, w)
+    box: np.ndarray  # the true box in the original image's pixels; NaN when none
+    window: Geometry
+
+
+def scored_images(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64, desc: str = "scoring"
+                  ) -> tuple[ModelCard, DataBundle, Iterator[Scored]]:
+    """The model's card, cfg's data read with the card's preprocessing, and each validation image
+    scored by ONNX Runtime; labels are matched by name."""
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir / CARD_FILE)
     prep = card.preprocessing
-    cfg = cfg.replace(image_size=prep.crop, resize=prep.resize, mean=prep.mean, std=prep.std, synthetic_train=0)
-    data = load_data(cfg)
+    data = load_data(cfg.replace(image_size=prep.crop, resize=prep.resize, mean=prep.mean, std=prep.std,
+                                 synthetic_train=0))
     session = ort.InferenceSession(str(model_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
     index = {label: i for i, label in enumerate(card.labels)}
+
+    def images() -> Iterator[Scored]:
+        k = 0
+        loader = DataLoader(data.val, batch_size=batch_size)
+        for images, labels, boxes, windows in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+            x = prep.normalize(images.numpy().transpose(0, 2, 3, 1))
+            logits, cams = session.run(["logits", "cam"], {"input": x})
+            for i, label in enumerate(labels.tolist()):
+                yield Scored(k, index.get(data.classes[label]), logits[i], cams[i], boxes[i].numpy(),
+                             geometry_from_vector(windows[i]))
+                k += 1
+
+    return card, data, images()
+
+
+def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64) -> dict:
+    """Top-1 and CAM localization of an exported model on cfg's validation split; an image whose
+    class the model does not know counts as wrong. Its boxes are drawn with its own rule (the one
+    the service serves it with)."""
+    card, _, images = scored_images(model_dir, cfg, batch_size, desc="the live model")
     correct = count = 0
     tally = LocalizationTally(served=card.box_rule)
-    for images, labels, boxes, windows in DataLoader(data.val, batch_size=batch_size):
-        x = prep.normalize(images.numpy().transpose(0, 2, 3, 1))
-        logits, cams = session.run(["logits", "cam"], {"input": x})
-        for i, label in enumerate(labels.tolist()):
-            known = index.get(data.classes[label])
-            right = known is not None and int(logits[i].argmax()) == known
-            correct += right
-            count += 1
-            if known is not None and np.isfinite(boxes[i].numpy()).all():
-                tally.add(cams[i, known], right, boxes[i].numpy(), geometry_from_vector(windows[i]))
+    for s in images:
+        right = s.truth is not None and int(s.logits.argmax()) == s.truth
+        correct += right
+        count += 1
+        if s.truth is not None and np.isfinite(s.box).all():
+            tally.add(s.cams[s.truth], right, s.box, s.window)
     return {"images": count, "top1": correct / max(count, 1), "labels": list(card.labels), **tally.result()}

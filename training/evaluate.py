@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from models import ResNet
 
@@ -32,7 +33,8 @@ def evaluate(model: ResNet, dataset: Dataset, cfg, device: torch.device, num_cla
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     top5 = loss_sum = count = 0
     tally = LocalizationTally()  # served rule: calibrated on these boxes if enough, else the default
-    for images, labels, boxes, windows in DataLoader(dataset, batch_size=batch_size, num_workers=cfg.workers):
+    batches = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.workers)
+    for images, labels, boxes, windows in tqdm(batches, desc="evaluating", unit="batch", leave=False, disable=None):
         x = normalize_batch(images.to(device), mean, std)
         features = model.forward_features(x)
         logits = model.forward_head(features).float()

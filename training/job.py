@@ -1,5 +1,5 @@
-"""One training job, start to end: train -> export -> measure the live model on the same images ->
-register -> the promotion gate. `rescam train`, `rescam bootstrap --train` and the service's job
+"""One training job, start to end: train -> export (with its report) -> measure the live model on
+the same images -> register -> the promotion gate. `rescam train`, `rescam bootstrap --train` and the service's job
 runner (through `rescam run-job SPEC`) all run jobs here; deploying is the caller's."""
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def run_job(spec: JobSpec) -> JobResult | None:
     from .compare import evaluate_onnx
     from .export import export_checkpoint
     from .gate import gate
-    from .train import train
+    from .report import write_report
+    from .train import METRICS, train
 
     cfg = config_for(spec)
     if spec.threads and not torch.cuda.is_available():
@@ -65,6 +66,7 @@ def run_job(spec: JobSpec) -> JobResult | None:
     if not result.finished or not spec.export:
         return _saved(result, run_dir)
     export = export_checkpoint(checkpoint, run_dir / "export")
+    write_report(export, cfg, run_dir / METRICS)  # registered with the version: the page shows it
     version = live = live_metrics = None
     if spec.registry is not None:
         registry = Registry(spec.registry)

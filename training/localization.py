@@ -49,6 +49,7 @@ class LocalizationTally:
         self.rule_hits = np.zeros(len(self.rules), dtype=np.int64)
         self.rule_top1 = np.zeros(len(self.rules), dtype=np.int64)
         self.area_ratio = [[] for _ in self.rules]  # box area / true area, per image
+        self.area_ratio_at = [[] for _ in self.thresholds]  # the same at each threshold
 
     def add(self, cam_true: np.ndarray, correct: bool, box: np.ndarray, geometry: Geometry) -> None:
         """cam_true: the (h, w) CAM of the true class; correct: whether top-1 was right (then the
@@ -70,7 +71,8 @@ class LocalizationTally:
 
         self.count += 1
         for j, t in enumerate(self.thresholds):
-            value = overlap(t)[0]
+            value, ratio = overlap(t)
+            self.area_ratio_at[j].append(ratio)
             self.curve[:, j] += [value >= need for need in IOUS_V2]
             self.curve_top1[j] += correct and value >= IOU_NEEDED
         for j, rule in enumerate(self.rules):
@@ -111,4 +113,8 @@ class LocalizationTally:
                 "gt_known_by_rule": {str(r): float(h / self.count) for r, h in zip(self.rules, self.rule_hits)},
                 "box_area_ratio_by_rule": {str(r): float(np.median(a)) for r, a in zip(self.rules, self.area_ratio)},
                 "gt_known_by_threshold": {f"{t:g}": float(a) for t, a in zip(self.thresholds, at_half)},
+                "gt_known_v2_by_threshold": {f"{t:g}": [float(c) for c in curves[:, j]]
+                                             for j, t in enumerate(self.thresholds)},
+                "box_area_ratio_by_threshold": {f"{t:g}": float(np.median(a))
+                                                for t, a in zip(self.thresholds, self.area_ratio_at)},
                 **({"box_area_ratio": ratio} if ratio is not None else {})}

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
 from models import ResNet, create_model
 
@@ -120,13 +121,14 @@ def set_rng_state(s: dict) -> None:
 
 class Progress:
     """One JSON line per report in metrics.jsonl (the service reads it for job progress), and a
-    progress line on a terminal."""
+    progress bar with the ETA on a terminal (tqdm; none when stderr is not a terminal)."""
 
     def __init__(self, out_dir: Path, total_steps: int, enabled: bool) -> None:
         self.path, self.total, self.enabled = out_dir / METRICS, total_steps, enabled
-        self.tty = sys.stderr.isatty()
         self.start = time.monotonic()
         self.first_step: int | None = None
+        self.bar = tqdm(total=total_steps, desc="training", unit="step", disable=None if enabled else True,
+                        dynamic_ncols=True)
 
     def report(self, **fields) -> None:
         if not self.enabled:
@@ -141,10 +143,19 @@ class Progress:
                       eta_s=round((self.total - step) / rate, 1) if rate else None)
         with open(self.path, "a") as f:
             f.write(json.dumps(fields) + "\n")
-        if self.tty:
-            text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in fields.items() if k not in ("time", "confusion"))
-            print(f"\r\033[K{text}", end="" if fields.get("event") == "step" else "\n", file=sys.stderr, flush=True)
+        if self.bar.total != self.total:  # re-planned
+            self.bar.total = self.total
+        self.bar.update(step - self.bar.n)
+        if fields.get("event") == "step":
+            self.bar.set_postfix(loss=f"{fields['loss']:.3f}", lr=f"{fields['lr']:.3g}",
+                                 img_s=fields["images_per_s"], refresh=False)
+        elif fields.get("event") in ("epoch", "done"):
+            shown = {k: v for k, v in fields.items() if k.startswith("val_") or k in ("top1", "max_box_acc")}
+            self.bar.write(f"{fields['event']} {fields.get('epoch')}: " +
+                           " ".join(f"{k}={v:.4g}" for k, v in shown.items() if isinstance(v, float)))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -257,7 +268,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             x = x.contiguous(memory_format=memory_format)
             y = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
+                logits = net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -278,6 +290,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.monotonic() - tick
                 progress.report(event="step", epoch=epoch, step=step, loss=loss.item(),
+                                train_top1=(logits.argmax(1) == y).float().mean().item(),  # the augmented batch
                                 lr=optimizer.param_groups[0]["lr"], images_per_s=round(seen / elapsed, 1))
                 seen, tick = 0, time.monotonic()
 
@@ -318,6 +331,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         save_atomic(ckpt, checkpoint_path)
         progress.report(event="done", epoch=ckpt["epoch"], step=step,
                         **{k: v for k, v in metrics.items() if k != "confusion"})
+    progress.close()
     if world > 1:
         dist.barrier()
     return checkpoint_path

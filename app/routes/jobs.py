@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
-from ..schemas import ErrorAnswer, JobAnswer, JobList, JobRequest
+from ..jobs import read_curves
+from ..schemas import Curves, ErrorAnswer, JobAnswer, JobList, JobRequest
 from .deps import AdminDep, RetrainingDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={s: {"model": ErrorAnswer} for s in (401, 403, 404)})
@@ -47,6 +48,13 @@ def job_logs(job_id: str, retraining: RetrainingDep, actor: AdminDep,
     path = Path(get_job(retraining, job_id)["run_dir"]) / "log.txt"
     text = path.read_text(errors="replace")[-tail:] if path.exists() and tail else ""
     return Response(text, media_type="text/plain")
+
+
+@router.get("/{job_id}/curves", response_model=Curves)
+def job_curves(job_id: str, retraining: RetrainingDep, actor: AdminDep) -> dict[str, list]:
+    """Training loss and top-1 at each logged step, validation loss and top-1 at each epoch's end,
+    so far: the page draws them while the job runs."""
+    return read_curves(Path(get_job(retraining, job_id)["run_dir"]) / "metrics.jsonl")
 
 
 @router.delete("/{job_id}", response_model=JobAnswer, responses={409: {"model": ErrorAnswer}})

@@ -2,18 +2,48 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { answer: null, image: 0, label: null, token: sessionStorage.getItem("rescam-token") || "" };
+const state = {
+  answer: null, image: 0, label: null, overlayUrl: null, live: null, watching: null,
+  token: sessionStorage.getItem("rescam-token") || "",
+  predictToken: sessionStorage.getItem("rescam-predict-token") || "",
+};
 
 function show(el, text) { el.textContent = text; el.hidden = !text; }
+function pct(x) { return typeof x === "number" ? `${(100 * x).toFixed(1)}%` : "–"; }
 
-async function api(path, options = {}, admin = false) {
-  const headers = Object.assign({}, options.headers || {});
-  if (admin && state.token) headers.Authorization = `Bearer ${state.token}`;
+function authHeaders(kind) {
+  const token = kind === "admin" ? state.token : kind === "predict" ? state.predictToken : "";
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+// kind: "admin" sends the admin token, "predict" the prediction token (when the service wants one)
+async function api(path, options = {}, kind = null) {
+  const headers = Object.assign({}, options.headers || {}, authHeaders(kind));
   const r = await fetch(path, Object.assign({}, options, { headers }));
   const type = r.headers.get("content-type") || "";
   const body = type.includes("json") ? await r.json() : await r.text();
   if (!r.ok) throw new Error((body && body.error) || `${r.status} ${r.statusText}`);
   return body;
+}
+
+// An image or page behind a token: an <img src> or a link cannot send one, so fetch it as a blob.
+async function blobUrl(path, kind) {
+  const r = await fetch(path, { headers: authHeaders(kind) });
+  if (!r.ok) {
+    let message = `${r.status} ${r.statusText}`;
+    try { message = (await r.json()).error || message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return URL.createObjectURL(await r.blob());
+}
+
+function button(text, onclick, className = "") {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.className = className;
+  b.onclick = onclick;
+  return b;
 }
 
 async function loadHealth() {
@@ -32,7 +62,7 @@ async function predict(files) {
   const form = new FormData();
   for (const f of files) form.append("file", f, f.name);
   try {
-    const answer = await api("/v1/predict?top_k=5", { method: "POST", body: form });
+    const answer = await api("/v1/predict?top_k=5", { method: "POST", body: form }, "predict");
     state.answer = answer;
     const firstGood = answer.results.findIndex((r) => !r.error);
     const problems = answer.results.filter((r) => r.error).map((r) => `${r.filename}: ${r.error.message}`);
@@ -49,14 +79,7 @@ async function predict(files) {
 function renderTabs() {
   const tabs = $("images");
   tabs.innerHTML = "";
-  state.answer.results.forEach((r, i) => {
-    if (r.error) return;
-    const b = document.createElement("button");
-    b.type = "button";
-    b.textContent = r.filename;
-    b.onclick = () => selectImage(i);
-    tabs.appendChild(b);
-  });
+  state.answer.results.forEach((r, i) => { if (!r.error) tabs.appendChild(button(r.filename, () => selectImage(i))); });
   tabs.hidden = tabs.children.length < 2;
 }
 
@@ -68,11 +91,13 @@ function selectImage(i) {
   for (const p of r.predictions) {
     const li = document.createElement("li");
     li.dataset.label = p.label;
-    li.innerHTML = `<span class="name"></span><span class="bar"><span></span></span><span class="score"></span>`;
-    li.querySelector(".name").textContent = p.label;
-    li.querySelector(".bar span").style.width = `${(100 * p.score).toFixed(1)}%`;
-    li.querySelector(".score").textContent = `${(100 * p.score).toFixed(1)}%`;
-    li.onclick = () => selectLabel(p.label);
+    const b = button("", () => selectLabel(p.label), "label-row");
+    b.innerHTML = `<span class="name"></span><span class="bar"><span></span></span><span class="score"></span>`;
+    b.querySelector(".name").textContent = p.label;
+    b.querySelector(".bar span").style.width = `${(100 * p.score).toFixed(1)}%`;
+    b.querySelector(".score").textContent = `${(100 * p.score).toFixed(1)}%`;
+    b.setAttribute("aria-label", `${p.label}, ${(100 * p.score).toFixed(1)} percent`);
+    li.appendChild(b);
     list.appendChild(li);
   }
   const m = state.answer.model;
@@ -88,19 +113,29 @@ function selectImage(i) {
 
 function selectLabel(label) {
   state.label = label;
-  for (const li of $("labels").children) li.classList.toggle("selected", li.dataset.label === label);
+  for (const li of $("labels").children) {
+    const selected = li.dataset.label === label;
+    li.classList.toggle("selected", selected);
+    li.firstChild.setAttribute("aria-pressed", String(selected));
+  }
   refreshOverlay();
 }
 
-function refreshOverlay() {
+async function refreshOverlay() {
   const r = state.answer.results[state.image];
   const p = r.predictions.find((x) => x.label === state.label);
   if (!p || !p.cam_url) return;
-  $("overlay").src = `${p.cam_url}&alpha=${$("alpha").value}`;
+  try {
+    const url = await blobUrl(`${p.cam_url}&alpha=${$("alpha").value}`, "predict");
+    if (state.overlayUrl) URL.revokeObjectURL(state.overlayUrl);
+    state.overlayUrl = url;
+    $("overlay").src = url;
+    $("overlay").alt = `class-activation map of ${p.label} over ${r.filename}`;
+  } catch (e) { show($("error"), `Overlay: ${e.message}`); }
 }
 
 $("file").addEventListener("change", (e) => e.target.files.length && predict(e.target.files));
-$("alpha").addEventListener("input", () => state.answer && refreshOverlay());
+$("alpha").addEventListener("change", () => state.answer && refreshOverlay());
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -110,14 +145,13 @@ drop.addEventListener("drop", (e) => {
   if (e.dataTransfer.files.length) predict(e.dataTransfer.files);
 });
 
-// --- admin: versions, deploy, rollback, retrain ---------------------------------------------------
-
-function pct(x) { return typeof x === "number" ? `${(100 * x).toFixed(1)}%` : "–"; }
+// --- admin: versions, reports, side by side, deploy, rollback ----------------------------------
 
 async function loadAdmin() {
   show($("admin-error"), "");
   try {
-    const [models, datasets] = await Promise.all([api("/v1/models"), api("/v1/datasets", {}, true)]);
+    const [models, datasets] = await Promise.all([api("/v1/models"), api("/v1/datasets", {}, "admin")]);
+    state.live = models.deployed;
     const body = $("versions").querySelector("tbody");
     body.innerHTML = "";
     for (const v of models.versions.slice().reverse()) {
@@ -125,21 +159,15 @@ async function loadAdmin() {
       const m = v.metrics || {};
       tr.innerHTML = `<td>v${v.version}${v.deployed ? " (live)" : ""}</td><td></td><td>${pct(m.top1)}</td>` +
         `<td>${pct(m.box_rule ? m.gt_known_loc : (m.max_box_acc ?? m.gt_known_loc))}</td><td></td><td></td>`;
-      tr.children[1].textContent = v.architecture || "";
+      tr.children[1].textContent = v.broken ? `broken: ${v.broken}` : (v.architecture || "");
       tr.children[4].textContent = (v.created || "").replace("T", " ").slice(0, 16);
-      const cardButton = document.createElement("button");
-      cardButton.type = "button";
-      cardButton.textContent = "Card";
-      cardButton.className = "secondary";
-      cardButton.onclick = () => showCard(v.version);
-      tr.children[5].appendChild(cardButton);
-      if (!v.deployed) {
-        const b = document.createElement("button");
-        b.type = "button";
-        b.textContent = "Deploy";
-        b.onclick = () => adminAction(`/v1/models/${v.version}/deploy`);
-        tr.children[5].appendChild(b);
+      const actions = tr.children[5];
+      actions.appendChild(button("Card", () => showCard(v.version), "secondary"));
+      if (v.report) actions.appendChild(button("Report", () => openReport(v.version), "secondary"));
+      if (!v.deployed && state.live !== null) {
+        actions.appendChild(button(`Compare with v${state.live}`, () => compareVersions(state.live, v.version), "secondary"));
       }
+      if (!v.deployed && !v.broken) actions.appendChild(button("Deploy", () => adminAction(`/v1/models/${v.version}/deploy`)));
       body.appendChild(tr);
     }
     const select = $("dataset");
@@ -150,11 +178,22 @@ async function loadAdmin() {
       o.textContent = `${d.name} (${d.images} images, ${Object.keys(d.classes).length} classes)`;
       select.appendChild(o);
     }
+    if (state.live !== null) await liveDefaults(state.live);
     $("admin-body").hidden = false;
+    loadJobs();
   } catch (e) {
     $("admin-body").hidden = true;
     show($("admin-error"), e.message);
   }
+}
+
+// The retrain form shows what the live model uses; what is left empty, the data decide.
+async function liveDefaults(version) {
+  const detail = await api(`/v1/models/${version}`);
+  const card = detail.card || {};
+  const side = card.preprocessing && card.preprocessing.crop;
+  $("arch").placeholder = `auto (live model: ${detail.architecture || "?"})`;
+  $("size").placeholder = side ? `auto from the images (live model: ${side} px)` : "auto: from the images";
 }
 
 async function showCard(version) {
@@ -165,9 +204,86 @@ async function showCard(version) {
   } catch (e) { show($("admin-error"), e.message); }
 }
 
+async function openReport(version) {
+  try {
+    const url = await blobUrl(`/v1/models/${version}/report/index.html`, "admin");
+    window.open(url, "_blank");
+  } catch (e) { show($("admin-error"), e.message); }
+}
+
+function figureTable(f) {
+  const m = f.metrics;
+  const rows = [["top-1", pct(m.top1)], ["localization (served rule)", pct(m.gt_known_loc)],
+    ["MaxBoxAcc", pct(m.max_box_acc)], ["box rule", f.box_rule], ["labels", f.labels],
+    ["validation images", m.images ?? "–"], ["architecture", f.architecture || "–"],
+    ["created", (f.created || "").replace("T", " ").slice(0, 16)]];
+  const table = document.createElement("table");
+  for (const [k, v] of rows) {
+    const tr = table.insertRow();
+    tr.insertCell().textContent = k;
+    tr.insertCell().textContent = v;
+  }
+  return table;
+}
+
+async function reportFigures(column, f) {
+  if (!f.report) {
+    column.appendChild(Object.assign(document.createElement("p"), { className: "muted", textContent: "no report" }));
+    return;
+  }
+  column.appendChild(button("Open the report", () => openReport(f.version), "secondary"));
+  for (const name of ["curves", "confusion", "localization"]) {
+    try {
+      const img = document.createElement("img");
+      img.alt = `v${f.version} ${name}`;
+      img.className = "figure";
+      img.src = await blobUrl(`/v1/models/${f.version}/report/${name}.png`, "admin");
+      column.appendChild(img);
+    } catch (e) { /* a report without boxes has no localization figure */ }
+  }
+}
+
+async function compareVersions(a, b) {
+  show($("admin-error"), "");
+  try {
+    const c = await api(`/v1/models/${a}/compare/${b}`, {}, "admin");
+    $("compare").hidden = false;
+    $("compare-title").textContent = `v${a}${a === state.live ? " (live)" : ""} and v${b}${b === state.live ? " (live)" : ""}, side by side`;
+    for (const [side, f] of [["a", c.a], ["b", c.b]]) {
+      const column = $(`compare-${side}`);
+      column.innerHTML = `<h4>v${f.version}${f.version === state.live ? " (live)" : ""}</h4>`;
+      column.appendChild(figureTable(f));
+      await reportFigures(column, f);
+      $(`compare-head-${side}`).textContent = `v${f.version}`;
+    }
+    const actions = $("compare-actions");
+    actions.innerHTML = "";
+    const candidate = b === state.live ? a : b;
+    actions.appendChild(button(`Deploy v${candidate}`, async () => { await adminAction(`/v1/models/${candidate}/deploy`); compareVersions(a, b); }));
+    if (b === state.live || a === state.live) actions.appendChild(document.createTextNode(` v${state.live} serves now.`));
+    const body = $("compare-images").querySelector("tbody");
+    body.innerHTML = "";
+    for (const row of c.images) {
+      const tr = body.insertRow();
+      tr.insertCell().textContent = `${row.truth} (${row.group})`;
+      for (const side of ["a", "b"]) {
+        const ans = row[side];
+        const cell = tr.insertCell();
+        const img = Object.assign(document.createElement("img"), { src: ans.overlay, className: "shot",
+          alt: `v${c[side].version} says ${ans.said}` });
+        cell.appendChild(img);
+        cell.appendChild(Object.assign(document.createElement("div"), { className: "small",
+          textContent: `${ans.said} ${pct(ans.score)}` + (ans.iou !== null ? ` · IoU ${ans.iou.toFixed(2)}` : "") }));
+      }
+    }
+    if (!c.images.length) body.innerHTML = "<tr><td colspan='3'>neither version has a report with validation images</td></tr>";
+    $("compare").scrollIntoView();
+  } catch (e) { show($("admin-error"), e.message); }
+}
+
 async function adminAction(path) {
   try {
-    await api(path, { method: "POST" }, true);
+    await api(path, { method: "POST" }, "admin");
     await Promise.all([loadAdmin(), loadHealth()]);
   } catch (e) { show($("admin-error"), e.message); }
 }
@@ -175,10 +291,14 @@ async function adminAction(path) {
 $("token-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.token = $("token").value;
+  state.predictToken = $("predict-token").value;
   sessionStorage.setItem("rescam-token", state.token);
+  sessionStorage.setItem("rescam-predict-token", state.predictToken);
   loadAdmin();
 });
 $("rollback").addEventListener("click", () => adminAction("/v1/models/rollback"));
+
+// --- jobs --------------------------------------------------------------------------------------
 
 $("job-form").addEventListener("submit", async (e) => {
   e.preventDefault();
@@ -189,7 +309,7 @@ $("job-form").addEventListener("submit", async (e) => {
     if (zip) {
       dataset = $("zip-name").value || zip.name.replace(/\.zip$/i, "").replace(/[^A-Za-z0-9_.-]/g, "_");
       await api(`/v1/datasets?name=${encodeURIComponent(dataset)}`,
-        { method: "POST", body: zip, headers: { "Content-Type": "application/zip" } }, true);
+        { method: "POST", body: zip, headers: { "Content-Type": "application/zip" } }, "admin");
     }
     const job = await api("/v1/jobs", {
       method: "POST", headers: { "Content-Type": "application/json" },
@@ -198,25 +318,72 @@ $("job-form").addEventListener("submit", async (e) => {
         dataset, architecture: $("arch").value || null, image_size: Number($("size").value) || null,
         epochs: Number($("epochs").value) || null, deploy: $("deploy").checked,
       }).filter(([, v]) => v !== null))),
-    }, true);
+    }, "admin");
     watchJob(job.id);
   } catch (err) { show($("admin-error"), err.message); }
 });
 
+async function loadJobs() {
+  const { jobs } = await api("/v1/jobs", {}, "admin");
+  const body = $("jobs").querySelector("tbody");
+  body.innerHTML = "";
+  for (const job of jobs) {
+    const tr = body.insertRow();
+    const r = job.result;
+    for (const text of [job.id, job.state, job.request.dataset,
+      new Date(1000 * (job.started || job.created)).toLocaleString(),
+      r ? `v${r.version} ${r.deployed ? "deployed" : "not deployed"}` : (job.error || "").slice(0, 80)]) {
+      tr.insertCell().textContent = text;
+    }
+    tr.insertCell().appendChild(button("Watch", () => watchJob(job.id), "secondary"));
+  }
+}
+
+function drawCurve(curves) {
+  const svg = $("job-curve");
+  const w = 600, h = 160, pad = 24;
+  const steps = curves.step.concat(curves.val_step);
+  if (!curves.step.length) { svg.innerHTML = ""; return; }
+  const maxStep = Math.max(...steps, 1);
+  const maxLoss = Math.max(...curves.loss, ...curves.val_loss.filter((v) => v !== null), 1e-9);
+  const x = (s) => pad + (w - 2 * pad) * s / maxStep;
+  const y = (v, top) => h - pad - (h - 2 * pad) * v / top;
+  const line = (xs, ys, top) => xs.map((s, i) => `${x(s).toFixed(1)},${y(ys[i], top).toFixed(1)}`).join(" ");
+  svg.innerHTML =
+    `<polyline fill="none" stroke="#2f6fdb" stroke-width="1.5" points="${line(curves.step, curves.loss, maxLoss)}"/>` +
+    `<polyline fill="none" stroke="#c2410c" stroke-width="2" points="${line(curves.val_step, curves.val_top1.map((v) => v ?? 0), 1)}"/>` +
+    `<text x="${pad}" y="14" font-size="12" fill="#2f6fdb">training loss (max ${maxLoss.toFixed(2)})</text>` +
+    `<text x="${w / 2}" y="14" font-size="12" fill="#c2410c">validation top-1 (0 to 100%)</text>` +
+    `<text x="${w - pad}" y="${h - 6}" font-size="11" text-anchor="end" fill="#6b7280">step ${maxStep}</text>`;
+}
+
 async function watchJob(id) {
+  state.watching = id;
   $("job").hidden = false;
   $("job-result").textContent = "";
-  for (;;) {
-    let job;
-    try { job = await api(`/v1/jobs/${id}`, {}, true); } catch (e) { show($("admin-error"), e.message); return; }
+  $("job-cancel").onclick = async () => {
+    try { await api(`/v1/jobs/${id}`, { method: "DELETE" }, "admin"); } catch (e) { show($("admin-error"), e.message); }
+  };
+  while (state.watching === id) {
+    let job, curves, log;
+    try {
+      [job, curves, log] = await Promise.all([api(`/v1/jobs/${id}`, {}, "admin"), api(`/v1/jobs/${id}/curves`, {}, "admin"),
+        api(`/v1/jobs/${id}/logs?tail=4000`, {}, "admin")]);
+    } catch (e) { show($("admin-error"), e.message); return; }
     const p = job.progress || {};
     $("job-state").textContent = `job ${id}: ${job.state}` + (p.step ? ` · epoch ${p.epoch} · step ${p.step}/${p.total_steps}` +
-      ` · loss ${Number(p.loss).toFixed(3)}` + (p.val_top1 !== undefined ? ` · val top-1 ${pct(p.val_top1)}` : "") : "");
+      ` · loss ${Number(p.loss).toFixed(3)}` + (p.val_top1 !== undefined ? ` · val top-1 ${pct(p.val_top1)}` : "") +
+      (p.eta_s ? ` · about ${Math.ceil(p.eta_s / 60)} min left` : "") : "");
     $("job-progress").value = p.total_steps ? p.step / p.total_steps : 0;
-    if (["succeeded", "failed", "cancelled", "interrupted"].includes(job.state)) {
+    drawCurve(curves);
+    $("job-log").textContent = log;
+    const done = ["succeeded", "failed", "cancelled", "interrupted"].includes(job.state);
+    $("job-cancel").hidden = done;
+    if (done) {
       const r = job.result;
       $("job-result").textContent = r
-        ? `v${r.version} · gate ${r.gate.passed ? "passed" : "failed"} (${r.gate.reason}) · ${r.deployed ? "deployed" : "not deployed"}`
+        ? `v${r.version} · gate ${r.gate.passed ? "passed" : "failed"} (${r.gate.reason}) · ` +
+          (r.deployed ? "deployed" : `not deployed: ${r.not_deployed_because}`)
         : (job.error || job.state);
       loadAdmin();
       loadHealth();
@@ -227,4 +394,8 @@ async function watchJob(id) {
 }
 
 loadHealth();
-if (state.token) { $("token").value = state.token; loadAdmin(); }
+if (state.token || state.predictToken) {
+  $("token").value = state.token;
+  $("predict-token").value = state.predictToken;
+  if (state.token) loadAdmin();
+}

@@ -100,3 +100,73 @@ def test_admin_retrain_from_a_zip_ends_in_a_new_version(server, browser, tmp_pat
     result = page.text_content("#job-result")
     assert result.startswith("v2")
     page.wait_for_function("document.querySelector('#versions').textContent.includes('v2')")
+
+
+PREDICT_TOKEN = "predict-token"
+
+
+@pytest.fixture(scope="module")
+def guarded(two_versions, tmp_path_factory):
+    """A service that wants a token for predictions too, with two versions that have reports."""
+    root = tmp_path_factory.mktemp("guarded")
+    shutil.copytree(two_versions / "registry", root / "registry")
+    env = {"RESCAM_ADMIN_TOKEN": TOKEN, "RESCAM_PREDICT_TOKEN": PREDICT_TOKEN, "RESCAM_DATA_ROOT": str(root / "data")}
+    with live_server(root / "registry", env=env) as url:
+        yield url
+
+
+def signed_in(browser, url, viewport=(1200, 1400)):
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.goto(url)
+    page.fill("#token", TOKEN)
+    page.fill("#predict-token", PREDICT_TOKEN)
+    page.click("#token-form button")
+    page.wait_for_selector("#versions tbody tr")
+    return page
+
+
+def test_with_a_prediction_token_the_overlay_still_shows(guarded, browser, tmp_path):
+    (tmp_path / "shape.jpg").write_bytes(shape_jpeg(index=2))
+    page = signed_in(browser, guarded)
+    page.set_input_files("#file", str(tmp_path / "shape.jpg"))
+    page.wait_for_function("(() => { const i = document.querySelector('#overlay'); return i.complete && i.naturalWidth > 0 })()")
+    assert page.get_attribute("#overlay", "src").startswith("blob:")  # fetched with the token, shown as a blob
+    assert page.is_visible(".legend .ramp")
+
+
+def test_the_page_works_from_the_keyboard(guarded, browser, tmp_path):
+    (tmp_path / "shape.jpg").write_bytes(shape_jpeg(index=4))
+    page = signed_in(browser, guarded)
+    page.reload()  # the tokens stay for the tab; the keyboard starts at the top of the page
+    page.wait_for_selector("#versions tbody tr")
+    page.keyboard.press("Tab")  # the first stop: the file picker
+    assert page.evaluate("document.activeElement.id") == "file"
+    outline = page.eval_on_selector("#drop", "d => getComputedStyle(d).outlineStyle")
+    assert outline != "none"  # focus is visible
+    page.set_input_files("#file", str(tmp_path / "shape.jpg"))
+    page.wait_for_selector("#labels li")
+    page.focus("#labels li:nth-child(1) button")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.closest('li') === document.querySelector('#labels li:nth-child(2)')")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#labels li:nth-child(2).selected")
+    assert page.get_attribute("#labels li:nth-child(2) button", "aria-pressed") == "true"
+
+
+def test_a_report_and_two_versions_side_by_side(guarded, browser):
+    page = signed_in(browser, guarded)
+    row = page.locator("#versions tbody tr", has_text="v2")
+    with page.expect_popup() as popup:
+        row.locator("text=Report").click()
+    report = popup.value
+    report.wait_for_load_state()
+    assert report.url.startswith("blob:") and "Confusion" in report.content()
+    row.locator("text=Compare with v1").click()
+    page.wait_for_selector("#compare-images tbody tr img")
+    assert "v1 (live) and v2, side by side" in page.text_content("#compare-title")
+    assert "top-1" in page.text_content("#compare-a") and "top-1" in page.text_content("#compare-b")
+    first = page.locator("#compare-images tbody tr").first
+    assert first.locator("img").count() == 2  # both models' boxes on the same image
+    page.wait_for_function("[...document.querySelectorAll('#compare img.figure')].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("#compare img.figure").count() == 6  # curves, confusion, localization of each
+    assert page.is_visible("#compare-actions >> text=Deploy v2")

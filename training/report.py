@@ -1,0 +1,287 @@
+"""A report per trained model version: what a user looks at before deploying or rolling back.
+
+    <export>/report/index.html        one self-contained page (the figures embedded): opens offline
+    <export>/report/curves.png        training and validation loss and top-1 against steps
+    <export>/report/confusion.png     the confusion matrix, counts and row-normalised
+    <export>/report/localization.png  GT-known localization and the box's area against the threshold
+    <export>/report/gallery/*.png     validation images (best, worst, most confused): CAM overlay,
+                                      the served box (black and white) and the true box (green)
+    <export>/report/images/*.png      the gallery's validation images as the model saw them, so
+                                      another version can be run on the same images
+    <export>/report/report.json       every figure's numbers
+
+Written by `training.job.run_job` after export (it travels with the version into the registry)
+and by `rescam report RUN_OR_VERSION`. The model is scored through ONNX Runtime, with the card's
+preprocessing and box rule: the report shows what the service serves.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from app import cam, overlay  # noqa: E402
+from app.jobs import read_curves  # noqa: E402
+from app.registry import CARD_FILE, REPORT_DIR  # noqa: E402
+
+from .compare import Scored, scored_images  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .localization import IOU_NEEDED, IOUS_V2, LocalizationTally  # noqa: E402
+
+CURVES_FILE = "curves.json"  # the training curves, kept so a report can be rewritten without the run
+PER_GROUP = 4  # gallery images per group
+
+
+def write_report(model_dir: str | Path, cfg: TrainConfig | None = None, metrics_jsonl: Path | None = None,
+                 title: str | None = None) -> Path:
+    """Write model_dir/report (replacing an older one whole) and link it from model_dir's card.
+    cfg: the data to score on (default: the card's training config); metrics_jsonl: the run's
+    curves (default: the ones an earlier report kept)."""
+    model_dir = Path(model_dir)
+    card_path = model_dir / CARD_FILE
+    card_json = json.loads(card_path.read_text())
+    cfg = cfg or TrainConfig.from_dict(card_json["training_config"])
+    old = model_dir / REPORT_DIR / CURVES_FILE
+    curves = read_curves(metrics_jsonl) if metrics_jsonl is not None and metrics_jsonl.is_file() else \
+        json.loads(old.read_text()) if old.is_file() else read_curves(None)
+    staging = model_dir / f".{REPORT_DIR}-{uuid.uuid4().hex}"
+    (staging / "gallery").mkdir(parents=True)
+    (staging / "images").mkdir()
+    try:
+        figures = _build(model_dir, cfg, curves, staging)
+        figures["title"] = title or f"{card_json.get('architecture')} · {card_json.get('created', '')}"
+        (staging / CURVES_FILE).write_text(json.dumps(curves))
+        (staging / "report.json").write_text(json.dumps(figures, indent=1))
+        (staging / "index.html").write_text(_html(figures, staging))
+        target = model_dir / REPORT_DIR
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if card_json.get("report") != f"{REPORT_DIR}/index.html":
+        card_json["report"] = f"{REPORT_DIR}/index.html"
+        tmp = card_path.with_name(f".{CARD_FILE}.tmp")
+        tmp.write_text(json.dumps(card_json, indent=2) + "\n")
+        os.replace(tmp, card_path)
+    return model_dir / REPORT_DIR
+
+
+def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[str, Any]:
+    card, data, images = scored_images(model_dir, cfg, desc="report")
+    n = len(card.labels)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    tally = LocalizationTally(served=card.box_rule)
+    rows = []  # per image: index, truth, prediction, its probability, the served box's IoU
+    kept: dict[int, Scored] = {}
+    for s in images:
+        probs = _softmax(s.logits)
+        pred = int(probs.argmax())
+        boxed = s.truth is not None and bool(np.isfinite(s.box).all())
+        overlap = None
+        if s.truth is not None:
+            confusion[s.truth, pred] += 1
+        if boxed:
+            tally.add(s.cams[s.truth], pred == s.truth, s.box, s.window)
+            found = cam.class_boxes(s.cams, [pred], s.window, s.window.image_width, s.window.image_height,
+                                    card.box_rule)[0]
+            overlap = cam.iou(found[0].as_list(), s.box) if found else 0.0
+        rows.append((s.index, s.truth, pred, float(probs[pred]), overlap))
+        kept[s.index] = s
+    localization = tally.result()
+    groups = _gallery(rows, confusion, card.labels)
+    gallery = []
+    for group, picks in groups.items():
+        for k in picks:
+            gallery.append(_gallery_item(group, kept[k], data.val[k][0].numpy().transpose(1, 2, 0), card, out))
+    figures = {"labels": list(card.labels), "images": len(rows), "box_rule": str(card.box_rule),
+               "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)},
+               "confusion": confusion.tolist(), "localization": localization, "gallery": gallery,
+               "curves": {k: len(v) for k, v in curves.items()}}
+    _plot_curves(curves, out / "curves.png")
+    _plot_confusion(confusion, list(card.labels), out / "confusion.png")
+    if localization:
+        _plot_localization(localization, str(card.box_rule), out / "localization.png")
+    return figures
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits.astype(np.float64) - logits.max())
+    return e / e.sum()
+
+
+def _gallery(rows: list[tuple], confusion: np.ndarray, labels: tuple[str, ...]) -> dict[str, list[int]]:
+    """Validation images worth a look: the best (right, and the best box), the worst (wrong with the
+    most confidence; else right with the least) and the most confused pair of classes."""
+    known = [r for r in rows if r[1] is not None]
+    right = [r for r in known if r[1] == r[2]]
+    wrong = [r for r in known if r[1] != r[2]]
+    best = sorted(right, key=lambda r: (-(r[4] if r[4] is not None else 1.0), -r[3]))[:PER_GROUP]
+    worst = sorted(wrong, key=lambda r: -r[3])[:PER_GROUP] if wrong else \
+        sorted(right, key=lambda r: ((r[4] if r[4] is not None else 1.0), r[3]))[:PER_GROUP]
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    groups = {"best": [r[0] for r in best], "worst": [r[0] for r in worst]}
+    if off.max() > 0:
+        a, b = np.unravel_index(int(off.argmax()), off.shape)
+        shown = set(groups["worst"])
+        pair = [r[0] for r in wrong if r[1] == a and r[2] == b and r[0] not in shown][:PER_GROUP]
+        groups[f"most confused: {labels[a]} read as {labels[b]}"] = pair
+    return groups
+
+
+def _gallery_item(group: str, s: Scored, image: np.ndarray, card, out: Path) -> dict[str, Any]:
+    """The image as the model saw it (the crop), the CAM of the predicted class over it, the served
+    box and the true box, all in the crop's pixels."""
+    side = image.shape[0]
+    crop = cam.Geometry.full(side, side)
+    probs = _softmax(s.logits)
+    pred = int(probs.argmax())
+    big = max(side, 192)  # small inputs are drawn larger, so the boxes and text can be read
+    picture = Image.fromarray(image).resize((big, big), Image.Resampling.BILINEAR)
+    g = crop.scaled(big, big)
+    found = cam.class_boxes(s.cams, [pred], crop, big, big, card.box_rule)[0]
+    drawn = overlay.render(picture, cam.heatmap(s.cams[pred], g), [b.as_list() for b in found[:1]],
+                           card.labels[pred])
+    true_box = None
+    if np.isfinite(s.box).all():
+        w = s.window
+        true_box = [float((s.box[0] - w.left) * side / w.width), float((s.box[1] - w.top) * side / w.height),
+                    float((s.box[2] - w.left) * side / w.width), float((s.box[3] - w.top) * side / w.height)]
+        overlay.draw_true_box(drawn, [v * big / side for v in true_box])
+    name = f"{len(list((out / 'gallery').iterdir())):02d}.png"
+    drawn.save(out / "gallery" / name)
+    Image.fromarray(image).save(out / "images" / name)
+    served = [round(v * side / big, 1) for v in found[0].as_list()] if found else None
+    return {"group": group, "file": f"gallery/{name}", "image": f"images/{name}", "index": s.index,
+            "truth": None if s.truth is None else card.labels[s.truth], "said": card.labels[pred],
+            "score": round(float(probs[pred]), 4), "served_box": served, "true_box": true_box,
+            "iou": round(cam.iou(served, true_box), 3) if served and true_box else None}
+
+
+def _plot_curves(curves: dict, path: Path) -> None:
+    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if curves["step"]:
+        loss_ax.plot(curves["step"], curves["loss"], lw=1, alpha=0.8, label="training (batch)")
+        top = [(s, v) for s, v in zip(curves["step"], curves["train_top1"]) if v is not None]
+        if top:
+            top1_ax.plot(*zip(*top), lw=1, alpha=0.8, label="training (augmented batch)")
+    if curves["val_step"]:
+        loss_ax.plot(curves["val_step"], curves["val_loss"], "o-", label="validation")
+        top1_ax.plot(curves["val_step"], curves["val_top1"], "o-", label="validation")
+    for ax, name in ((loss_ax, "loss"), (top1_ax, "top-1")):
+        ax.set_xlabel("optimizer step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no training curves recorded for this version", ha="center", transform=ax.transAxes)
+    top1_ax.set_ylim(0, 1.02)
+    _save(fig, path)
+
+
+def _plot_confusion(confusion: np.ndarray, labels: list[str], path: Path) -> None:
+    n = len(labels)
+    rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    size = min(5 + 0.25 * n, 14)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size * 0.9))
+    for ax, values, name in ((axes[0], confusion, "counts"), (axes[1], rows, "share of each true class")):
+        im = ax.imshow(values, cmap="Blues")
+        ax.set_title(name)
+        ax.set_xlabel("said")
+        ax.set_ylabel("true")
+        if n <= 30:
+            ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
+            ax.set_yticks(range(n), labels, fontsize=8)
+        if n <= 15:
+            for i in range(n):
+                for j in range(n):
+                    text = f"{values[i, j]:.2f}" if values is rows else str(values[i, j])
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                            color="white" if values[i, j] > values.max() * 0.6 else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, path)
+
+
+def _plot_localization(loc: dict, rule: str, path: Path) -> None:
+    thresholds = [float(t) for t in loc["gt_known_by_threshold"]]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for k, need in enumerate(IOUS_V2):
+        values = [loc["gt_known_v2_by_threshold"][f"{t:g}"][k] for t in thresholds]
+        ax.plot(thresholds, values, "-" if need == IOU_NEEDED else ":", lw=2 if need == IOU_NEEDED else 1,
+                label=f"GT-known, IoU >= {need}")
+    if rule.startswith("threshold:"):
+        ax.axvline(float(rule.split(":")[1]), color="black", ls="--", lw=1, label=f"served: {rule}")
+    else:
+        ax.axhline(loc["gt_known_loc"], color="black", ls="--", lw=1, label=f"served: {rule} ({loc['gt_known_loc']:.2f})")
+    ax.set_xlabel("threshold (fraction of the CAM's maximum)")
+    ax.set_ylabel("share of boxed validation images")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    area = ax.twinx()
+    area.plot(thresholds, [loc["box_area_ratio_by_threshold"][f"{t:g}"] for t in thresholds], color="grey",
+              lw=1, label="box area / true area (median)")
+    area.axhline(1.0, color="grey", lw=0.5)
+    area.set_ylabel("box area / true area (median)")
+    area.set_yscale("log")
+    lines = ax.get_legend_handles_labels()
+    more = area.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left", bbox_to_anchor=(1.12, 1))
+    ax.set_title(f"localization on {loc['images_with_boxes']} boxed validation images")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _embedded(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _html(figures: dict, folder: Path) -> str:
+    e = html.escape
+    m = figures["metrics"]
+    shown = [(k, m[k]) for k in ("top1", "top5", "loss", "chance_top1", "images", "gt_known_loc", "max_box_acc",
+                                 "max_box_acc_v2", "best_threshold", "images_with_boxes") if k in m]
+    table = "".join(f"<tr><th>{e(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
+                    f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in shown)
+    parts = [f"<h2>Figures</h2><table>{table}<tr><th>box rule</th><td>{e(figures['box_rule'])}</td></tr></table>"]
+    for name, heading in (("curves", "Training"), ("confusion", "Confusion"), ("localization", "Localization")):
+        if (folder / f"{name}.png").is_file():
+            parts.append(f"<h2>{heading}</h2><img alt='{name}' src='{_embedded(folder / f'{name}.png')}'>")
+    groups: dict[str, list] = {}
+    for item in figures["gallery"]:
+        groups.setdefault(item["group"], []).append(item)
+    parts.append("<h2>Validation images</h2><p>CAM of the class the model said; its box (black and white, "
+                 f"the served rule {e(figures['box_rule'])}) and the true box (green).</p>")
+    for group, items in groups.items():
+        cells = "".join(
+            f"<figure><img alt='{e(i['said'])}' src='{_embedded(folder / i['file'])}'><figcaption>true "
+            f"{e(str(i['truth']))} · said {e(i['said'])} ({i['score']:.2f})"
+            + (f" · IoU {i['iou']:.2f}" if i["iou"] is not None else "") + "</figcaption></figure>" for i in items)
+        parts.append(f"<h3>{e(group)}</h3><div class='row'>{cells}</div>")
+    style = ("body{font:14px system-ui,sans-serif;margin:24px;max-width:1100px}img{max-width:100%}"
+             "table{border-collapse:collapse}th,td{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}"
+             ".row{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:200px}figure img{width:200px}"
+             "figcaption{font-size:12px}")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>rescam report: "
+            f"{e(figures['title'])}</title><style>{style}</style></head><body><h1>{e(figures['title'])}</h1>"
+            f"<p>{figures['images']} validation images, {len(figures['labels'])} labels.</p>{''.join(parts)}"
+            "</body></html>\n")
