@@ -349,9 +349,13 @@ function drawCurve(curves) {
   const x = (s) => pad + (w - 2 * pad) * s / maxStep;
   const y = (v, top) => h - pad - (h - 2 * pad) * v / top;
   const line = (xs, ys, top) => xs.map((s, i) => `${x(s).toFixed(1)},${y(ys[i], top).toFixed(1)}`).join(" ");
+  const dots = (xs, ys, top, colour) => xs.map((s, i) =>  // a curve of one point still shows
+    `<circle cx="${x(s).toFixed(1)}" cy="${y(ys[i], top).toFixed(1)}" r="2.5" fill="${colour}"/>`).join("");
+  const top1 = curves.val_top1.map((v) => v ?? 0);
   svg.innerHTML =
     `<polyline fill="none" stroke="#2f6fdb" stroke-width="1.5" points="${line(curves.step, curves.loss, maxLoss)}"/>` +
-    `<polyline fill="none" stroke="#c2410c" stroke-width="2" points="${line(curves.val_step, curves.val_top1.map((v) => v ?? 0), 1)}"/>` +
+    `<polyline fill="none" stroke="#c2410c" stroke-width="2" points="${line(curves.val_step, top1, 1)}"/>` +
+    dots(curves.val_step, top1, 1, "#c2410c") + (curves.step.length < 3 ? dots(curves.step, curves.loss, maxLoss, "#2f6fdb") : "") +
     `<text x="${pad}" y="14" font-size="12" fill="#2f6fdb">training loss (max ${maxLoss.toFixed(2)})</text>` +
     `<text x="${w / 2}" y="14" font-size="12" fill="#c2410c">validation top-1 (0 to 100%)</text>` +
     `<text x="${w - pad}" y="${h - 6}" font-size="11" text-anchor="end" fill="#6b7280">step ${maxStep}</text>`;
@@ -381,10 +385,9 @@ async function watchJob(id) {
     $("job-cancel").hidden = done;
     if (done) {
       const r = job.result;
-      $("job-result").textContent = r
-        ? `v${r.version} · gate ${r.gate.passed ? "passed" : "failed"} (${r.gate.reason}) · ` +
-          (r.deployed ? "deployed" : `not deployed: ${r.not_deployed_because}`)
-        : (job.error || job.state);
+      $("job-result").textContent = !r ? (job.error || job.state)
+        : r.deployed ? `v${r.version} · gate passed (${r.gate.reason}) · deployed`
+        : `v${r.version} · gate ${r.gate && r.gate.passed ? "passed" : "failed"} · not deployed: ${r.not_deployed_because}`;
       loadAdmin();
       loadHealth();
       return;
