@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
 from .card import ModelCard
+from .imaging import release_freed_memory
 from .preprocess import Preprocessing
 from .registry import MODEL_FILE
 
@@ -52,14 +53,6 @@ def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> o
         ort.set_default_logger_severity(2)
 
 
-def _release_freed_memory() -> None:
-    """Give the heap that a dropped session freed back to the OS (glibc keeps it otherwise)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def leave_cores_to_onnxruntime() -> None:
     """One thread for numpy's and scipy's BLAS in this process. OpenBLAS keeps its threads spinning
     for a while after each matrix product; on the cores ONNX Runtime computes on, the spinning made
@@ -67,6 +60,23 @@ def leave_cores_to_onnxruntime() -> None:
     resampling) are small enough that one thread loses nothing. Called by the thread that starts
     the service: threadpoolctl lets the first thread that sets an OpenBLAS limit keep that control."""
     threadpool_limits(1, user_api="blas")
+
+
+SCRATCH_PREFIX = "rescam-ort-"
+
+
+def remove_stale_scratch(older_than_s: float = 600.0) -> list[Path]:
+    """Scratch folders of loads that never finished (the process was killed mid-load; each holds an
+    optimized copy of a model): removed at start. Younger ones may be another worker's load."""
+    gone = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            if time.time() - folder.stat().st_mtime > older_than_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                gone.append(folder)
+        except FileNotFoundError:
+            pass
+    return gone
 
 
 def installed_providers(providers: list[str]) -> list[str]:
@@ -84,7 +94,7 @@ def open_session(model: Path, providers: list[str], graph_optimization: str = "a
     runs the same and holds one copy (resnet50: about 150 MB less; BENCHMARKS.md). The optimized
     file is specific to this machine, so it lives in a temporary folder for the load only."""
     options = _options(graph_optimization, intra_op_threads, inter_op_threads)
-    with tempfile.TemporaryDirectory(prefix="rescam-ort-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         if lean and graph_optimization != "disabled":
             options.optimized_model_filepath = str(optimized)
@@ -99,7 +109,7 @@ def open_session(model: Path, providers: list[str], graph_optimization: str = "a
             del session
             session = _session(optimized, _options("disabled", intra_op_threads, inter_op_threads),
                                ["CPUExecutionProvider"])
-            _release_freed_memory()
+            release_freed_memory()
     return session
 
 

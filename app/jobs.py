@@ -1,8 +1,10 @@
 """Retrain jobs: their state in SQLite, and a runner that runs each job in its own OS process
 (`rescam run-job`, never inside an API worker) and deploys what the promotion gate passed.
 
-States: queued -> running (-> cancelling) -> succeeded | failed | cancelled | interrupted (the
-service stopped while it ran; `resume` queues it again from its last checkpoint). The job's process
+States: queued -> running (-> cancelling) -> finishing -> succeeded | failed | cancelled |
+interrupted (the service stopped while it ran; `resume` queues it again from its last checkpoint).
+A trainer outlives a killed service (its own process group): the next runner on the host adopts
+it, or promotes the result it wrote meanwhile, exactly once. The job's process
 trains, exports, registers and decides the gate (training.job.run_job, through app.jobspec's
 JobSpec and JobResult); the registry gains a version only after training has finished well, so a
 failed or cancelled job leaves it as it was.
@@ -104,15 +106,16 @@ class JobStore:
             db.execute("UPDATE jobs SET state = 'cancelling' WHERE id = ? AND state = 'running'", (job_id,))
         return self.get(job_id)
 
-    def mark_interrupted(self, worker: str) -> int:
-        """Jobs of this worker (host) whose training process is gone: the service stopped while they
-        ran (interrupted, resumable), or while they were being cancelled (cancelled)."""
-        gone = [job for job in self.list(1000)
-                if job["state"] in ACTIVE and job["worker"] == worker and not _alive(job["pid"])]
-        for job in gone:
-            state = "cancelled" if job["state"] == "cancelling" else "interrupted"
-            self.update(job["id"], state=state, finished=time.time(), pid=None)
-        return len(gone)
+    def begin_finish(self, job_id: str) -> str | None:
+        """Take the job's ending for this runner: its state before (running or cancelling), or None
+        when another runner (another worker of this host) took it first."""
+        with self._db() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] not in ACTIVE:
+                return None
+            taken = db.execute("UPDATE jobs SET state = 'finishing' WHERE id = ? AND state = ?",
+                               (job_id, row["state"])).rowcount
+        return row["state"] if taken else None
 
     def requeue(self, job_id: str) -> bool:
         with self._db() as db:
@@ -127,6 +130,25 @@ def _alive(pid: int | None) -> bool:
         os.kill(pid, 0)
         return True
     except OSError:
+        return False
+
+
+def trainer_of(job: dict[str, Any]) -> bool:
+    """Whether the job's recorded pid is still its trainer (a pid can be reused by another program:
+    its command line must name the job)."""
+    if not _alive(job["pid"]):
+        return False
+    try:  # the command line names the spec in the job's run folder, which is named by the job's id
+        return job["id"].encode() in Path(f"/proc/{job['pid']}/cmdline").read_bytes()
+    except OSError:  # no /proc (not Linux): the pid is alive, trust it
+        return True
+
+
+def result_written(job: dict[str, Any]) -> bool:
+    """Whether the job's trainer wrote its result after the job started."""
+    try:
+        return (Path(job["run_dir"]) / "result.json").stat().st_mtime >= (job["started"] or 0)
+    except FileNotFoundError:
         return False
 
 
@@ -189,6 +211,7 @@ class JobRunner:
         self.worker = worker or os.uname().nodename
         self.poll_s, self.processes = poll_s, processes
         self.running: dict[str, subprocess.Popen] = {}
+        self.adopted: dict[str, int] = {}  # trainers started by an earlier runner on this host, by pid
 
     def spec_for(self, job: dict[str, Any]) -> JobSpec:
         """The job's request as a JobSpec: its data set's folder and boxes, its starting weights."""
@@ -246,18 +269,45 @@ class JobRunner:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        if job_id in self.adopted and _alive(self.adopted[job_id]):
+            os.killpg(self.adopted[job_id], signal.SIGTERM)  # its own process group (start_new_session)
 
-    def finish(self, job_id: str, proc: subprocess.Popen) -> None:
+    def recover(self) -> None:
+        """After a restart (or a crash), the jobs this host left running: a trainer still at work is
+        adopted (watched, its slot counted, its result promoted when it ends); a trainer that ended
+        unwatched with its result written is promoted now (its version was registered once, by the
+        trainer); one that ended without a result is interrupted (resumable), or cancelled if it was
+        being cancelled."""
+        for job in self.store.list(1000):
+            if job["state"] not in ACTIVE or job["worker"] != self.worker or job["id"] in self.running:
+                continue
+            if trainer_of(job):
+                self.adopted[job["id"]] = job["pid"]
+                log.info("job %s: adopted its running trainer (pid %d)", job["id"], job["pid"])
+            elif job["state"] == "running" and result_written(job):
+                self.finish(job["id"], 0)
+            else:
+                state = "cancelled" if job["state"] == "cancelling" else "interrupted"
+                self.store.update(job["id"], state=state, finished=time.time(), pid=None)
+
+    def finish(self, job_id: str, returncode: int | None) -> None:
+        """Record how a job's trainer ended: `returncode` None for an adopted trainer (no exit status
+        reaches a runner that did not start it: its result file decides)."""
+        prior = self.store.begin_finish(job_id)
+        if prior is None:
+            return  # another runner ended it
         job = self.store.get(job_id)
         run_dir = Path(job["run_dir"])
         progress = read_progress(run_dir)
-        if job["state"] == "cancelling":
+        if prior == "cancelling":
             self.store.update(job_id, state="cancelled", finished=time.time(), progress=progress)
             return
-        if proc.returncode != 0:
+        if returncode is None and not result_written(job):
+            returncode = -1
+        if returncode:
             tail = (run_dir / "log.txt").read_text()[-2000:] if (run_dir / "log.txt").exists() else ""
             self.store.update(job_id, state="failed", finished=time.time(), progress=progress,
-                              error=f"training exited with {proc.returncode}: {tail}")
+                              error=f"training exited with {returncode}: {tail}")
             return
         try:
             result = JobResult.load(run_dir / "result.json")
@@ -293,23 +343,28 @@ class JobRunner:
                 "metrics": result.metrics, "live_metrics": result.live_metrics}
 
     def tick(self) -> None:
-        for job_id, proc in list(self.running.items()):
+        for job_id, proc in [*self.running.items(), *self.adopted.items()]:
             job = self.store.get(job_id)
+            if job_id in self.adopted and job["state"] not in ACTIVE:
+                del self.adopted[job_id]  # another worker of this host ended it
+                continue
             if job["state"] == "cancelling":
                 self.stop_process(job_id)
-            if proc.poll() is None:
+            alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else trainer_of(job)
+            if alive:
                 self.store.update(job_id, progress=read_progress(Path(job["run_dir"])))
                 continue
-            del self.running[job_id]
-            self.finish(job_id, proc)
-        while len(self.running) < self.slots:
+            self.running.pop(job_id, None)
+            self.adopted.pop(job_id, None)
+            self.finish(job_id, proc.returncode if isinstance(proc, subprocess.Popen) else None)
+        while len(self.running) + len(self.adopted) < self.slots:
             job = self.store.claim(self.worker)
             if job is None:
                 break
             self.start(job)
 
     async def run(self) -> None:
-        self.store.mark_interrupted(self.worker)
+        self.recover()
         loop = asyncio.get_running_loop()
         try:
             while True:

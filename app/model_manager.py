@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Any
 
-from .engine import Engine, ModelLoadError
+from .engine import Engine, ModelLoadError, remove_stale_scratch
 from .metrics import Metrics
 from .registry import Registry, RegistryError
 from .settings import Settings
@@ -127,6 +127,8 @@ class ModelManager:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        for folder in remove_stale_scratch():
+            log.info("removed %s, left by a load that did not finish", folder)
         await loop.run_in_executor(None, self.follow)
         if self.settings.registry_poll_s > 0:
             self.watcher = loop.create_task(self._watch())

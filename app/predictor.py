@@ -71,6 +71,7 @@ class Predictor:
         self.batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms, settings.batching,
                                on_batch=metrics.observe_batch)
         self.configured_rule = settings.configured_rule()
+        self.decode_memory = imaging.MemoryBudget(settings.decode_memory_mb * 2**20, settings.request_timeout_s)
 
     async def start(self) -> None:
         leave_cores_to_onnxruntime()
@@ -84,7 +85,7 @@ class Predictor:
     def prepare(self, engine: Engine, data: bytes) -> Prepared:
         """Decode (ImageError for a bad upload) and crop, resize and normalise as the card says."""
         t0 = time.perf_counter()
-        decoded = imaging.decode(data, self.settings.max_pixels, self.settings.work_max_side)
+        decoded = imaging.decode(data, self.settings.max_pixels, self.settings.work_max_side, self.decode_memory)
         array, window = engine.prep.crop_resize(decoded.image)
         x = engine.prep.normalize(array[None])[0]
         return Prepared(decoded, x, window, (time.perf_counter() - t0) * 1000)

@@ -148,7 +148,7 @@ class DeleteAnswer(BaseModel):
     by: str
 
 
-JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted"]
+JobState = Literal["queued", "running", "cancelling", "finishing", "succeeded", "failed", "cancelled", "interrupted"]
 
 
 class JobRequest(BaseModel):

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # input limits
     max_upload_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 64_000_000  # decompression bombs stop here
+    # memory that image decodes may hold at once in a process (and the most one image may need): a
+    # decode reserves its estimate first, and waits while others hold the rest (app.imaging)
+    decode_memory_mb: int = Field(512, ge=16)
     max_files: int = 16
     # dynamic batching
     batching: bool = True

@@ -29,7 +29,7 @@ class StoredImage:
 
     @property
     def nbytes(self) -> int:
-        return self.image.width * self.image.height * 3 + self.cams.nbytes
+        return self.image.width * self.image.height * 4 + self.cams.nbytes  # Pillow keeps RGB in 4 bytes
 
 
 @dataclass
@@ -98,7 +98,7 @@ class SharedPredictionStore(PredictionStore):
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, self.root / p.id)  # appears whole
         self.puts += 1
-        if self.puts % 64 == 0:
+        if self.puts % 16 == 0:
             self.sweep(time.time())
 
     def get(self, pid: str) -> StoredPrediction | None:
@@ -119,9 +119,21 @@ class SharedPredictionStore(PredictionStore):
                                 BoxRule.parse(meta["rule"]))
 
     def sweep(self, now: float) -> None:
+        """Remove what expired, then the oldest until the folder holds at most the store's budget
+        (every worker sweeps the folder they share; each counts it whole)."""
+        kept = []
         for folder in self.root.iterdir():
             try:
-                if now - folder.stat().st_mtime > self.ttl:
+                age = now - folder.stat().st_mtime
+                if age > self.ttl:
                     shutil.rmtree(folder, ignore_errors=True)
-            except FileNotFoundError:
+                elif not folder.name.startswith("."):  # a prediction being written is left to finish
+                    kept.append((age, sum(f.stat().st_size for f in folder.iterdir()), folder))
+            except FileNotFoundError:  # another worker swept it
                 pass
+        total = sum(size for _, size, _ in kept)
+        for _, size, folder in sorted(kept, key=lambda k: -k[0]):  # oldest first
+            if total <= self.max_bytes:
+                break
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size

@@ -20,6 +20,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def git_tree(revision: str, folder: Path) -> Iterator[Path]:
+    """A checkout of `revision` in folder/base (a git worktree) while the block runs."""
+    base = folder / "base"
+    subprocess.run(["git", "worktree", "add", "--detach", str(base), revision], cwd=ROOT, check=True,
+                   capture_output=True)
+    try:
+        yield base
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
 
 
 class Server:

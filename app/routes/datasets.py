@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from ..datasets import Limits
 from ..imaging import decode
 from ..schemas import DatasetAnswer, DatasetList, ErrorAnswer, SampleAnswer
-from .deps import AdminDep, RetrainingDep, SettingsDep
+from .deps import AdminDep, PredictorDep, RetrainingDep, SettingsDep
 from .uploads import read_limited, read_uploads, upload_body
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
@@ -53,7 +53,8 @@ async def upload_dataset(request: Request, retraining: RetrainingDep, settings: 
 
 @router.post("/{name}/samples", status_code=201, response_model=SampleAnswer,
              openapi_extra=upload_body("image/*", "application/octet-stream", description="the sample's image"))
-async def add_sample(name: str, request: Request, retraining: RetrainingDep, settings: SettingsDep, actor: AdminDep,
+async def add_sample(name: str, request: Request, retraining: RetrainingDep, predictor: PredictorDep,
+                     settings: SettingsDep, actor: AdminDep,
                      label: Annotated[str, Query(description="the sample's class")],
                      x0: Annotated[float | None, Query(
                          description="the object's box in the image's pixels (after EXIF orientation): all four "
@@ -66,7 +67,8 @@ async def add_sample(name: str, request: Request, retraining: RetrainingDep, set
     if any(v is None for v in corners) and any(v is not None for v in corners):
         raise HTTPException(422, "a box needs all of x0, y0, x1, y1")
     _, data = (await read_uploads(request, settings.max_upload_bytes, 1))[0]
-    decoded = await asyncio.get_running_loop().run_in_executor(None, decode, data, settings.max_pixels, 64)
+    decoded = await asyncio.get_running_loop().run_in_executor(None, decode, data, settings.max_pixels, 64,
+                                                               predictor.decode_memory)
     if not retraining.datasets.path(name).is_dir():
         raise HTTPException(404, f"no dataset {name!r}")
     box = None if x0 is None else corners

@@ -8,6 +8,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 RAW_TYPES = ("image/", "application/octet-stream")
+MULTIPART_OVERHEAD = 64 * 1024  # part headers and boundaries beside the files themselves
 
 
 def upload_body(*raw_types: str, description: str) -> dict:
@@ -29,16 +30,33 @@ async def read_limited(stream, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def capped(request: Request, limit: int) -> Request:
+    """The same request, its body cut off with a 413 once it passes `limit` bytes: a chunked body
+    (no Content-Length) is refused while it arrives, not after it was parsed and spooled to disk."""
+    received = 0
+
+    async def receive():
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise HTTPException(413, f"the request body is larger than the limit of {limit} bytes")
+        return message
+
+    return Request(request.scope, receive)
+
+
 async def read_uploads(request: Request, max_bytes: int, max_files: int, allowed: tuple[str, ...] = RAW_TYPES
                        ) -> list[tuple[str, bytes]]:
     """The files of a request: multipart parts named `file` (or `files`), or the raw body."""
     content_type = request.headers.get("content-type", "").lower()
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes * max(1, max_files):
+    limit = max_bytes * max(1, max_files) + MULTIPART_OVERHEAD
+    if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"upload is larger than the limit of {max_bytes} bytes per file")
     if content_type.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=max_files, max_fields=50, max_part_size=1024 * 1024)
+            form = await capped(request, limit).form(max_files=max_files, max_fields=50, max_part_size=1024 * 1024)
         except MultiPartException as e:
             raise HTTPException(400, f"malformed multipart body: {e.message}") from None
         files = [v for k, v in form.multi_items() if k in ("file", "files") and isinstance(v, UploadFile)]

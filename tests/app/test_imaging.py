@@ -89,3 +89,67 @@ def test_bad_inputs_raise_clear_errors(data, status):
     with pytest.raises(ImageError) as e:
         decode(data, LIMIT, 1024)
     assert e.value.status == status and e.value.message
+
+
+def png_of(im: Image.Image, **info) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["I;16", "1", "P", "RGBA", "L", "RGB"])
+def test_big_images_are_reduced_in_their_own_mode_to_the_same_picture(mode):
+    """A 3000x2000 image reduced before conversion gives the picture a full-size conversion gives."""
+    rng = np.random.default_rng(1)
+    base = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).resize((3000, 2000), Image.NEAREST)
+    if mode == "I;16":
+        im = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    else:
+        im = base.convert(mode)
+    decoded = decode(png_of(im), 10_000_000, 500)
+    assert (decoded.width, decoded.height) == (3000, 2000) and decoded.image.width == 500
+    reference = decode(png_of(im), 10_000_000, 5000).image.resize(decoded.image.size, Image.Resampling.BOX)
+    diff = np.abs(np.asarray(decoded.image, dtype=np.int16) - np.asarray(reference, dtype=np.int16))
+    assert diff.mean() < 8, (mode, diff.mean())  # the same picture, up to the filters (1-bit: dithered, 4.5)
+
+
+def test_a_reduced_image_keeps_its_exif_orientation():
+    im = Image.fromarray(np.full((2000, 3000), 1000, np.uint16))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    decoded = decode(png_of(im, exif=exif), 10_000_000, 500)
+    assert (decoded.width, decoded.height) == (2000, 3000) and decoded.image.height == 500
+
+
+def test_the_decode_memory_budget_refuses_what_exceeds_it_and_waits_for_the_rest():
+    import threading
+    import time
+
+    from app.imaging import MemoryBudget, decode_bytes
+
+    big = png_of(Image.new("RGBA", (4000, 4000), (1, 2, 3, 255)))
+    assert decode_bytes(Image.open(io.BytesIO(big))) == 4000 * 4000 * 8  # loaded, and its premultiplied copy
+    with pytest.raises(ImageError) as e:
+        decode(big, 64_000_000, 1024, MemoryBudget(100 * 2**20))
+    assert e.value.status == 413 and "122 MB to decode" in e.value.message
+    budget = MemoryBudget(200 * 2**20, wait_s=0.2)
+    with budget.reserve(150 * 2**20, "another upload"):
+        with pytest.raises(ImageError) as e:  # the budget stays busy past the wait
+            decode(big, 64_000_000, 1024, budget)
+        assert e.value.status == 503
+    budget.wait_s = 5
+    held = threading.Event()
+
+    def hold():
+        with budget.reserve(150 * 2**20, "another upload"):
+            held.set()
+            time.sleep(0.3)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    start = time.monotonic()
+    assert decode(big, 64_000_000, 1024, budget).image.size == (1024, 1024)  # it waited its turn
+    assert time.monotonic() - start >= 0.2
+    t.join()
+    assert budget.used == 0

@@ -108,3 +108,4 @@ def follows_a_deploy(registry, base: str) -> None:
     for _ in range(12):
         with urllib.request.urlopen(base + cam_url, timeout=10) as r:
             assert r.status == 200 and r.read()[:4] == b"\x89PNG"
+

@@ -380,3 +380,77 @@ def test_a_job_spec_names_absolute_paths_whatever_the_settings_say(tiny_model, t
     for path in (spec.run_dir, spec.registry, spec.data.removeprefix("folder:"), spec.boxes_csv, spec.init):
         assert Path(path).is_absolute() and Path(path).resolve().is_relative_to(tmp_path.resolve()), path
     assert spec.settings == {"lr": 0.01} and spec.model_name == "default"
+
+
+def test_a_trainer_outlives_a_killed_service_and_its_result_is_promoted_once(env):
+    """The service dies (no runner stops anything); its trainer goes on in its own process group.
+    The next runner adopts it, and the result is registered and deployed once, however many runners
+    (workers of the host) look."""
+    from app.jobs import JobRunner, JobStore, trainer_of
+
+    registry, settings = env
+    store = JobStore(settings.data_root / "jobs.sqlite")
+    deployed = []
+
+    def runner():
+        return JobRunner(store, registry, "default", settings.data_root, 1, 0.5,
+                         lambda version, *a, **k: deployed.append(version), poll_s=0.1)
+
+    from app.datasets import Datasets, Limits
+
+    data = dataset_zip(40, val_per_class=30, coloured=True)  # learnt in a few steps: the gate lets force deploy it
+    Datasets(settings.data_root / "datasets").import_zip("shapes", data, Limits(2**30, 10_000, 2**31))
+    job = store.create({"dataset": "shapes", **SMALL_JOB, "deploy": True, "force": True}, settings.data_root / "runs")
+    first = runner()
+    first.tick()  # starts the trainer
+    pid = store.get(job["id"])["pid"]
+    del first  # the service is gone: nothing stopped the trainer
+    second, third = runner(), runner()  # the restarted service's workers
+    second.recover()
+    third.recover()
+    assert second.adopted == third.adopted == {job["id"]: pid}
+    assert store.get(job["id"])["state"] == "running"
+    second.tick()
+    assert not second.running  # its one slot is the adopted trainer's: nothing new started
+    deadline = time.time() + 240
+    while store.get(job["id"])["state"] == "running":
+        assert time.time() < deadline
+        second.tick()
+        third.tick()
+        time.sleep(0.2)
+    done = store.get(job["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["version"] == 2 and registry.versions("default") == [1, 2]
+    assert deployed == [2], done["result"]  # once, though two runners watched
+    runner().recover()  # a later restart finds nothing to do
+    assert deployed == [2] and store.get(job["id"])["state"] == "succeeded"
+    assert not trainer_of(store.get(job["id"]))  # ended (here a zombie of this test process: nobody waited)
+
+
+def test_a_result_written_while_no_service_ran_is_promoted_at_the_next_start(env):
+    from app.datasets import Datasets, Limits
+    from app.jobs import JobRunner, JobStore, trainer_of
+
+    registry, settings = env
+    store = JobStore(settings.data_root / "jobs.sqlite")
+    deployed = []
+    data = dataset_zip(40, val_per_class=30, coloured=True)
+    Datasets(settings.data_root / "datasets").import_zip("shapes", data, Limits(2**30, 10_000, 2**31))
+    job = store.create({"dataset": "shapes", **SMALL_JOB, "force": True}, settings.data_root / "runs")
+
+    def runner():
+        return JobRunner(store, registry, "default", settings.data_root, 1, 0.5,
+                         lambda version, *a, **k: deployed.append(version))
+
+    first = runner()
+    first.tick()
+    del first  # the service died; the trainer finishes on its own
+    deadline = time.time() + 240
+    while trainer_of(store.get(job["id"])):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    runner().recover()
+    done = store.get(job["id"])
+    assert done["state"] == "succeeded" and done["result"]["version"] == 2 and deployed == [2], done
+    runner().recover()
+    assert deployed == [2]

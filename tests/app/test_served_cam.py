@@ -107,3 +107,23 @@ def test_lean_cpu_session_computes_what_the_optimizing_session_does(tiny_model):
     for lean_out, plain_out in zip(*outputs):
         assert lean_out.shape == plain_out.shape
         np.testing.assert_allclose(lean_out, plain_out, rtol=0, atol=1e-5)
+
+
+def test_a_starting_service_removes_the_scratch_of_loads_that_never_finished(tiny_model, tmp_path, monkeypatch):
+    import os
+    import tempfile
+    import time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, fresh = tmp_path / "rescam-ort-killed", tmp_path / "rescam-ort-loading-now"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "optimized.onnx").write_bytes(b"x" * 1000)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+
+    async def go(predictor):
+        return predictor.models.engine.version
+
+    assert run(with_predictor(tiny_model, go)) == 1
+    assert not stale.exists() and fresh.exists()  # another worker's load in progress is left alone
