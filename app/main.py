@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await retraining.stop()
             await models_.stop()
             await predictor.stop()
+            metrics.process_ended()
 
     # Swagger UI and ReDoc from the assets fastapi-offline ships: /docs works with no network
     app = FastAPIOffline(title="rescam", version="0.1.0", lifespan=lifespan,

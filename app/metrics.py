@@ -1,8 +1,16 @@
-"""Prometheus metrics, one registry per app (so tests and several apps in a process don't collide)."""
+"""Prometheus metrics, one registry per app (so tests and several apps in a process don't collide).
+
+Under `rescam serve --workers N` every worker is its own process: with PROMETHEUS_MULTIPROC_DIR
+set (the CLI sets it), each writes its values to files there and a scrape of any worker adds
+them all up (prometheus_client's multiprocess mode)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -21,10 +29,25 @@ class Metrics:
                              registry=r)
         self.batch_size = Histogram("rescam_batch_size", "images per inference batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        # one series per live worker in multiprocess mode (each may briefly serve another version)
         self.model_version = Gauge("rescam_model_version", "the live model version", ["model", "provider"],
-                                   registry=r)
+                                   registry=r, multiprocess_mode="liveall")
         self.images = Counter("rescam_images", "images answered", ["outcome"], registry=r)
 
     def observe_batch(self, size: int, ms: float) -> None:
         self.batch_size.observe(size)
         self.inference.observe(ms / 1000)
+
+    def exposition(self) -> bytes:
+        """The scrape: this process's metrics, or every worker's when they are several."""
+        if os.environ.get(MULTIPROCESS):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def process_ended() -> None:
+        """A worker stops: its live gauges leave the scrape."""
+        if os.environ.get(MULTIPROCESS):
+            multiprocess.mark_process_dead(os.getpid())

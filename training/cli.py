@@ -196,8 +196,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     os.environ["RESCAM_REGISTRY"] = args.registry
     os.environ["RESCAM_MODEL_NAME"] = args.name
-    if args.workers > 1:  # an overlay URL may reach any worker
+    if args.workers > 1:  # an overlay URL, and a scrape, may reach any worker
         os.environ.setdefault("RESCAM_PREDICTION_STORE", "shared")
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a fresh folder: no counts from an earlier run
+            import tempfile
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rescam-prometheus-")
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="info")
 

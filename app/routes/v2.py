@@ -10,37 +10,19 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from .. import oip
+from ..oip import InferRequest
 from ..schemas import ErrorAnswer
-from .deps import EngineDep, ModelsDep, require_predict_token
+from .deps import EngineDep, ModelsDep, SettingsDep, require_predict_token
+from .uploads import read_limited
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_predict_token)],
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"],
                    responses={s: {"model": ErrorAnswer} for s in (400, 401, 403, 404, 503)})
-DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.uint8, "INT32": np.int32,
-             "INT64": np.int64}
-
-
-class InferInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
-
-
-class RequestedOutput(BaseModel):
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferRequest(BaseModel):
-    id: str | None = None
-    inputs: list[InferInput] = Field(min_length=1)
-    outputs: list[RequestedOutput] | None = None
-    parameters: dict[str, Any] | None = None
+TOKEN = [Depends(require_predict_token)]  # the model routes, as /v1/predict; health stays open to probes
 
 
 class ServerMetadata(BaseModel):
@@ -77,7 +59,8 @@ class ModelReady(BaseModel):
 
 
 class OutputTensor(TensorMetadata):
-    data: list[float]
+    data: list[float] | None = None
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size, for a binary output")
 
 
 class InferResponse(BaseModel):
@@ -87,14 +70,9 @@ class InferResponse(BaseModel):
     outputs: list[OutputTensor]
 
 
-def _check_name(engine, name: str) -> None:
-    if name != engine.name:
-        raise HTTPException(404, f"model {name!r} is not served here; this server serves {engine.name!r}")
-
-
 @router.get("", response_model=ServerMetadata)
 def server_metadata() -> dict:
-    return {"name": "rescam", "version": "0.1.0", "extensions": []}
+    return {"name": "rescam", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/health/live", response_model=Liveness)
@@ -108,9 +86,15 @@ def ready(models: ModelsDep) -> JSONResponse:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/models/{name}", response_model=ModelMetadata)
-def model_metadata(name: str, engine: EngineDep) -> dict:
-    _check_name(engine, name)
+def _model(name: str, version: str | None, engine) -> None:
+    """The live model answers by its name, and by its version when one is named."""
+    if name != engine.name:
+        raise HTTPException(404, f"model {name!r} is not served here; this server serves {engine.name!r}")
+    if version is not None and version != str(engine.version):
+        raise HTTPException(404, f"{name} version {version} is not loaded; version {engine.version} serves")
+
+
+def metadata(engine) -> dict:
     n, side = len(engine.labels), engine.prep.crop
     h, w = engine.card.cam_size
     return {"name": engine.name, "versions": [str(engine.version)], "platform": "onnxruntime_onnx",
@@ -119,36 +103,74 @@ def model_metadata(name: str, engine: EngineDep) -> dict:
                         {"name": "cam", "datatype": "FP32", "shape": [-1, n, h, w]}]}
 
 
-@router.get("/models/{name}/ready", response_model=ModelReady)
+@router.get("/models/{name}", response_model=ModelMetadata, dependencies=TOKEN)
+def model_metadata(name: str, engine: EngineDep) -> dict:
+    _model(name, None, engine)
+    return metadata(engine)
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, dependencies=TOKEN)
+def version_metadata(name: str, version: str, engine: EngineDep) -> dict:
+    _model(name, version, engine)
+    return metadata(engine)
+
+
+@router.get("/models/{name}/ready", response_model=ModelReady, dependencies=TOKEN)
 def model_ready(name: str, engine: EngineDep) -> dict:
-    _check_name(engine, name)
+    _model(name, None, engine)
     return {"name": name, "ready": engine.warm}
 
 
-@router.post("/models/{name}/infer", response_model=InferResponse)
-async def infer(name: str, body: InferRequest, engine: EngineDep) -> dict:
-    _check_name(engine, name)
-    item = next((i for i in body.inputs if i.name == "input"), None)
-    if item is None:
-        raise HTTPException(400, f"no input named 'input' (got {[i.name for i in body.inputs]})")
-    if item.datatype not in DATATYPES:
-        raise HTTPException(400, f"unsupported datatype {item.datatype}")
-    side = engine.prep.crop
-    if len(item.shape) != 4 or item.shape[1:] != [3, side, side] or item.shape[0] < 1:
-        raise HTTPException(400, f"input shape must be [N, 3, {side}, {side}], got {item.shape}")
+@router.get("/models/{name}/versions/{version}/ready", response_model=ModelReady, dependencies=TOKEN)
+def version_ready(name: str, version: str, engine: EngineDep) -> dict:
+    _model(name, version, engine)
+    return {"name": name, "ready": engine.warm}
+
+
+INFER = {"dependencies": TOKEN, "response_model": InferResponse, "openapi_extra": {"requestBody": {
+    "required": True, "description": f"JSON, or a JSON header of `{oip.HEADER_LENGTH}` bytes followed by the binary "
+                                     "tensors it names (the binary tensor data extension)",
+    "content": {"application/json": {"schema": InferRequest.model_json_schema()},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}}
+
+
+@router.post("/models/{name}/infer", **INFER)
+async def infer(name: str, request: Request, engine: EngineDep, settings: SettingsDep):
+    return await run_inference(name, None, request, engine, settings)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **INFER)
+async def infer_version(name: str, version: str, request: Request, engine: EngineDep, settings: SettingsDep):
+    return await run_inference(name, version, request, engine, settings)
+
+
+async def run_inference(name: str, version: str | None, request: Request, engine, settings) -> Response:
+    _model(name, version, engine)
+    body = await read_limited(request.stream(), settings.max_upload_bytes * settings.max_files)
     try:
-        x = np.asarray(item.data, dtype=DATATYPES[item.datatype]).astype(np.float32).reshape(item.shape)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise HTTPException(400, f"input data does not fit datatype {item.datatype} and shape {item.shape}: {e}") \
-            from None
+        parsed, arrays = oip.parse(body, request.headers.get(oip.HEADER_LENGTH))
+    except oip.ProtocolError as e:
+        raise HTTPException(400, str(e)) from None
+    if "input" not in arrays:
+        raise HTTPException(400, f"no input named 'input' (got {sorted(arrays)})")
+    side = engine.prep.crop
+    shape = list(arrays["input"].shape)
+    if len(shape) != 4 or shape[1:] != [3, side, side] or shape[0] < 1:
+        raise HTTPException(400, f"input shape must be [N, 3, {side}, {side}], got {shape}")
+    with np.errstate(over="ignore", invalid="ignore"):  # what does not fit float32 is refused just below
+        x = np.ascontiguousarray(arrays["input"], dtype=np.float32)
     if not np.isfinite(x).all():
         raise HTTPException(400, "input data must be finite numbers (no NaN or infinity)")
-    wanted = {o.name for o in body.outputs} if body.outputs else {"logits", "cam"}
-    unknown = wanted - {"logits", "cam"}
+    wanted = [o.name for o in parsed.outputs] if parsed.outputs else ["logits", "cam"]
+    unknown = set(wanted) - {"logits", "cam"}
     if unknown:
         raise HTTPException(400, f"unknown outputs {sorted(unknown)}; this model has 'logits' and 'cam'")
     # in a worker thread: the event loop keeps serving while the model runs
     logits, cams = await asyncio.get_running_loop().run_in_executor(None, engine.run, x)
-    outputs = [{"name": k, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()}
-               for k, v in (("logits", logits), ("cam", cams)) if k in wanted]
-    return {"model_name": engine.name, "model_version": str(engine.version), "id": body.id, "outputs": outputs}
+    computed = {"logits": logits, "cam": cams}
+    content, header_length = oip.encode({"model_name": engine.name, "model_version": str(engine.version),
+                                         "id": parsed.id}, {k: computed[k] for k in wanted}, parsed)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream",
+                    headers={oip.HEADER_LENGTH: str(header_length)})

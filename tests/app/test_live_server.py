@@ -7,6 +7,7 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 from tests.conftest import shape_jpeg
@@ -108,4 +109,40 @@ def follows_a_deploy(registry, base: str) -> None:
     for _ in range(12):
         with urllib.request.urlopen(base + cam_url, timeout=10) as r:
             assert r.status == 200 and r.read()[:4] == b"\x89PNG"
+    # a scrape of either worker counts both workers' images (Prometheus multiprocess mode)
+    for _ in range(11):
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+    for _ in range(4):  # new connections: either worker answers
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        answered = [float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith('rescam_images_total{outcome="answered"}')]
+        assert answered == [12.0], answered
 
+
+
+def test_a_stock_tritonclient_call_works(server, tiny_model):
+    """Triton's own HTTP client with its defaults: binary tensors in and out (the binary tensor data
+    extension), the versionless and the versioned routes."""
+    import onnxruntime as ort
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("default")
+    assert client.get_model_metadata("default")["versions"] == [str(tiny_model.version)]
+    x = np.random.default_rng(3).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    given = triton.InferInput("input", list(x.shape), "FP32")
+    given.set_data_from_numpy(x)  # binary_data=True: the client's default
+    result = client.infer("default", [given])
+    session = ort.InferenceSession(str(tiny_model.export / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits, cams = session.run(["logits", "cam"], {"input": x})
+    np.testing.assert_allclose(result.as_numpy("logits"), logits, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(result.as_numpy("cam"), cams, rtol=0, atol=1e-4)
+    versioned = client.infer("default", [given], model_version=str(tiny_model.version),
+                             outputs=[triton.InferRequestedOutput("logits", binary_data=False)])
+    np.testing.assert_allclose(versioned.as_numpy("logits"), logits, rtol=0, atol=1e-4)
+    assert versioned.as_numpy("cam") is None
+    with pytest.raises(InferenceServerException, match="version 9 is not loaded"):
+        client.infer("default", [given], model_version="9")

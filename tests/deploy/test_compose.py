@@ -61,6 +61,14 @@ def test_a_host_without_a_gpu_drops_the_reservations():
         assert not config["services"][name].get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
 
 
+def test_replicas_share_their_predictions(spec):
+    """`--scale api=3`: an overlay URL may reach another replica than the one that answered the
+    predict, so predictions are kept in the data volume all replicas mount."""
+    api = spec["services"]["api"]
+    assert api["environment"]["RESCAM_PREDICTION_STORE"] == "shared"
+    assert api["environment"]["RESCAM_DATA_ROOT"] == "/srv/data" and "data:/srv/data" in api["volumes"]
+
+
 def test_no_secret_is_in_the_file_or_the_images(spec):
     text = (ROOT / "docker-compose.yml").read_text()
     assert "RESCAM_ADMIN_TOKEN" not in text.replace("RESCAM_ADMIN_TOKEN=...", "")
