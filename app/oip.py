@@ -107,3 +107,21 @@ def encode(head: dict[str, Any], outputs: dict[str, np.ndarray], request: InferR
         described.append(entry)
     header = json.dumps({**head, "outputs": described}).encode()
     return header + b"".join(blobs), len(header) if blobs else None
+
+
+def request_schema() -> dict[str, Any]:
+    """InferRequest's JSON schema with its definitions inlined (OpenAPI cannot resolve `#/$defs`
+    inside a request body declared by hand)."""
+    schema = InferRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)

@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from .. import oip
-from ..oip import InferRequest
 from ..schemas import ErrorAnswer
 from .deps import EngineDep, ModelsDep, SettingsDep, require_predict_token
 from .uploads import read_limited
@@ -130,7 +129,7 @@ def version_ready(name: str, version: str, engine: EngineDep) -> dict:
 INFER = {"dependencies": TOKEN, "response_model": InferResponse, "openapi_extra": {"requestBody": {
     "required": True, "description": f"JSON, or a JSON header of `{oip.HEADER_LENGTH}` bytes followed by the binary "
                                      "tensors it names (the binary tensor data extension)",
-    "content": {"application/json": {"schema": InferRequest.model_json_schema()},
+    "content": {"application/json": {"schema": oip.request_schema()},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}}
 
 
