@@ -32,6 +32,7 @@ from .predictor import NotFound, Overloaded, Predictor
 from .registry import RegistryError, UnknownVersion
 from .retraining import JobRefused, Retraining
 from .routes import admin, datasets, health, jobs, models, predict, reports, v2
+from .routes.uploads import BodyLimit
 from .settings import Settings
 
 log = logging.getLogger("rescam")
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Swagger UI and ReDoc from the assets fastapi-offline ships: /docs works with no network
     app = FastAPIOffline(title="rescam", version="0.1.0", lifespan=lifespan,
                          description="ResNet classification with class-activation maps and CAM boxes.")
+    app.add_middleware(BodyLimit, settings=settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])

@@ -1,6 +1,7 @@
 """Schemathesis over the service's own OpenAPI: every operation, generated cases and stateful
 sequences (predict, then fetch its overlays; register, deploy, roll back, delete), with the admin
-token, with the prediction token and with none, counting answers that are server errors (5xx).
+token, with the prediction token and with none, counting answers that are server errors (5xx);
+predicts across deploys; kill -9 during a training job and during deploys.
 
     .venv/bin/python bench/reliability.py --examples 100
 
@@ -67,6 +68,74 @@ def load_across_deploys(port: int, seconds: float, clients: int = 8) -> dict:
                                     "deploys": changes, "clients": clients, "seconds": seconds}}
 
 
+def kill_during_training_and_deploys(root: Path, env: dict) -> dict:
+    """kill -9 of a live service during a training job, and during deploys: how long until it is
+    ready again, and whether the job ends with its model registered and deployed once."""
+    import signal
+    import time
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT))
+    from tests.app.test_retrain import dataset_zip  # a small, learnable data set
+
+    port = free_port()
+    registry = root / "registry"
+    log = open(root / "kill.log", "a")
+
+    def serve() -> tuple[subprocess.Popen, float]:
+        start = time.monotonic()
+        p = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--registry",
+                              str(registry)], cwd=ROOT, env={**env, "RESCAM_RUN_JOBS": "true"}, stdout=log,
+                             stderr=subprocess.STDOUT)
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                return p, time.monotonic() - start
+            except OSError:
+                time.sleep(0.1)
+
+    def call(method: str, path: str, data: bytes | None = None, kind: str = "application/json") -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={
+            "Authorization": f"Bearer {TOKENS['admin']}", "Content-Type": kind})
+        return json.loads(urllib.request.urlopen(req, timeout=60).read())
+
+    server, _ = serve()
+    call("POST", "/v1/datasets?name=shapes", dataset_zip(60, val_per_class=40, coloured=True), "application/zip")
+    versions_before = len(call("GET", "/v1/models")["versions"])
+    job = call("POST", "/v1/jobs", json.dumps({"dataset": "shapes", "architecture": "resnet8", "image_size": 32,
+                                               "batch_size": 16, "epochs": 12, "force": True}).encode())
+    while not (call("GET", f"/v1/jobs/{job['id']}").get("progress") or {}).get("step"):
+        time.sleep(0.3)
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+    server, ready_s = serve()
+    while call("GET", f"/v1/jobs/{job['id']}")["state"] in ("running", "finishing"):
+        time.sleep(0.5)
+    done = call("GET", f"/v1/jobs/{job['id']}")
+    registered = len(call("GET", "/v1/models")["versions"]) - versions_before
+    deploy_kills = []
+    for k in range(6):  # deploys in flight when the process dies
+        versions = [v["version"] for v in call("GET", "/v1/models")["versions"]]
+        target = versions[k % len(versions)]
+        deploying = subprocess.Popen([sys.executable, "-c", "import sys, urllib.request as u; u.urlopen(u.Request("
+                                             f"'http://127.0.0.1:{port}/v1/models/{target}/deploy', method='POST', "
+                                             f"headers={{'Authorization': 'Bearer {TOKENS['admin']}'}}))"],
+                                            stderr=subprocess.DEVNULL)
+        time.sleep(0.05 * k)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        deploying.wait()
+        server, ready_s_deploy = serve()
+        live = call("GET", "/v1/models")["deployed"]
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
+        deploy_kills.append({"ready_s": round(ready_s_deploy, 2), "serving": health["model"]["version"], "live": live})
+    server.terminate()
+    server.wait(10)
+    return {"kill_during_training": {"ready_again_s": round(ready_s, 2), "job": done["state"],
+                                     "registered": registered, "deployed": (done["result"] or {}).get("deployed")},
+            "kill_during_deploys": deploy_kills}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--examples", type=int, default=100, help="examples per operation and phase")
@@ -112,7 +181,8 @@ def main() -> None:
                 server.terminate()
                 server.wait(10)
         errors = [line for line in (Path(tmp) / "server.log").read_text().splitlines() if " 500 " in line]
-        print(json.dumps({"server_log_500_lines": len(errors), "first": errors[:3]}))
+        print(json.dumps({"server_log_500_lines": len(errors), "first": errors[:3]}), flush=True)
+        print(json.dumps(kill_during_training_and_deploys(Path(tmp), env)))
 
 
 if __name__ == "__main__":

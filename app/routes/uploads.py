@@ -3,12 +3,15 @@ and how such a body is declared in the OpenAPI (so that `/docs` can upload one).
 
 from __future__ import annotations
 
+import json
+
 from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 RAW_TYPES = ("image/", "application/octet-stream")
 MULTIPART_OVERHEAD = 64 * 1024  # part headers and boundaries beside the files themselves
+JSON_BODY_LIMIT = 1024 * 1024  # any other body: a job request, a deploy's reason
 
 
 def upload_body(*raw_types: str, description: str) -> dict:
@@ -30,20 +33,44 @@ async def read_limited(stream, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def capped(request: Request, limit: int) -> Request:
-    """The same request, its body cut off with a 413 once it passes `limit` bytes: a chunked body
-    (no Content-Length) is refused while it arrives, not after it was parsed and spooled to disk."""
-    received = 0
+class BodyLimit:
+    """ASGI middleware: every request body is counted as it arrives and cut off with a 413 past its
+    route's limit, with or without a Content-Length (a chunked body is refused while it arrives,
+    not after it was read, parsed and spooled to disk)."""
 
-    async def receive():
-        nonlocal received
-        message = await request.receive()
-        received += len(message.get("body", b""))
-        if received > limit:
-            raise HTTPException(413, f"the request body is larger than the limit of {limit} bytes")
-        return message
+    def __init__(self, app, settings) -> None:
+        self.app, self.settings = app, settings
 
-    return Request(request.scope, receive)
+    def limit(self, method: str, path: str) -> int:
+        s = self.settings
+        if method == "POST" and path == "/v1/datasets":
+            return s.max_dataset_bytes + MULTIPART_OVERHEAD
+        if method == "POST" and (path in ("/v1/predict",) or path.endswith(("/samples", "/infer"))):
+            return s.max_upload_bytes * max(1, s.max_files) + MULTIPART_OVERHEAD
+        return JSON_BODY_LIMIT  # admin requests: a job, a deploy's reason
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit(scope["method"], scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            body = json.dumps({"error": f"the request body is larger than the limit of {limit} bytes",
+                               "status": 413}).encode()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, f"the request body is larger than the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 async def read_uploads(request: Request, max_bytes: int, max_files: int, allowed: tuple[str, ...] = RAW_TYPES
@@ -56,7 +83,7 @@ async def read_uploads(request: Request, max_bytes: int, max_files: int, allowed
         raise HTTPException(413, f"upload is larger than the limit of {max_bytes} bytes per file")
     if content_type.startswith("multipart/form-data"):
         try:
-            form = await capped(request, limit).form(max_files=max_files, max_fields=50, max_part_size=1024 * 1024)
+            form = await request.form(max_files=max_files, max_fields=50, max_part_size=1024 * 1024)
         except MultiPartException as e:
             raise HTTPException(400, f"malformed multipart body: {e.message}") from None
         files = [v for k, v in form.multi_items() if k in ("file", "files") and isinstance(v, UploadFile)]

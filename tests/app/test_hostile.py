@@ -104,3 +104,18 @@ def test_one_auth_rule_on_every_route(client):
             wrong = c.request(method.upper(), url, headers={"authorization": f"Bearer {ADMIN if inference else PREDICT}"})
             assert wrong.status_code == 403, (method, path, wrong.status_code)  # the other token does not do
     assert checked >= 18
+
+
+def test_admin_bodies_are_bounded_as_they_arrive(client):
+    """A 22 MB job request (issue 13) is cut off at 1 MB, declared or chunked; nothing is queued."""
+    c, _ = client
+    admin = {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+    huge = json.dumps({"dataset": "synthetic", "options": {"synthetic_train": 1}, "pad": "x" * (2 << 20)}).encode()
+    declared = c.post("/v1/jobs", content=huge, headers=admin)
+    assert declared.status_code == 413 and "larger than the limit" in declared.json()["error"]
+    chunked = c.post("/v1/jobs", content=iter([huge[i:i + 65536] for i in range(0, len(huge), 65536)]),
+                     headers=admin)
+    assert chunked.status_code == 413, chunked.text
+    reason = c.post("/v1/models/1/deploy", json={"reason": "r" * 5000}, headers=admin)
+    assert reason.status_code == 422  # a reason is at most 2,000 characters
+    assert c.get("/v1/jobs", headers=admin).json()["jobs"] == []
