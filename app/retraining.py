@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import DatasetError, Datasets, check_name
-from .jobs import JobRunner, JobStore
+from .job_store import JobStore
+from .jobs import JobRunner
 from .jobspec import JOB_SETTINGS
 from .model_manager import ModelManager, cancel
 from .schemas import JobRequest

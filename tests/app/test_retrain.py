@@ -367,7 +367,8 @@ def test_job_options_are_allow_listed(env, options):
 def test_a_job_spec_names_absolute_paths_whatever_the_settings_say(tiny_model, tmp_path, monkeypatch):
     """The job's process runs in its run folder: relative settings (the defaults: registry, data)
     must not be read from there."""
-    from app.jobs import JobRunner, JobStore
+    from app.job_store import JobStore
+    from app.jobs import JobRunner
 
     shutil.copytree(tiny_model.registry, tmp_path / "registry")
     (tmp_path / "data" / "datasets" / "pets").mkdir(parents=True)
@@ -386,7 +387,8 @@ def test_a_trainer_outlives_a_killed_service_and_its_result_is_promoted_once(env
     """The service dies (no runner stops anything); its trainer goes on in its own process group.
     The next runner adopts it, and the result is registered and deployed once, however many runners
     (workers of the host) look."""
-    from app.jobs import JobRunner, JobStore, trainer_of
+    from app.job_store import JobStore
+    from app.jobs import JobRunner, trainer_of
 
     registry, settings = env
     store = JobStore(settings.data_root / "jobs.sqlite")
@@ -429,7 +431,8 @@ def test_a_trainer_outlives_a_killed_service_and_its_result_is_promoted_once(env
 
 def test_a_result_written_while_no_service_ran_is_promoted_at_the_next_start(env):
     from app.datasets import Datasets, Limits
-    from app.jobs import JobRunner, JobStore, trainer_of
+    from app.job_store import JobStore
+    from app.jobs import JobRunner, trainer_of
 
     registry, settings = env
     store = JobStore(settings.data_root / "jobs.sqlite")
