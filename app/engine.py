@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -79,6 +83,26 @@ def remove_stale_scratch(older_than_s: float = 600.0) -> list[Path]:
     return gone
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+@functools.cache
+def preload_gpu_libraries() -> tuple[str, ...]:
+    """Load the CUDA, cuBLAS, cuFFT, cuRAND and cuDNN libraries of the `nvidia-*` wheels (the
+    `gpu` extra) before the first GPU session, so that the CUDA provider finds them without
+    LD_LIBRARY_PATH (`onnxruntime.preload_dlls`). Returns the ones that did not load: none in the
+    API image; all of them on a machine without those wheels, where the CPU serves."""
+    if not hasattr(ort, "preload_dlls"):
+        return ()
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):  # it prints what it could not load; the log says it once
+        ort.preload_dlls()
+    missing = tuple(re.findall(r"Failed to load (\S+?):", said.getvalue()))
+    if missing:
+        log.info("GPU libraries not found (%s): a GPU provider will not load here", ", ".join(missing))
+    return missing
+
+
 def installed_providers(providers: list[str]) -> list[str]:
     """The providers this ONNX Runtime build has, in the asked order; the CPU if none."""
     available = set(ort.get_available_providers())
@@ -129,6 +153,8 @@ class Engine:
              lean: bool = True) -> Engine:
         start = time.perf_counter()
         wanted = installed_providers(providers)
+        if wanted[0] in GPU_PROVIDERS:
+            preload_gpu_libraries()
         try:
             session = open_session(directory / MODEL_FILE, wanted, graph_optimization, intra_op_threads,
                                    inter_op_threads, lean)

@@ -6,8 +6,9 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY models ./models
 COPY training ./training
-# The serving install from the README: the core package, without the training extra.
-RUN python -m venv /opt/rescam && /opt/rescam/bin/pip install --no-cache-dir .
+# The serving install from the README, with the libraries ONNX Runtime's CUDA provider loads (the
+# gpu extra: CUDA 13, cuBLAS, cuFFT, cuRAND, cuDNN 9 wheels); the driver comes from the host.
+RUN python -m venv /opt/rescam && /opt/rescam/bin/pip install --no-cache-dir ".[gpu]"
 
 FROM python:3.11.11-slim-bookworm
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin rescam \

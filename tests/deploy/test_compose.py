@@ -99,9 +99,9 @@ def test_dockerfile_installs_are_the_readmes_commands():
     readme = (ROOT / "README.md").read_text()
     api = (ROOT / "docker" / "api.Dockerfile").read_text()
     trainer = (ROOT / "docker" / "trainer.Dockerfile").read_text()
-    for command in ("pip install --no-cache-dir .", "pip install --no-cache-dir torch==2.13.0",
+    for command in ('pip install --no-cache-dir ".[gpu]"', "pip install --no-cache-dir torch==2.13.0",
                     'pip install --no-cache-dir ".[train]"'):
         assert command in readme, command
-    assert "pip install --no-cache-dir ." in api
+    assert 'pip install --no-cache-dir ".[gpu]"' in api  # the CUDA provider's libraries (tests/deploy/test_cuda_image.py)
     assert all("torch" not in line for line in api.splitlines() if "pip install" in line)  # serving: no torch
     assert "pip install --no-cache-dir torch==2.13.0" in trainer and 'pip install --no-cache-dir ".[train]"' in trainer
