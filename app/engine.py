@@ -69,11 +69,13 @@ def leave_cores_to_onnxruntime() -> None:
 SCRATCH_PREFIX = "rescam-ort-"
 
 
-def remove_stale_scratch(older_than_s: float = 600.0) -> list[Path]:
+def remove_stale_scratch(scratch: Path | None = None, older_than_s: float = 600.0) -> list[Path]:
     """Scratch folders of loads that never finished (the process was killed mid-load; each holds an
-    optimized copy of a model): removed at start. Younger ones may be another worker's load."""
+    optimized copy of a model), in `scratch` (the data root's tmp/) and the system's temporary
+    folder (where older versions put them): removed at start. Younger ones may be another worker's."""
     gone = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+    places = [p for p in (scratch, Path(tempfile.gettempdir())) if p is not None and p.is_dir()]
+    for folder in (f for place in places for f in place.glob(f"{SCRATCH_PREFIX}*")):
         try:
             if time.time() - folder.stat().st_mtime > older_than_s:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -110,15 +112,18 @@ def installed_providers(providers: list[str]) -> list[str]:
 
 
 def open_session(model: Path, providers: list[str], graph_optimization: str = "all", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, lean: bool = True) -> ort.InferenceSession:
+                 inter_op_threads: int = 0, lean: bool = True, scratch: Path | None = None) -> ort.InferenceSession:
     """An ONNX Runtime session on the first of `providers` (see installed_providers) that loads.
 
     lean: on the CPU provider, a session that optimized the graph itself keeps the original weights
     beside their re-laid-out copies; the graph it wrote out, loaded with no further optimization,
     runs the same and holds one copy (resnet50: about 150 MB less; BENCHMARKS.md). The optimized
-    file is specific to this machine, so it lives in a temporary folder for the load only."""
+    file is specific to this machine, so it lives in a temporary folder (in `scratch`, else the
+    system's) for the load only."""
     options = _options(graph_optimization, intra_op_threads, inter_op_threads)
-    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as tmp:
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=scratch) as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         if lean and graph_optimization != "disabled":
             options.optimized_model_filepath = str(optimized)
@@ -150,14 +155,14 @@ class Engine:
     @classmethod
     def load(cls, directory: Path, card: ModelCard, name: str, version: int, providers: list[str],
              intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization: str = "all",
-             lean: bool = True) -> Engine:
+             lean: bool = True, scratch: Path | None = None) -> Engine:
         start = time.perf_counter()
         wanted = installed_providers(providers)
         if wanted[0] in GPU_PROVIDERS:
             preload_gpu_libraries()
         try:
             session = open_session(directory / MODEL_FILE, wanted, graph_optimization, intra_op_threads,
-                                   inter_op_threads, lean)
+                                   inter_op_threads, lean, scratch)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many kinds; all mean "does not load"
             raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
         engine = cls(name, version, card, session, session.get_providers()[0], 0.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from .engine import Engine, ModelLoadError, remove_stale_scratch
@@ -30,6 +31,7 @@ class ModelManager:
         self.settings = settings
         self.name = settings.model_name
         self.registry = Registry(settings.registry)
+        self.scratch = Path(settings.data_root) / "tmp"  # optimized copies of models while they load
         self.metrics = metrics
         self.engine: Engine | None = None
         self.load_error: str | None = None
@@ -54,7 +56,7 @@ class ModelManager:
         except RegistryError as e:
             raise ModelLoadError(str(e)) from e
         return Engine.load(directory, card, self.name, version, s.providers, s.intra_op_threads,
-                           s.inter_op_threads, s.graph_optimization, s.lean_cpu_session)
+                           s.inter_op_threads, s.graph_optimization, s.lean_cpu_session, self.scratch)
 
     def swap(self, engine: Engine) -> None:
         """Make `engine` live. Requests already running keep the engine they started with."""
@@ -127,7 +129,7 @@ class ModelManager:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for folder in remove_stale_scratch():
+        for folder in remove_stale_scratch(self.scratch):
             log.info("removed %s, left by a load that did not finish", folder)
         await loop.run_in_executor(None, self.follow)
         if self.settings.registry_poll_s > 0:

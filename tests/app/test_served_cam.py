@@ -110,20 +110,25 @@ def test_lean_cpu_session_computes_what_the_optimizing_session_does(tiny_model):
 
 
 def test_a_starting_service_removes_the_scratch_of_loads_that_never_finished(tiny_model, tmp_path, monkeypatch):
+    """Loads keep their scratch under the data root (tmp/); what a killed load left there, or in the
+    system's temporary folder, goes at the next start."""
     import os
     import tempfile
     import time
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    stale, fresh = tmp_path / "rescam-ort-killed", tmp_path / "rescam-ort-loading-now"
-    for folder in (stale, fresh):
-        folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system"))
+    data_root = tmp_path / "data"
+    stale = [tmp_path / "system" / "rescam-ort-killed", data_root / "tmp" / "rescam-ort-killed"]
+    fresh = data_root / "tmp" / "rescam-ort-loading-now"
+    for folder in (*stale, fresh):
+        folder.mkdir(parents=True)
         (folder / "optimized.onnx").write_bytes(b"x" * 1000)
-    old = time.time() - 3600
-    os.utime(stale, (old, old))
+        if folder != fresh:
+            os.utime(folder, (time.time() - 3600,) * 2)
 
     async def go(predictor):
         return predictor.models.engine.version
 
-    assert run(with_predictor(tiny_model, go)) == 1
-    assert not stale.exists() and fresh.exists()  # another worker's load in progress is left alone
+    assert run(with_predictor(tiny_model, go, data_root=data_root)) == 1
+    assert not any(f.exists() for f in stale) and fresh.exists()  # another worker's load is left alone
+    assert (data_root / "tmp").is_dir() and not list((tmp_path / "system").iterdir())
