@@ -27,11 +27,14 @@ class NotDeployed(Exception):
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, keep_scratch_in_data_root: bool = True
+                 ) -> None:
         self.settings = settings
         self.name = settings.model_name
         self.registry = Registry(settings.registry)
-        self.scratch = Path(settings.data_root) / "tmp"  # optimized copies of models while they load
+        # optimized copies of models while they load: under the service's data root, or (a one-off
+        # use that should leave no folder behind) the system's temporary folder
+        self.scratch = Path(settings.data_root) / "tmp" if keep_scratch_in_data_root else None
         self.metrics = metrics
         self.engine: Engine | None = None
         self.load_error: str | None = None

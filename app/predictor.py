@@ -204,7 +204,7 @@ async def standalone(settings: Settings) -> AsyncIterator[Predictor]:
     """A started predictor on the registry's live model, without HTTP, a registry watcher or a job
     runner: for `rescam predict`, benchmarks and tests."""
     metrics = Metrics()
-    models = ModelManager(settings.model_copy(update={"registry_poll_s": 0}), metrics)
+    models = ModelManager(settings.model_copy(update={"registry_poll_s": 0}), metrics, keep_scratch_in_data_root=False)
     predictor = Predictor(settings, models, metrics)
     await predictor.start()
     await models.start()

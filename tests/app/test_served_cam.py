@@ -126,9 +126,14 @@ def test_a_starting_service_removes_the_scratch_of_loads_that_never_finished(tin
         if folder != fresh:
             os.utime(folder, (time.time() - 3600,) * 2)
 
-    async def go(predictor):
-        return predictor.models.engine.version
+    from app.model_manager import ModelManager
+    from app.settings import Settings
 
-    assert run(with_predictor(tiny_model, go, data_root=data_root)) == 1
+    async def start() -> int:
+        models = ModelManager(Settings(registry=tiny_model.registry, data_root=data_root, registry_poll_s=0))
+        await models.start()
+        return models.engine.version
+
+    assert run(start()) == 1
     assert not any(f.exists() for f in stale) and fresh.exists()  # another worker's load is left alone
     assert (data_root / "tmp").is_dir() and not list((tmp_path / "system").iterdir())
