@@ -171,7 +171,7 @@ def main() -> None:
                                "--continue-on-failure", "--seed", "1"]
                     if token:
                         command += ["-H", f"Authorization: Bearer {token}"]
-                    out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+                    out = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=tmp)  # its cache too
                     summary = re.search(r"(\d+) generated, (.*)", out.stdout)
                     print(json.dumps({"token": who, "exit": out.returncode,
                                       "cases": int(summary.group(1)) if summary else None,
