@@ -12,7 +12,6 @@ import base64
 import json
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from . import cam, overlay
@@ -38,17 +37,10 @@ def answer(engine: Engine, image: Image.Image, true_box: list[float] | None) -> 
     """One version's answer on one image: the label, its score, its box and the drawing."""
     array, window = engine.prep.crop_resize(image)
     logits, cams = engine.run(engine.prep.normalize(array[None]))
-    probs = softmax(logits[0].astype(np.float64))
+    probs = softmax(logits[0])
     said = int(probs.argmax())
-    found = cam.class_boxes(cams[0], [said], window, image.width, image.height, engine.card.box_rule)[0]
-    box = found[0].as_list() if found else None
-    scale = max(1.0, SHOWN_SIDE / max(image.size))
-    size = (round(image.width * scale), round(image.height * scale))
-    g = window.scaled(*size)
-    drawn = overlay.render(image.resize(size, Image.Resampling.BILINEAR), cam.heatmap(cams[0, said], g),
-                           [[v * scale for v in box]] if box else [], engine.labels[said])
-    if true_box is not None:
-        overlay.draw_true_box(drawn, [v * scale for v in true_box])
+    drawn, box = overlay.answer_picture(image, cams[0], said, window, engine.card.box_rule, engine.labels[said],
+                                        true_box, SHOWN_SIDE)
     png, _ = overlay.encode(drawn, "png")
     return {"said": engine.labels[said], "score": round(float(probs[said]), 4),
             "box": [round(v, 1) for v in box] if box else None,

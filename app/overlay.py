@@ -93,6 +93,23 @@ def draw_true_box(image: Image.Image, box: list[float]) -> Image.Image:
     return image
 
 
+def answer_picture(image: Image.Image, cams: np.ndarray, index: int, window: cam.Geometry, rule: BoxRule, label: str,
+                   true_box: list[float] | None = None, min_side: int = 224) -> tuple[Image.Image, list[float] | None]:
+    """One answer drawn on `image` (the picture `window` maps the model's input into): the CAM of
+    class `index`, its box under `rule` with `label`, and the true box (in `image`'s pixels) in
+    green; enlarged to at least `min_side` so that small inputs can be read. Returns the drawing
+    and the box in `image`'s pixels (None when the map has no region)."""
+    found = cam.class_boxes(cams, [index], window, image.width, image.height, rule)[0]
+    box = found[0].as_list() if found else None
+    scale = max(1.0, min_side / max(image.size))
+    size = (round(image.width * scale), round(image.height * scale))
+    drawn = render(image.resize(size, Image.Resampling.BILINEAR), cam.heatmap(cams[index], window.scaled(*size)),
+                   [[v * scale for v in box]] if box else [], label)
+    if true_box is not None:
+        draw_true_box(drawn, [v * scale for v in true_box])
+    return drawn, box
+
+
 def cam_picture(item: StoredImage, index: int, label: str, fmt: str, rule: BoxRule, alpha: float = 0.5,
                 cmap: str = "turbo", max_side: int = 1024) -> tuple[bytes, str]:
     """A kept image's CAM of class `index`, encoded as `fmt`: png/jpeg/webp overlays (the heatmap

@@ -53,6 +53,8 @@ class Prepared:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Scores from one image's logits, in float64."""
+    logits = logits.astype(np.float64)
     e = np.exp(logits - logits.max())
     return e / e.sum()
 
@@ -103,7 +105,7 @@ class Predictor:
                     ) -> ImageAnswer:
         """Scores, the top-k labels and each one's CAM boxes in the original image's pixels."""
         t0 = time.perf_counter()
-        probs = softmax(result.logits.astype(np.float64))
+        probs = softmax(result.logits)
         top = [int(i) for i in np.argsort(-probs)[: opts.top_k]]
         boxes = self.boxes(result.cams, top, p, opts) if opts.boxes else [None] * len(top)
         predictions = [LabelAnswer(label=engine.labels[i], index=i, score=round(float(probs[i]), 6), boxes=b)

@@ -35,6 +35,7 @@ from PIL import Image  # noqa: E402
 
 from app import cam, overlay  # noqa: E402
 from app.jobs import read_curves  # noqa: E402
+from app.predictor import softmax  # noqa: E402
 from app.registry import CARD_FILE, REPORT_DIR  # noqa: E402
 
 from .compare import Scored, scored_images  # noqa: E402
@@ -88,7 +89,7 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
     rows = []  # per image: index, truth, prediction, its probability, the served box's IoU
     kept: dict[int, Scored] = {}
     for s in images:
-        probs = _softmax(s.logits)
+        probs = softmax(s.logits)
         pred = int(probs.argmax())
         boxed = s.truth is not None and bool(np.isfinite(s.box).all())
         overlap = None
@@ -118,11 +119,6 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
     return figures
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits.astype(np.float64) - logits.max())
-    return e / e.sum()
-
-
 def _gallery(rows: list[tuple], confusion: np.ndarray, labels: tuple[str, ...]) -> dict[str, list[int]]:
     """Validation images worth a look: the best (right, and the best box), the worst (wrong with the
     most confidence; else right with the least) and the most confused pair of classes."""
@@ -147,25 +143,19 @@ def _gallery_item(group: str, s: Scored, image: np.ndarray, card, out: Path) -> 
     """The image as the model saw it (the crop), the CAM of the predicted class over it, the served
     box and the true box, all in the crop's pixels."""
     side = image.shape[0]
-    crop = cam.Geometry.full(side, side)
-    probs = _softmax(s.logits)
+    probs = softmax(s.logits)
     pred = int(probs.argmax())
-    big = max(side, 192)  # small inputs are drawn larger, so the boxes and text can be read
-    picture = Image.fromarray(image).resize((big, big), Image.Resampling.BILINEAR)
-    g = crop.scaled(big, big)
-    found = cam.class_boxes(s.cams, [pred], crop, big, big, card.box_rule)[0]
-    drawn = overlay.render(picture, cam.heatmap(s.cams[pred], g), [b.as_list() for b in found[:1]],
-                           card.labels[pred])
     true_box = None
     if np.isfinite(s.box).all():
         w = s.window
         true_box = [float((s.box[0] - w.left) * side / w.width), float((s.box[1] - w.top) * side / w.height),
                     float((s.box[2] - w.left) * side / w.width), float((s.box[3] - w.top) * side / w.height)]
-        overlay.draw_true_box(drawn, [v * big / side for v in true_box])
+    drawn, box = overlay.answer_picture(Image.fromarray(image), s.cams, pred, cam.Geometry.full(side, side),
+                                        card.box_rule, card.labels[pred], true_box, min_side=192)
     name = f"{len(list((out / 'gallery').iterdir())):02d}.png"
     drawn.save(out / "gallery" / name)
     Image.fromarray(image).save(out / "images" / name)
-    served = [round(v * side / big, 1) for v in found[0].as_list()] if found else None
+    served = [round(v, 1) for v in box] if box else None
     return {"group": group, "file": f"gallery/{name}", "image": f"images/{name}", "index": s.index,
             "truth": None if s.truth is None else card.labels[s.truth], "said": card.labels[pred],
             "score": round(float(probs[pred]), 4), "served_box": served, "true_box": true_box,
