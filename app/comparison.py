@@ -50,11 +50,9 @@ def answer(engine: Engine, image: Image.Image, true_box: list[float] | None) -> 
 
 def figures(models: ModelManager, version: int) -> dict[str, Any]:
     card = models.registry.card(models.name, version)
-    has_report = (models.registry.version_dir(models.name, version) / REPORT_DIR / "index.html").is_file()
     return {"version": version, "architecture": card.architecture, "labels": len(card.labels),
             "box_rule": str(card.box_rule), "created": card.created,
-            "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)},
-            "report": f"/v1/models/{version}/report/index.html" if has_report else None}
+            "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)}}
 
 
 def compare(models: ModelManager, a: int, b: int) -> dict[str, Any]:

@@ -72,6 +72,11 @@ class Registry:
         except CardError as e:
             raise RegistryError(f"model {model!r} v{version} has a broken card: {e}") from None
 
+    def report_index(self, model: str, version: int) -> Path | None:
+        """The version's report page (training/report.py), when it has one."""
+        index = self.version_dir(model, version) / REPORT_DIR / "index.html"
+        return index if index.is_file() else None
+
     def register(self, model: str, source: str | Path) -> int:
         """Copy source/{model.onnx, card.json} in as the next version; the new directory appears
         whole or not at all."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..model_manager import ModelManager
-from ..registry import REPORT_DIR, RegistryError, UnknownVersion
+from ..registry import RegistryError, UnknownVersion
 from ..schemas import ErrorAnswer, ModelDetail, ModelList, ModelSummary
 from .deps import ModelsDep
+from .reports import report_url
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -22,10 +23,9 @@ def summary(models: ModelManager, version: int, deployed: int | None, with_card:
         raise
     except RegistryError as e:
         return ModelDetail(**base, broken=str(e))
-    has_report = (models.registry.version_dir(models.name, version) / REPORT_DIR / "index.html").is_file()
     return ModelDetail(**base, architecture=card.architecture, labels=list(card.labels), metrics=card.metrics,
                        created=card.created, card=card.to_dict() if with_card else None,
-                       report=f"/v1/models/{version}/report/index.html" if has_report else None)
+                       report=report_url(models, version))
 
 
 @router.get("", response_model=ModelList)

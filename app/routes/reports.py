@@ -11,12 +11,18 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from ..comparison import compare
+from ..model_manager import ModelManager
 from ..registry import REPORT_DIR
 from ..schemas import Comparison, ErrorAnswer
 from .deps import AdminDep, ModelsDep
 
 router = APIRouter(prefix="/v1/models", tags=["reports"], responses={s: {"model": ErrorAnswer} for s in (401, 403, 404)})
 MEDIA = {".html": "text/html", ".png": "image/png", ".json": "application/json"}
+
+
+def report_url(models: ModelManager, version: int) -> str | None:
+    """Where a version's report page is served, when it has one."""
+    return f"{router.prefix}/{version}/report/index.html" if models.registry.report_index(models.name, version) else None
 
 
 @router.get("/{version}/report/{path:path}", response_class=FileResponse, responses={200: {"content": {
@@ -35,4 +41,7 @@ def report_file(version: int, path: str, models: ModelsDep, actor: AdminDep) -> 
 async def compare_versions(a: int, b: int, models: ModelsDep, actor: AdminDep) -> dict[str, Any]:
     """Both versions' figures, and both versions' answers (label, score, box, drawn overlay) on the
     same validation images: those of b's report, else a's."""
-    return await asyncio.get_running_loop().run_in_executor(None, compare, models, a, b)
+    answer = await asyncio.get_running_loop().run_in_executor(None, compare, models, a, b)
+    for side in ("a", "b"):
+        answer[side]["report"] = report_url(models, answer[side]["version"])
+    return answer
