@@ -46,14 +46,15 @@ LOADED = {"1": 1, "L": 1, "P": 1, "I;16": 3, "I;16B": 3, "I;16L": 3, "I;16N": 3}
 TO_REDUCE = {"1": 1, "P": 4, "RGBA": 4, "LA": 4, "PA": 4, "La": 4, "RGBa": 4}
 
 
-def decode_bytes(im: Image.Image) -> int:
+def decode_bytes(im: Image.Image, stored_size: tuple[int, int] | None = None) -> int:
     """The memory decoding `im` (opened, not loaded; drafted when a JPEG) holds at its peak, about:
     the image at its decoded size, what reducing it costs, and a progressive JPEG's coefficients
-    (libjpeg keeps every coefficient of the full-size image: 2 bytes a sample)."""
+    (libjpeg keeps every coefficient of the image at its stored size, `stored_size` when drafted:
+    2 bytes a sample)."""
     w, h = im.size
     need = w * h * (LOADED.get(im.mode, 4) + TO_REDUCE.get(im.mode, 0))
     if im.format in ("JPEG", "MPO") and im.info.get("progressive"):
-        full_w, full_h = getattr(im, "_size_before_draft", im.size)
+        full_w, full_h = stored_size or im.size
         need += full_w * full_h * len(im.getbands()) * 2
     return need
 
@@ -162,10 +163,9 @@ def decode(data: bytes, max_pixels: int, work_side: int, memory: MemoryBudget = 
             if w * h > max_pixels:
                 raise ImageError(413, f"image has {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
             if fmt in ("JPEG", "MPO") and max(w, h) > work_side:
-                im._size_before_draft = (w, h)
                 im.draft("RGB" if im.mode != "CMYK" else "CMYK",
                          (max(1, w * work_side // max(w, h)), max(1, h * work_side // max(w, h))))
-            with memory.reserve(decode_bytes(im), f"a {w}x{h} {im.mode} {fmt}"):
+            with memory.reserve(decode_bytes(im, (w, h)), f"a {w}x{h} {im.mode} {fmt}"):
                 im.load()
                 reduced = reduce_in_mode(im, work_side)
                 del im

@@ -8,6 +8,7 @@ started with across a deploy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -159,7 +160,7 @@ class Predictor:
         started = time.perf_counter()
         engine = self.models.live()
         rule, source = self.rule_for(engine, opts.rule)
-        opts = Options(opts.top_k, opts.cams, opts.boxes, rule, opts.all_boxes, opts.min_area)
+        opts = dataclasses.replace(opts, rule=rule)
         outcomes = await asyncio.gather(*(self.predict_image(engine, f, d, opts) for f, d in uploads))
         pid = uuid.uuid4().hex
         kept = []

@@ -4,6 +4,7 @@ runner (through `rescam run-job SPEC`) all run jobs here; deploying is the calle
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -75,8 +76,9 @@ def run_job(spec: JobSpec) -> JobResult | None:
             live_metrics = evaluate_onnx(registry.version_dir(spec.model_name, live), cfg)
         version = registry.register(spec.model_name, export)
     decision = gate(metrics, live_metrics, spec.gate_margin, result.labels)
-    return _saved(JobResult(result.checkpoint, True, round(time.time() - start, 1), metrics, result.labels,
-                            str(export), version, live, live_metrics, decision), run_dir)
+    return _saved(dataclasses.replace(result, seconds=round(time.time() - start, 1), export=str(export),
+                                      version=version, live_version=live, live_metrics=live_metrics, gate=decision),
+                  run_dir)
 
 
 def _saved(result: JobResult, run_dir: Path) -> JobResult:
