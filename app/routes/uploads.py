@@ -45,7 +45,9 @@ class BodyLimit:
         s = self.settings
         if method == "POST" and path == "/v1/datasets":
             return s.max_dataset_bytes + MULTIPART_OVERHEAD
-        if method == "POST" and (path in ("/v1/predict",) or path.endswith(("/samples", "/infer"))):
+        if method == "POST" and path.endswith("/samples"):  # one image
+            return s.max_upload_bytes + MULTIPART_OVERHEAD
+        if method == "POST" and (path == "/v1/predict" or path.endswith("/infer")):
             return s.max_upload_bytes * max(1, s.max_files) + MULTIPART_OVERHEAD
         return JSON_BODY_LIMIT  # admin requests: a job, a deploy's reason
 
@@ -75,12 +77,10 @@ class BodyLimit:
 
 async def read_uploads(request: Request, max_bytes: int, max_files: int, allowed: tuple[str, ...] = RAW_TYPES
                        ) -> list[tuple[str, bytes]]:
-    """The files of a request: multipart parts named `file` (or `files`), or the raw body."""
+    """The files of a request, each at most `max_bytes`: multipart parts named `file` (or
+    `files`), or the raw body."""
     content_type = request.headers.get("content-type", "").lower()
-    declared = request.headers.get("content-length")
-    limit = max_bytes * max(1, max_files) + MULTIPART_OVERHEAD
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload is larger than the limit of {max_bytes} bytes per file")
+    # the body as a whole is bounded as it arrives (BodyLimit); each file is checked here
     if content_type.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=max_files, max_fields=50, max_part_size=1024 * 1024)
