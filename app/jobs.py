@@ -57,18 +57,26 @@ def result_written(job: dict[str, Any]) -> bool:
         return False
 
 
-def read_progress(run_dir: Path) -> dict[str, Any] | None:
-    """The trainer's latest step and epoch lines from its metrics.jsonl."""
+def metrics_records(metrics_jsonl: Path | None, last: int | None = None) -> list[dict[str, Any]]:
+    """The trainer's metrics.jsonl records (the `last` ones only, when given); none when there is
+    no file yet."""
     try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        lines = metrics_jsonl.read_text().splitlines() if metrics_jsonl is not None else []
     except FileNotFoundError:
-        return None
-    latest: dict[str, Any] = {}
-    for line in lines[-50:]:
+        return []
+    records = []
+    for line in lines[-last:] if last else lines:
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line being written
+    return records
+
+
+def read_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The trainer's latest step and epoch lines from its metrics.jsonl."""
+    latest: dict[str, Any] = {}
+    for record in metrics_records(run_dir / "metrics.jsonl", last=50):
         if record.get("event") == "step":
             latest.update({k: record.get(k) for k in ("epoch", "step", "total_steps", "loss", "lr",
                                                        "images_per_s", "eta_s")})
@@ -84,13 +92,7 @@ def read_curves(metrics_jsonl: Path | None) -> dict[str, list]:
     """Training loss and top-1 at each logged step, validation loss and top-1 at each epoch's end."""
     curves: dict[str, list] = {"step": [], "loss": [], "train_top1": [], "val_step": [], "val_loss": [],
                                "val_top1": []}
-    if metrics_jsonl is None or not metrics_jsonl.is_file():
-        return curves
-    for line in metrics_jsonl.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for r in metrics_records(metrics_jsonl):
         if r.get("event") == "step" and r.get("loss") is not None:
             curves["step"].append(r["step"])
             curves["loss"].append(r["loss"])
