@@ -57,22 +57,26 @@ def _config(args: argparse.Namespace):
     return config_for(job_spec(args))
 
 
-def deploy_after_job(result, registry_root: str, name: str, policy: str) -> None:
-    """auto: only a model's first version goes live; gate: when the promotion gate passed."""
+def apply_deploy_policy(registry_root: str, name: str, version: int, policy: str, first: bool,
+                        gate: dict | None = None) -> None:
+    """After registering `version`: auto deploys only a model's first version; always deploys;
+    gate deploys when the promotion gate passed; never does not."""
     from app.registry import Registry
 
-    if result is None or result.version is None:
-        return
     registry = Registry(registry_root)
-    go = policy == "always" or (policy == "auto" and result.live_version is None) or \
-        (policy == "gate" and result.gate["passed"])
-    if go:
-        reason = "first version" if result.live_version is None else f"--deploy {policy}: {result.gate['reason']}"
-        registry.deploy(name, result.version, actor="cli", reason=reason, gate=result.gate)
-        print(f"registered and deployed {name} v{result.version} in {registry_root}", file=sys.stderr)
+    why = f"; gate: {gate['reason']}" if gate else ""
+    if policy == "always" or (policy == "auto" and first) or (policy == "gate" and gate and gate["passed"]):
+        reason = "first version" if policy == "auto" else f"--deploy {policy}{why}"
+        registry.deploy(name, version, actor="cli", reason=reason, **({"gate": gate} if gate else {}))
+        print(f"registered and deployed {name} v{version} in {registry_root}", file=sys.stderr)
     else:
-        print(f"registered {name} v{result.version} in {registry_root} (live stays v{registry.deployed(name)}; "
-              f"gate: {result.gate['reason']})", file=sys.stderr)
+        print(f"registered {name} v{version} in {registry_root} (live stays v{registry.deployed(name)}{why})",
+              file=sys.stderr)
+
+
+def deploy_after_job(result, registry_root: str, name: str, policy: str) -> None:
+    if result is not None and result.version is not None:
+        apply_deploy_policy(registry_root, name, result.version, policy, result.live_version is None, result.gate)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -116,16 +120,13 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def register(export_dir: Path, registry: str, name: str, deploy: str) -> int:
-    """Register an export; deploy it if asked, or if it is the model's first version."""
+    """Register an export, then deploy it as `deploy` says (apply_deploy_policy)."""
     from app.registry import Registry
 
     reg = Registry(registry)
+    first = reg.deployed(name) is None
     version = reg.register(name, export_dir)
-    if deploy == "always" or (deploy == "auto" and reg.deployed(name) is None):
-        reg.deploy(name, version, actor="cli", reason="first version" if deploy == "auto" else "--deploy always")
-        print(f"registered and deployed {name} v{version} in {registry}")
-    else:
-        print(f"registered {name} v{version} in {registry} (live stays v{reg.deployed(name)})")
+    apply_deploy_policy(registry, name, version, deploy, first)
     return version
 
 
