@@ -334,6 +334,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     progress.close()
     if world > 1:
         dist.barrier()
+        # leave the group before the interpreter exits: gloo's threads torn down at exit can abort a
+        # process that has finished its work ("terminate called without an active exception")
+        dist.destroy_process_group()
     return checkpoint_path
 
 
