@@ -10,7 +10,6 @@ import time.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .card import CardError
 from .datasets import DatasetError
 from .engine import ModelLoadError
 from .imaging import ImageError
-from .metrics import Metrics
+from .metrics import CountRequests, Metrics
 from .model_manager import ModelManager, NotDeployed
 from .predictor import NotFound, Overloaded, Predictor
 from .registry import RegistryError, UnknownVersion
@@ -81,23 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            metrics = getattr(request.app.state, "metrics", None)
-            if metrics is not None:
-                labels = (request.method, path, str(status))
-                metrics.requests.labels(*labels).inc()
-                metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+    app.add_middleware(CountRequests)  # outermost: every request is counted, refused ones too
 
     def answer(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)

@@ -7,6 +7,7 @@ them all up (prometheus_client's multiprocess mode)."""
 from __future__ import annotations
 
 import os
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -51,3 +52,32 @@ class Metrics:
         """A worker stops: its live gauges leave the scrape."""
         if os.environ.get(MULTIPROCESS):
             multiprocess.mark_process_dead(os.getpid())
+
+
+class CountRequests:
+    """ASGI middleware: each request counted and timed by method, route template and status.
+    Plain ASGI rather than `@app.middleware("http")`, whose wrapping of every request and response
+    in tasks and streams cost about a millisecond of CPU per prediction (BENCHMARKS.md, peers)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def sent(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            metrics = getattr(scope["app"].state, "metrics", None)
+            if metrics is not None:
+                labels = (scope["method"], getattr(scope.get("route"), "path", "unmatched"), str(status))
+                metrics.requests.labels(*labels).inc()
+                metrics.latency.labels(*labels).observe(time.perf_counter() - start)
