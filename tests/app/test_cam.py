@@ -95,6 +95,26 @@ def test_box_rules_cut_each_map_where_they_say():
     assert boxes_from_heatmap(np.zeros((4, 4), np.float32), BoxRule("otsu")) == []
 
 
+def test_mass_threshold_is_the_running_sum_of_the_sorted_pixels():
+    """The binned search gives exactly what sorting every pixel and walking down their running sum
+    gives, on smooth CAM-like maps, maps full of ties, skewed maps and tiny ones."""
+    from app.cam import mass_threshold, resize_bilinear
+
+    def by_sorting(heat, share):
+        values = np.sort(heat[heat > 0], axis=None)[::-1]
+        running = np.cumsum(values, dtype=np.float64)
+        return float(values[min(int(np.searchsorted(running, share * running[-1])), values.size - 1)])
+
+    rng = np.random.default_rng(12)
+    maps = [normalize(resize_bilinear(rng.normal(size=(7, 7)).astype(np.float32), 120, 160)) for _ in range(40)]
+    maps += [np.round(rng.random((30, 40)) * 4).astype(np.float32) / 4 for _ in range(20)]  # ties
+    maps += [(rng.random((25, 25)) ** 8).astype(np.float32) for _ in range(20)]
+    maps += [rng.random((rng.integers(1, 4), rng.integers(1, 4))).astype(np.float32) for _ in range(20)]
+    for heat in maps:
+        for share in (0.01, 0.25, 0.5, 0.9, 0.999):
+            assert mass_threshold(heat, share) == by_sorting(heat, share)
+
+
 @pytest.mark.parametrize("text, rule", [("mass:0.5", ("mass", 0.5)), ("otsu", ("otsu", None)),
                                         ("0.35", ("threshold", 0.35)), ("threshold:0.2", ("threshold", 0.2))])
 def test_box_rules_parse_and_print(text, rule):
