@@ -23,6 +23,7 @@ class _Item:
     x: np.ndarray
     run: RunFn  # the model bound at submit time
     future: asyncio.Future
+    wait: float  # seconds the batch this item starts may wait for company
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -61,9 +62,10 @@ class Batcher:
             self.task = None
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, run: RunFn, x: np.ndarray, timeout: float) -> BatchResult:
+    async def submit(self, run: RunFn, x: np.ndarray, timeout: float, wait_s: float | None = None) -> BatchResult:
         """x: one normalised input (3, H, W); run: the model to use (bound at submit time, so a
-        model swap never changes the model a queued request gets)."""
+        model swap never changes the model a queued request gets); wait_s: how long a batch this
+        item starts may wait for more (the batcher's max_wait when None)."""
         loop = asyncio.get_running_loop()
         if not self.enabled:
             start = time.perf_counter()
@@ -72,7 +74,7 @@ class Batcher:
             if self.on_batch:
                 self.on_batch(1, ms)
             return BatchResult(logits[0], cams[0], 0.0, ms, 1)
-        item = _Item(np.ascontiguousarray(x), run, loop.create_future())
+        item = _Item(np.ascontiguousarray(x), run, loop.create_future(), self.max_wait if wait_s is None else wait_s)
         assert self.queue is not None, "Batcher.start() was not called"
         await self.queue.put(item)
         try:
@@ -88,7 +90,7 @@ class Batcher:
         while True:
             first = pending.pop(0) if pending else await self.queue.get()
             items = [first]
-            deadline = time.perf_counter() + self.max_wait
+            deadline = time.perf_counter() + first.wait
             while len(items) < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0 and self.queue.empty():

@@ -88,6 +88,16 @@ def remove_stale_scratch(scratch: Path | None = None, older_than_s: float = 600.
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
+def padded_size(n: int, limit: int) -> int:
+    """The batch size a batch of n runs at on a GPU: the next power of two, at most `limit` (never
+    less than n). Each new input shape costs the CUDA provider a cuDNN algorithm search (tens of
+    milliseconds), so batches keep to a few shapes, all of them run once at load (Engine.check)."""
+    size = 1
+    while size < n:
+        size *= 2
+    return max(n, min(size, limit))
+
+
 @functools.cache
 def preload_gpu_libraries() -> tuple[str, ...]:
     """Load the CUDA, cuBLAS, cuFFT, cuRAND and cuDNN libraries of the `nvidia-*` wheels (the
@@ -151,11 +161,17 @@ class Engine:
     provider: str
     load_ms: float
     warm: bool = False
+    max_batch: int = 1  # on a GPU: batches are padded to padded_size(n, max_batch) (see check)
+    io_binding: bool = True  # on a GPU: inputs and outputs through an I/O binding
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider in GPU_PROVIDERS
 
     @classmethod
     def load(cls, directory: Path, card: ModelCard, name: str, version: int, providers: list[str],
              intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization: str = "all",
-             lean: bool = True, scratch: Path | None = None) -> Engine:
+             lean: bool = True, scratch: Path | None = None, max_batch: int = 1, io_binding: bool = True) -> Engine:
         start = time.perf_counter()
         wanted = installed_providers(providers)
         if wanted[0] in GPU_PROVIDERS:
@@ -165,7 +181,8 @@ class Engine:
                                    inter_op_threads, lean, scratch)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many kinds; all mean "does not load"
             raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
-        engine = cls(name, version, card, session, session.get_providers()[0], 0.0)
+        engine = cls(name, version, card, session, session.get_providers()[0], 0.0, max_batch=max_batch,
+                     io_binding=io_binding)
         engine.check()
         engine.load_ms = (time.perf_counter() - start) * 1000
         log.info("loaded %s v%d on %s (asked for %s) in %.0f ms", name, version, engine.provider, wanted,
@@ -183,13 +200,19 @@ class Engine:
     def labels(self) -> tuple[str, ...]:
         return self.card.labels
 
+    def batch_shapes(self) -> list[int]:
+        """The batch sizes this engine runs at: 1 on the CPU; on a GPU each padded size."""
+        return sorted({padded_size(n, self.max_batch) for n in range(1, self.max_batch + 1)}) if self.on_gpu else [1]
+
     def check(self) -> None:
-        """Warm-up and smoke test: one inference of the right shapes, finite numbers."""
-        x = np.zeros((1, 3, self.prep.crop, self.prep.crop), dtype=np.float32)
+        """Warm-up and smoke test: an inference at every batch shape it will run (on a GPU, each
+        shape's cuDNN search happens here, not in a request), the right shapes, finite numbers."""
         try:
-            logits, cams = self.run(x)
+            for size in self.batch_shapes():
+                logits, cams = self.run(np.zeros((size, 3, self.prep.crop, self.prep.crop), dtype=np.float32))
         except Exception as e:  # noqa: BLE001 - a graph that does not run is a model that does not load
             raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: {e}") from e
+        logits, cams = logits[:1], cams[:1]
         n = len(self.labels)
         if logits.shape != (1, n) or cams.shape[:2] != (1, n) or not np.isfinite(logits).all():
             raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: logits {logits.shape}, "
@@ -197,8 +220,24 @@ class Engine:
         self.warm = True
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, cams = self.session.run(["logits", "cam"], {"input": batch})
-        return logits, cams
+        """Logits (n, classes) and CAMs (n, classes, h, w) of a batch of n normalised inputs."""
+        n = len(batch)
+        if not self.on_gpu:
+            logits, cams = self.session.run(["logits", "cam"], {"input": batch})
+            return logits, cams
+        size = padded_size(n, self.max_batch)
+        if size > n:
+            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), dtype=batch.dtype)])
+        if self.io_binding:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input("input", np.ascontiguousarray(batch))
+            binding.bind_output("logits")
+            binding.bind_output("cam")
+            self.session.run_with_iobinding(binding)
+            logits, cams = binding.copy_outputs_to_cpu()
+        else:
+            logits, cams = self.session.run(["logits", "cam"], {"input": batch})
+        return logits[:n], cams[:n]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,

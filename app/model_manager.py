@@ -59,7 +59,8 @@ class ModelManager:
         except RegistryError as e:
             raise ModelLoadError(str(e)) from e
         return Engine.load(directory, card, self.name, version, s.providers, s.intra_op_threads,
-                           s.inter_op_threads, s.graph_optimization, s.lean_cpu_session, self.scratch)
+                           s.inter_op_threads, s.graph_optimization, s.lean_cpu_session, self.scratch,
+                           max_batch=s.max_batch_size if s.batching else 1, io_binding=s.io_binding)
 
     def swap(self, engine: Engine) -> None:
         """Make `engine` live. Requests already running keep the engine they started with."""

@@ -26,6 +26,10 @@ from .schemas import BoxAnswer, BoxRuleAnswer, ImageAnswer, LabelAnswer, ModelRe
 from .settings import Settings
 from .store import PredictionStore, SharedPredictionStore, StoredImage, StoredPrediction
 
+# how long a batch waits for company on a GPU when RESCAM_MAX_BATCH_WAIT_MS is unset: a GPU runs a
+# batch of 8 in little more time than one image; on the CPU batches are greedy (wait 0)
+GPU_BATCH_WAIT_MS = 2.0
+
 
 class Overloaded(Exception):
     """No answer within the request timeout."""
@@ -53,6 +57,13 @@ class Prepared:
     decode_ms: float
 
 
+def batch_wait_s(setting_ms: float | None, engine: Engine) -> float:
+    """How long a batch for `engine` waits for company: the setting when set, else by device."""
+    if setting_ms is None:
+        setting_ms = GPU_BATCH_WAIT_MS if engine.on_gpu else 0.0
+    return setting_ms / 1000
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Scores from one image's logits, in float64."""
     logits = logits.astype(np.float64)
@@ -71,7 +82,7 @@ class Predictor:
     def __init__(self, settings: Settings, models: ModelManager, metrics: Metrics) -> None:
         self.settings, self.models, self.metrics = settings, models, metrics
         self.store = make_store(settings)
-        self.batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms, settings.batching,
+        self.batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms or 0.0, settings.batching,
                                on_batch=metrics.observe_batch)
         self.configured_rule = settings.configured_rule()
         self.decode_memory = imaging.MemoryBudget(settings.decode_memory_mb * 2**20, settings.request_timeout_s)
@@ -96,7 +107,7 @@ class Predictor:
     async def infer(self, engine: Engine, x: np.ndarray) -> BatchResult:
         timeout = self.settings.request_timeout_s
         try:
-            result = await self.batcher.submit(engine.run, x, timeout)
+            result = await self.batcher.submit(engine.run, x, timeout, batch_wait_s(self.settings.max_batch_wait_ms, engine))
         except asyncio.TimeoutError:
             raise Overloaded(f"no answer within {timeout} s; the service is overloaded") from None
         self.metrics.queue.observe(result.queue_ms / 1000)
@@ -149,7 +160,8 @@ class Predictor:
             self.metrics.images.labels("rejected").inc()
             return ImageAnswer(filename=filename, error={"status": e.status, "message": e.message}), None
         result = await self.infer(engine, prepared.x)
-        answer = self.postprocess(engine, filename, prepared, result, opts)
+        # off the event loop, which meanwhile reads other requests; numpy and scipy release the GIL
+        answer = await loop.run_in_executor(None, self.postprocess, engine, filename, prepared, result, opts)
         self.metrics.images.labels("answered").inc()
         d = prepared.decoded
         return answer, StoredImage(filename, d.image, prepared.window, d.width, d.height, result.cams)

@@ -35,9 +35,12 @@ class Settings(BaseSettings):
     # dynamic batching
     batching: bool = True
     max_batch_size: int = 16
-    # 0: greedy, a batch is what queued while the previous one ran (no added latency when idle);
-    # more waits that long for company, which can pay on a GPU
-    max_batch_wait_ms: float = 0.0
+    # how long a batch waits for company. 0: greedy, a batch is what queued while the previous one
+    # ran (no added latency when idle). Unset: 0 on the CPU, where a batch of 8 runs no faster per
+    # image than 8 of one (BENCHMARKS.md), GPU_BATCH_WAIT_MS on a GPU, where it does
+    max_batch_wait_ms: float | None = Field(None, ge=0)
+    # on a GPU provider: inputs and outputs through ONNX Runtime's I/O binding
+    io_binding: bool = True
     request_timeout_s: float = 30.0
     # answers
     top_k: int = 5
