@@ -39,3 +39,23 @@ def test_logits_are_the_spatial_mean_of_the_cams(tiny_model):
     logits, cams = session.run(None, {"input": x})
     np.testing.assert_allclose(cams.mean(axis=(2, 3)), logits, atol=1e-4)
     assert cams.shape == (4, 8, 8, 8)
+
+
+def test_float16_export_runs_in_half_precision_behind_float32_input_and_outputs(tiny_model, tmp_path):
+    from training.export import export_checkpoint
+
+    out = export_checkpoint(tiny_model.checkpoint, tmp_path / "half", precision="float16")
+    card = json.loads((out / "card.json").read_text())
+    assert card["precision"] == "float16" and card["parity"]["precision"] == "float16"
+    assert card["parity"]["same_top1"]
+    # really float16: it differs from float32 (by more than float32's own tolerance), within 1%
+    assert 1e-6 < card["parity"]["max_abs_logits"] <= card["parity"]["tolerance_logits"]
+    proto = onnx.load(str(out / "model.onnx"))
+    float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert {t.data_type for t in proto.graph.initializer if t.dims} == {float16}
+    assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [float32] * 3
+    model, _ = load_checkpoint_model(tiny_model.checkpoint)
+    model.train()  # a broken export is still caught at the looser tolerance
+    export_onnx(model, tmp_path / "bad.onnx", 32, precision="float16")
+    with pytest.raises(ParityError):
+        check_parity(model.eval(), tmp_path / "bad.onnx", parity_inputs(tiny_model.config), "float16")
