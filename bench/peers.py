@@ -65,10 +65,13 @@ def post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int,
     return r.status, r.read()
 
 
-def wait_ready(port: int, path: str, timeout: float = 180) -> None:
-    """Until a real prediction answers 200 (LitServe's workers start after its HTTP server)."""
+def wait_ready(port: int, path: str, timeout: float = 180, alive=lambda: None) -> None:
+    """Until a real prediction answers 200 (LitServe's workers start after its HTTP server);
+    `alive`: the server process's poll(), so that one that died is not waited for."""
     body, deadline = multipart(jpeg(64, 64)), time.time() + timeout
     while time.time() < deadline:
+        if alive() is not None:
+            raise RuntimeError(f"the server on port {port} exited")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             if post(conn, path, body)[0] == 200:
