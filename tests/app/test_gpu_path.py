@@ -53,7 +53,7 @@ def test_batch_wait_defaults_to_greedy_on_the_cpu_and_waits_on_a_gpu(cpu_engine)
 
 
 def test_a_batch_waits_as_long_as_its_first_item_says():
-    """Two requests 30 ms apart: batched together when the first may wait 200 ms, apart when it may
+    """Two requests 30 ms apart: batched together when the first may wait 500 ms, apart when it may
     wait nothing (the batcher's own default is greedy)."""
     def model(x):
         return x.reshape(len(x), -1)[:, :2], x[:, :1]
@@ -70,6 +70,6 @@ def test_a_batch_waits_as_long_as_its_first_item_says():
             await batcher.stop()
 
     started = time.perf_counter()
-    assert asyncio.run(pair(0.2)) == (2, 2)
-    assert time.perf_counter() - started < 1.0
+    assert asyncio.run(pair(0.5)) == (2, 2)
+    assert time.perf_counter() - started < 3.0  # the wait, not the 5 s timeout
     assert asyncio.run(pair(None)) == (1, 1)
