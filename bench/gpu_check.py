@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peers import latencies, multipart, wait_ready  # noqa: E402
-from serving import free_port, jpeg  # noqa: E402
+from peers import MULTIPART, multipart, stop_session, wait_ready  # noqa: E402
+from serving import closed_loop, free_port, jpeg  # noqa: E402
 
 
 class Report:
@@ -182,15 +182,18 @@ def normalized_images(size: int, count: int) -> np.ndarray:
 
 def agreement(registry: Path, size: int, providers: list[str]) -> dict:
     from app.engine import installed_providers, open_session, preload_gpu_libraries
+    from app.registry import MODEL_FILE, Registry
 
     preload_gpu_libraries()
     x = normalized_images(size, 32)
-    model = registry / "default" / "{}" / "model.onnx"
-    cpu = open_session(Path(str(model).format(1)), ["CPUExecutionProvider"], lean=False)
+    def model(version: int) -> Path:
+        return Registry(registry).version_dir("default", version) / MODEL_FILE
+
+    cpu = open_session(model(1), ["CPUExecutionProvider"], lean=False)
     want_logits, want_cams = cpu.run(["logits", "cam"], {"input": x})
     out = {}
     for version, precision in ((1, "float32"), (2, "float16")):
-        session = open_session(Path(str(model).format(version)), installed_providers(providers), lean=False)
+        session = open_session(model(version), installed_providers(providers), lean=False)
         logits, cams = session.run(["logits", "cam"], {"input": x})
         top = want_logits.argmax(1)
         corr = [float(np.corrcoef(cams[i, c].ravel(), want_cams[i, c].ravel())[0, 1]) for i, c in enumerate(top)]
@@ -205,7 +208,7 @@ def agreement(registry: Path, size: int, providers: list[str]) -> dict:
 
 def _client(args) -> list[float]:
     port, path, bodies, concurrency, seconds = args
-    return latencies(port, path, bodies, concurrency, seconds)[0]
+    return closed_loop(port, path, bodies, concurrency, seconds, MULTIPART)[0]
 
 
 def load(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float, processes: int) -> dict:
@@ -254,17 +257,7 @@ class Rescam:
         return conn.getresponse().read()
 
     def stop(self) -> None:
-        import signal
-
-        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(wait_s)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_session(self.proc)
 
 
 def serve(report: Report, registry: Path, providers: list[str], concurrency: list[int], seconds: float,

@@ -23,14 +23,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving import Server, emit, free_port, jpeg, make_registry  # noqa: E402
+import serving  # noqa: E402
+from serving import Server, closed_loop, emit, free_port, jpeg, make_registry  # noqa: E402
 
 BOUNDARY = "rescam-bench-boundary"
 
@@ -52,17 +52,28 @@ class Peer:
         wait_ready(self.port, self.path)
 
     def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        stop_session(self.proc)
+
+
+def stop_session(proc: subprocess.Popen, wait_s: float = 20) -> None:
+    """End a server started with start_new_session=True and every process of its session (LitServe's
+    workers, uvicorn's): SIGTERM, then SIGKILL if it lingers; one that already ended is fine."""
+    for sig, wait in ((signal.SIGTERM, wait_s), (signal.SIGKILL, 5)):
         try:
-            self.proc.wait(15)
+            os.killpg(proc.pid, sig)
+            proc.wait(wait)
+            return
+        except ProcessLookupError:
+            return
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            continue
+
+
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
 
 def post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
-    conn.request("POST", path, body=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
-    r = conn.getresponse()
-    return r.status, r.read()
+    return serving.post(conn, path, body, MULTIPART)
 
 
 def wait_ready(port: int, path: str, timeout: float = 180, alive=lambda: None) -> None:
@@ -96,41 +107,11 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def latencies(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float
-              ) -> tuple[list[float], int, float]:
-    """Closed loop: each of `concurrency` clients sends its next image when the last is answered.
-    Returns each request's seconds, the count of answers that were not 200, and the wall time."""
-    times: list[float] = []
-    failed = [0]
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def client(k: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        n = k
-        while time.perf_counter() < stop:
-            t = time.perf_counter()
-            status, _ = post(conn, path, bodies[n % len(bodies)])
-            with lock:
-                times.append(time.perf_counter() - t)
-                failed[0] += status != 200
-            n += 1
-        conn.close()
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return times, failed[0], time.perf_counter() - start
-
-
 def load(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float, pid: int | None = None
          ) -> dict:
     """Throughput and p50 of a closed-loop load; with `pid`, the server's CPU time per request."""
     cpu = cpu_seconds(pid) if pid else 0.0
-    times, failed, elapsed = latencies(port, path, bodies, concurrency, seconds)
+    times, failed, elapsed = closed_loop(port, path, bodies, concurrency, seconds, MULTIPART)
     result = {"rps": len(times) / elapsed, "p50_ms": 1000 * statistics.median(times), "requests": len(times),
               "failed": failed}
     if pid:

@@ -123,32 +123,48 @@ class Server:
         self.proc.wait(10)
 
 
-def load(server: Server, path: str, body: bytes, concurrency: int, seconds: float) -> dict:
-    """Closed-loop load: `concurrency` clients, each sending its next request when the last returns."""
-    latencies: list[float] = []
-    failures = [0]
-    stop = time.perf_counter() + seconds
-    lock = threading.Lock()
+def post(conn: http.client.HTTPConnection, path: str, body: bytes, content_type: str = "image/jpeg"
+         ) -> tuple[int, bytes]:
+    conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+    r = conn.getresponse()
+    return r.status, r.read()
 
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+
+def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float,
+                content_type: str = "image/jpeg") -> tuple[list[float], int, float]:
+    """`concurrency` clients, each sending its next body (in turn) when the last is answered.
+    Returns each request's seconds, the count of answers that were not 200, and the wall time."""
+    times: list[float] = []
+    failed = [0]
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        n = k
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            status, _ = server.request("POST", path, body, conn)
+            status, _ = post(conn, path, bodies[n % len(bodies)], content_type)
             with lock:
-                latencies.append(time.perf_counter() - t)
-                failures[0] += status != 200
+                times.append(time.perf_counter() - t)
+                failed[0] += status != 200
+            n += 1
         conn.close()
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
-    return {"rps": len(latencies) / elapsed, "p50_ms": 1000 * statistics.median(latencies), "failed": failures[0],
-            "requests": len(latencies)}
+    return times, failed[0], time.perf_counter() - start
+
+
+def load(server: Server, path: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    """Closed-loop load of one JPEG body: throughput, p50 and failures."""
+    times, failed, elapsed = closed_loop(server.port, path, [body], concurrency, seconds)
+    return {"rps": len(times) / elapsed, "p50_ms": 1000 * statistics.median(times), "failed": failed,
+            "requests": len(times)}
 
 
 def alternate(server: Server, requests: list[tuple[str, str, bytes | None]], seconds: float) -> list[float]:
