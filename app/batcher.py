@@ -37,10 +37,9 @@ class BatchResult:
 
 
 class Batcher:
-    def __init__(self, max_batch: int, max_wait_ms: float, enabled: bool = True,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, max_batch: int, enabled: bool = True, on_batch: Callable[[int, float], None] | None = None
+                 ) -> None:
         self.max_batch = max_batch if enabled else 1
-        self.max_wait = max_wait_ms / 1000
         self.enabled = enabled
         self.on_batch = on_batch
         self.executor = ThreadPoolExecutor(max_workers=1 if enabled else 4, thread_name_prefix="infer")
@@ -62,10 +61,10 @@ class Batcher:
             self.task = None
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, run: RunFn, x: np.ndarray, timeout: float, wait_s: float | None = None) -> BatchResult:
+    async def submit(self, run: RunFn, x: np.ndarray, timeout: float, wait_s: float = 0.0) -> BatchResult:
         """x: one normalised input (3, H, W); run: the model to use (bound at submit time, so a
         model swap never changes the model a queued request gets); wait_s: how long a batch this
-        item starts may wait for more (the batcher's max_wait when None)."""
+        item starts may wait for more (0: greedy, what queued while the last batch ran)."""
         loop = asyncio.get_running_loop()
         if not self.enabled:
             start = time.perf_counter()
@@ -74,7 +73,7 @@ class Batcher:
             if self.on_batch:
                 self.on_batch(1, ms)
             return BatchResult(logits[0], cams[0], 0.0, ms, 1)
-        item = _Item(np.ascontiguousarray(x), run, loop.create_future(), self.max_wait if wait_s is None else wait_s)
+        item = _Item(np.ascontiguousarray(x), run, loop.create_future(), wait_s)
         assert self.queue is not None, "Batcher.start() was not called"
         await self.queue.put(item)
         try:

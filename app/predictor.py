@@ -82,8 +82,7 @@ class Predictor:
     def __init__(self, settings: Settings, models: ModelManager, metrics: Metrics) -> None:
         self.settings, self.models, self.metrics = settings, models, metrics
         self.store = make_store(settings)
-        self.batcher = Batcher(settings.max_batch_size, settings.max_batch_wait_ms or 0.0, settings.batching,
-                               on_batch=metrics.observe_batch)
+        self.batcher = Batcher(settings.max_batch_size, settings.batching, on_batch=metrics.observe_batch)
         self.configured_rule = settings.configured_rule()
         self.decode_memory = imaging.MemoryBudget(settings.decode_memory_mb * 2**20, settings.request_timeout_s)
 

@@ -54,12 +54,12 @@ def test_batch_wait_defaults_to_greedy_on_the_cpu_and_waits_on_a_gpu(cpu_engine)
 
 def test_a_batch_waits_as_long_as_its_first_item_says():
     """Two requests 30 ms apart: batched together when the first may wait 500 ms, apart when it may
-    wait nothing (the batcher's own default is greedy)."""
+    wait nothing (the batcher's default: greedy)."""
     def model(x):
         return x.reshape(len(x), -1)[:, :2], x[:, :1]
 
-    async def pair(wait_s):
-        batcher = Batcher(max_batch=8, max_wait_ms=0.0)
+    async def pair(wait_s: float):
+        batcher = Batcher(max_batch=8)
         batcher.start()
         try:
             first = asyncio.create_task(batcher.submit(model, np.zeros((1, 2, 2), np.float32), 5.0, wait_s))
@@ -72,4 +72,4 @@ def test_a_batch_waits_as_long_as_its_first_item_says():
     started = time.perf_counter()
     assert asyncio.run(pair(0.5)) == (2, 2)
     assert time.perf_counter() - started < 3.0  # the wait, not the 5 s timeout
-    assert asyncio.run(pair(None)) == (1, 1)
+    assert asyncio.run(pair(0.0)) == (1, 1)
