@@ -70,7 +70,7 @@ class FolderSet(Dataset):
 
     def _train_view(self, image: Image.Image) -> np.ndarray:
         # Sec. 3.4 scale augmentation: shorter side sampled in [256, 480], a random crop, a flip.
-        shorter = random.randint(256, 480) if self.augment == "imagenet" else self.prep.resize
+        shorter = random.randint(256, 480)
         w, h = image.size
         s = shorter / min(w, h)
         image = image.resize((max(self.prep.crop, round(w * s)), max(self.prep.crop, round(h * s))),
@@ -84,7 +84,7 @@ class FolderSet(Dataset):
         path, label = self.files[i]
         with Image.open(path) as im:  # oriented as the service orients it, so boxes agree
             image = ImageOps.exif_transpose(im).convert("RGB")
-        if self.augment != "none":
+        if self.augment == "imagenet":  # the other augmentations act on the batch (training/plan.py)
             array, window = self._train_view(image), Geometry.full(*image.size)
         else:
             array, window = self.prep.crop_resize(image)

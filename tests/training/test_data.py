@@ -88,3 +88,16 @@ def test_cifar_augmentation_pads_crops_and_flips():
     assert out.shape == x.shape and not torch.equal(out, x)
     # every output row is a (possibly flipped, shifted, zero-padded) piece of an input row
     assert set(out.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+def test_batch_augmentations_read_files_as_evaluation_does_never_mirrored(tmp_path, augment="shift-scale"):
+    # a mirrored 2 or 7 is no digit: only the "imagenet" augmentation (Sec. 3.4) flips, at the file
+    (tmp_path / "a").mkdir(parents=True)
+    picture = np.zeros((32, 32, 3), dtype=np.uint8)
+    picture[4:28, 2:10] = 255  # a bar on the left
+    Image.fromarray(picture).save(tmp_path / "a" / "bar.png")
+    cfg = recipe("auto", data=f"folder:{tmp_path}", image_size=32, augment=augment, val_fraction=0.0)
+    train_set = load_data(cfg).train
+    views = [train_set[0][0].numpy() for _ in range(20)]
+    assert all(np.array_equal(v, picture.transpose(2, 0, 1)) for v in views)
+
