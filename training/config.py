@@ -25,7 +25,8 @@ class TrainConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     # none | cifar (4-px pad, crop, flip) | imagenet (scale [256, 480], crop, flip) | shift-scale (zoom,
-    # shift, contrast: for small data sets of any kind)
+    # shift, contrast: for small data sets of any kind) | shift-scale-colour (also channels permuted and
+    # images inverted: where colour is a nuisance; `auto` chooses it when colour does not tell classes apart)
     augment: str = "none"
     # optimisation
     epochs: int = 6
@@ -71,7 +72,8 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     # The default for a user's data (`--data folder:...`, `POST /v1/jobs`): the image size from the
     # images, at least 1,000 optimizer steps (a 1,500-image set is 11 steps an epoch: one epoch
-    # learns nothing), zoom/shift/contrast augmentation (small sets overfit without it), the best
+    # learns nothing), zoom/shift/contrast augmentation (small sets overfit without it), colours
+    # permuted and inverted too where they do not tell the classes apart (training/plan.py), the best
     # epoch kept, and at most 8 minutes of training on whatever machine runs it (BENCHMARKS.md).
     "auto": dict(model="resnet20", data="synthetic", image_size=0, adapt=True, epochs=30, min_steps=1000,
                  time_budget_s=480, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine",

@@ -210,8 +210,8 @@ def cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def shift_scale_augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.15,
-                        scale: tuple[float, float] = (0.8, 1.25), jitter: float = 0.25, erase: bool = False
-                        ) -> torch.Tensor:
+                        scale: tuple[float, float] = (0.8, 1.25), jitter: float = 0.25, erase: bool = False,
+                        colour: bool = False) -> torch.Tensor:
     """For small data sets of any kind: each image zoomed by a factor in `scale` and moved by up to
     `shift` of its side (what lies outside becomes the mean colour, 0 after normalisation), and its
     contrast and brightness jittered by up to `jitter`. No flips: they change digits and text.
@@ -227,6 +227,11 @@ def shift_scale_augment(x: torch.Tensor, generator: torch.Generator, shift: floa
     contrast = torch.empty(n, 1, 1, 1).uniform_(1 - jitter, 1 + jitter, generator=generator).to(x.device, x.dtype)
     brightness = torch.empty(n, 1, 1, 1).uniform_(-jitter, jitter, generator=generator).to(x.device, x.dtype)
     out = out * contrast + brightness
+    if colour:  # the channels in a random order, and half of the images in negative
+        order = torch.stack([torch.randperm(x.shape[1], generator=generator) for _ in range(n)]).to(x.device)
+        out = out.gather(1, order[:, :, None, None].expand_as(out))
+        sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(x.device, x.dtype)
+        out = out * sign[:, None, None, None]
     if erase:  # hide-and-seek / random erasing: a patch of the mean colour on half of the images
         side = (torch.empty(n, 2).uniform_(0.2, 0.5, generator=generator) * torch.tensor(x.shape[-2:])).long()
         corner = (torch.rand(n, 2, generator=generator) * (torch.tensor(x.shape[-2:]) - side + 1)).long()

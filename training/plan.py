@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,10 +25,13 @@ from models import is_cifar_model
 
 from .config import TrainConfig
 
+log = logging.getLogger(__name__)
 SIZE_STEP = 16  # the network's input side is a multiple of this
 SIZE_RANGE = (32, 128)  # on a CPU a larger side costs more steps than it gains; a GPU may go higher
 SIZE_RANGE_GPU = (32, 224)
 SAMPLED_FILES = 200  # image headers read to choose the size
+COLOUR_CHECK_IMAGES = (1000, 500)  # training and validation images read to test what colour tells
+COLOUR_CHECK_MIN_VAL = 30
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,50 @@ def adapt_to_data(cfg: TrainConfig, on_gpu: bool) -> TrainConfig:
     return cfg.replace(image_size=size, model_kwargs=kwargs)
 
 
+def colour_features(dataset, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's colour alone: the mean and the spread of each channel, for up to `limit`
+    images spread over the data set; and their labels."""
+    picks = np.linspace(0, len(dataset) - 1, num=min(limit, len(dataset))).round().astype(int)
+    features, labels = [], []
+    for i in dict.fromkeys(picks.tolist()):
+        image, label = dataset[i][:2]
+        pixels = image.reshape(image.shape[0], -1).float()
+        features.append(torch.cat([pixels.mean(1), pixels.std(1)]).numpy())
+        labels.append(int(label))
+    return np.array(features), np.array(labels)
+
+
+def colour_tells_classes(train, val) -> bool:
+    """Whether the images' colours alone name their classes better than chance: a 5-nearest-
+    neighbour vote on colour_features, trained on the training images and scored on the validation
+    images, beats always answering the most common class with z > 2.33 (one-sided 1%). When colour
+    does not, it is a nuisance the network should learn to ignore, and the `auto` recipe permutes
+    and inverts colours in training; when it does, or the check cannot tell (few validation images),
+    colours are left alone (a ripe and an unripe fruit differ by colour)."""
+    if len(val) < COLOUR_CHECK_MIN_VAL:
+        return True
+    x_train, y_train = colour_features(train, COLOUR_CHECK_IMAGES[0])
+    x_val, y_val = colour_features(val, COLOUR_CHECK_IMAGES[1])
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    distances = ((x_val[:, None, :] - x_train[None, :, :]) ** 2).sum(-1)
+    nearest = y_train[np.argsort(distances, axis=1)[:, :5]]
+    votes = np.array([np.bincount(row, minlength=y_train.max() + 1).argmax() for row in nearest])
+    n, hits = len(y_val), int((votes == y_val).sum())
+    chance = np.bincount(y_val).max() / n
+    z = (hits - n * chance) / math.sqrt(max(n * chance * (1 - chance), 1e-9))
+    log.info("colour alone: %d of %d validation images right, chance %.3f, z %.1f", hits, n, chance, z)
+    return z > 2.33
+
+
+def adapt_augmentation(cfg: TrainConfig, train, val) -> TrainConfig:
+    """The `auto` recipe's augmentation fitted to the data: colours permuted and inverted too
+    when they do not tell the classes apart (colour_tells_classes)."""
+    if cfg.adapt and cfg.augment == "shift-scale" and not colour_tells_classes(train, val):
+        return cfg.replace(augment="shift-scale-colour")
+    return cfg
+
+
 def time_steps(model: torch.nn.Module, loader, cfg: TrainConfig, device: torch.device, steps: int = 3) -> float:
     """Seconds per optimizer step, measured on a copy of the model with one batch from the loader
     (its loading included), without touching the run's model, optimizer or random state."""
@@ -130,6 +179,8 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> 
         return cifar_augment(x, generator)
     if augment == "shift-scale":
         return shift_scale_augment(x, generator)
+    if augment == "shift-scale-colour":
+        return shift_scale_augment(x, generator, colour=True)
     if augment == "shift-scale-erase":
         return shift_scale_augment(x, generator, erase=True)
     return x

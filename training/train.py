@@ -29,7 +29,7 @@ from models import ResNet, create_model
 from .config import TrainConfig
 from .data import load_data
 from .evaluate import channel_stats, evaluate, normalize_batch
-from .plan import Plan, adapt_to_data, augment_batch, make_plan, time_steps
+from .plan import Plan, adapt_augmentation, adapt_to_data, augment_batch, make_plan, time_steps
 from .weights import load_state
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
 
-    # data, and what the data decide (image size, stem; training/plan.py)
+    # data, and what the data decide (image size, stem, augmentation; training/plan.py)
     cfg = adapt_to_data(cfg, device.type == "cuda")
     data = load_data(cfg)
+    cfg = adapt_augmentation(cfg, data.train, data.val)
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not divide over {world} processes")
     if len(data.train) < world:

@@ -90,7 +90,8 @@ def test_cifar_augmentation_pads_crops_and_flips():
     assert set(out.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
 
 
-def test_batch_augmentations_read_files_as_evaluation_does_never_mirrored(tmp_path, augment="shift-scale"):
+@pytest.mark.parametrize("augment", ["shift-scale", "shift-scale-colour"])
+def test_batch_augmentations_read_files_as_evaluation_does_never_mirrored(tmp_path, augment):
     # a mirrored 2 or 7 is no digit: only the "imagenet" augmentation (Sec. 3.4) flips, at the file
     (tmp_path / "a").mkdir(parents=True)
     picture = np.zeros((32, 32, 3), dtype=np.uint8)
@@ -101,3 +102,17 @@ def test_batch_augmentations_read_files_as_evaluation_does_never_mirrored(tmp_pa
     views = [train_set[0][0].numpy() for _ in range(20)]
     assert all(np.array_equal(v, picture.transpose(2, 0, 1)) for v in views)
 
+
+def test_colour_augmentation_permutes_channels_and_inverts_some_images():
+    import torch
+
+    from training.data import shift_scale_augment
+
+    x = torch.zeros(64, 3, 16, 16)
+    x[:, 0], x[:, 1], x[:, 2] = 1.0, 2.0, 3.0  # each channel flat: zoom and shift keep the centre's value
+    out = shift_scale_augment(x, torch.Generator().manual_seed(0), jitter=0.0, colour=True)
+    centres = out[:, :, 8, 8]
+    assert torch.allclose(centres.abs().sort(dim=1).values, torch.tensor([[1.0, 2.0, 3.0]]).expand(64, 3))
+    orders = {tuple(c.abs().round().tolist()) for c in centres}
+    signs = {bool((c < 0).all()) for c in centres}
+    assert len(orders) > 1 and signs == {True, False}

@@ -65,3 +65,46 @@ def test_epochs_a_user_asks_for_are_what_runs_and_the_data_decide_otherwise():
     assert asked.epochs == 2 and asked.min_steps == 0  # no floor over an explicit choice
     assert config("--data", "folder:/x", "--epochs", "2", "--min-steps", "50").min_steps == 50
     assert config().model_kwargs == {"stem_stride": 2} and not config().adapt  # the default model's recipe
+
+
+class _Flat(torch.utils.data.Dataset):
+    """Images of one colour each, with a label."""
+
+    def __init__(self, colours, labels):
+        self.items = [(torch.tensor(c, dtype=torch.uint8).view(3, 1, 1).expand(3, 8, 8), torch.tensor(y))
+                      for c, y in zip(colours, labels)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+PALETTE = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (128, 128, 128)]
+
+
+def test_colour_is_a_nuisance_when_every_class_comes_in_every_colour():
+    from training.plan import adapt_augmentation, colour_tells_classes
+
+    n = 240
+    colours = [PALETTE[(i // 2) % len(PALETTE)] for i in range(n)]
+    labels = [i % 2 for i in range(n)]  # each colour carries both classes equally often
+    data = _Flat(colours, labels)
+    assert not colour_tells_classes(data, data)
+    cfg = recipe("auto")
+    assert adapt_augmentation(cfg, data, data).augment == "shift-scale-colour"
+    assert adapt_augmentation(cfg.replace(adapt=False), data, data).augment == "shift-scale"  # a user's choice stays
+
+
+def test_colour_is_kept_when_it_names_the_class():
+    from training.plan import adapt_augmentation, colour_tells_classes
+
+    n = 240
+    labels = [i % 3 for i in range(n)]
+    colours = [PALETTE[2 * y + (i // 3) % 2] for i, y in enumerate(labels)]  # two colours per class
+    data = _Flat(colours, labels)
+    assert colour_tells_classes(data, data)
+    assert adapt_augmentation(recipe("auto"), data, data).augment == "shift-scale"
+    few = _Flat(colours[:12], labels[:12])  # too few validation images to tell: colours left alone
+    assert colour_tells_classes(data, few)
