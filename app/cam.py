@@ -204,8 +204,8 @@ class BoxRule:
         return otsu_threshold(heat) / top
 
 
-# A model whose card has a threshold calibrated on at least this many boxed validation images draws
-# its boxes with it; others use DEFAULT_RULE, the box-free rule chosen by measurement (BENCHMARKS.md).
+# A model whose card has a rule calibrated on at least this many boxed validation images draws its
+# boxes with it; others use DEFAULT_RULE, the box-free rule chosen by measurement (BENCHMARKS.md).
 # The card says which (app.card.ModelCard.box_rule).
 CALIBRATION_MIN_IMAGES = 20
 DEFAULT_RULE = BoxRule("mass", 0.5)

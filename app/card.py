@@ -30,11 +30,13 @@ class ModelCard:
     preprocessing: Preprocessing
     cam_size: tuple[int, int]
     architecture: str | None = None
-    # the rule the service draws this model's boxes with: a threshold calibrated on its boxed
-    # validation images when it had enough of them (MaxBoxAcc, Choe et al. 2020), else the default
+    # the rule the service draws this model's boxes with: calibrated on its boxed validation images
+    # when it had enough of them (the best fixed threshold, MaxBoxAcc (Choe et al. 2020), or a per-
+    # image rule where that localized better), else the default
     box_rule: BoxRule = DEFAULT_RULE
     best_threshold: float | None = None
     calibration_images: int = 0
+    rule_from_card: bool = False  # the card names its rule (training wrote it) or an older card's threshold
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
     created: str | None = None
     format: str = FORMAT
@@ -60,8 +62,9 @@ class ModelCard:
         images = cam.get("calibration_images") or metrics.get("images_with_boxes") or 0
         best = cam.get("best_threshold")
         best = float(best) if isinstance(best, (int, float)) and 0 < best < 1 else None
-        return cls(labels, prep, (h, w), d.get("architecture"), _rule(cam, best, int(images)), best, int(images),
-                   metrics, d.get("created"), fmt, {k: v for k, v in d.items() if k not in TYPED})
+        rule = _rule(cam, best, int(images))
+        return cls(labels, prep, (h, w), d.get("architecture"), rule or DEFAULT_RULE, best, int(images),
+                   rule is not None, metrics, d.get("created"), fmt, {k: v for k, v in d.items() if k not in TYPED})
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
@@ -87,7 +90,7 @@ class ModelCard:
 
     @property
     def calibrated(self) -> bool:
-        return self.box_rule.name == "threshold" and self.calibration_images >= CALIBRATION_MIN_IMAGES
+        return self.rule_from_card and self.calibration_images >= CALIBRATION_MIN_IMAGES
 
     @property
     def rule_source(self) -> str:
@@ -97,9 +100,9 @@ class ModelCard:
         return "default rule for models without boxes"
 
 
-def _rule(cam: dict[str, Any], best: float | None, images: int) -> BoxRule:
+def _rule(cam: dict[str, Any], best: float | None, images: int) -> BoxRule | None:
     """`cam.rule` (written by training), else an older card's `cam.best_threshold` when it was
-    calibrated on enough boxed images, else DEFAULT_RULE."""
+    calibrated on enough boxed images, else None (the service's DEFAULT_RULE)."""
     if isinstance(cam.get("rule"), str):
         try:
             return BoxRule.parse(cam["rule"])
@@ -107,4 +110,4 @@ def _rule(cam: dict[str, Any], best: float | None, images: int) -> BoxRule:
             pass
     if best is not None and images >= CALIBRATION_MIN_IMAGES:
         return BoxRule("threshold", best)
-    return DEFAULT_RULE
+    return None

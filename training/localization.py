@@ -35,8 +35,9 @@ class LocalizationTally:
     - top-1 localization: the same, and the predicted class is right.
 
     The served figures are those at the rule the service uses for this model: `served` when given
-    (an exported model's own rule), else the best threshold when at least CALIBRATION_MIN_IMAGES
-    images have boxes (it will be calibrated on them), else `fallback`."""
+    (an exported model's own rule), else, when at least CALIBRATION_MIN_IMAGES images have boxes,
+    the best on them of the thresholds and the measured per-image rules (it is calibrated on them),
+    else `fallback`."""
 
     def __init__(self, served: BoxRule | None = None, fallback: BoxRule = DEFAULT_RULE, thresholds=THRESHOLDS,
                  rules=MEASURED_RULES) -> None:
@@ -85,7 +86,12 @@ class LocalizationTally:
         if self.served is not None:
             return self.served
         if self.count >= CALIBRATION_MIN_IMAGES:
-            best = int(np.argmax(self.curve[IOUS_V2.index(IOU_NEEDED)]))
+            # calibrated: the rule that localizes best on these boxes, a fixed threshold (MaxBoxAcc's)
+            # or a per-image one where that does better (a threshold on a tie)
+            at_half = self.curve[IOUS_V2.index(IOU_NEEDED)]
+            best, per_image = int(np.argmax(at_half)), int(np.argmax(self.rule_hits))
+            if self.rules and self.rule_hits[per_image] > at_half[best]:
+                return self.rules[per_image]
             return BoxRule("threshold", self.thresholds[best])
         return self.fallback
 

@@ -36,6 +36,10 @@ def test_the_box_rule_the_card_gives():
     assert plain.box_rule == DEFAULT_RULE and plain.default_threshold is None
     assert plain.rule_source.startswith("default rule")
     assert card(cam={"rule": "nonsense:7"}).box_rule == DEFAULT_RULE
+    # calibration may choose a per-image rule, the default one included: it is still calibrated
+    chosen = card(cam={"rule": "mass:0.5", "calibration_images": 288})
+    assert chosen.box_rule == DEFAULT_RULE and chosen.rule_source == "calibrated on 288 boxed validation images"
+    assert card(cam={"rule": "mass:0.5", "calibration_images": 5}).rule_source.startswith("default rule")
 
 
 @pytest.mark.parametrize("changes, words", [

@@ -70,3 +70,19 @@ def test_max_box_acc_v2_counts_a_loose_box_at_the_lower_iou_only():
     r = tally.result()
     # the box (6 wide) against the true box (4 wide): IoU 4/6 = 0.67 -> a hit at 0.3 and 0.5, not 0.7
     assert r["max_box_acc"] == 1 and r["max_box_acc_v2"] == pytest.approx(2 / 3)
+
+
+def test_calibration_takes_a_per_image_rule_where_no_fixed_threshold_fits_every_image():
+    # Two kinds of map over one true box (rows and columns 4-11 of 16): a faint object on a cold
+    # background wants a low cut, a hot object on a warm background a high one; no single fraction of
+    # the maximum serves both; a cut that keeps 30% of each map's heat does.
+    g = Geometry.full(16, 16)
+    faint, warm = np.zeros((16, 16), np.float32), np.full((16, 16), 0.5, np.float32)
+    faint[4:12, 4:12], warm[4:12, 4:12] = 0.4, 0.9
+    faint[7:9, 7:9] = warm[7:9, 7:9] = 1.0
+    tally = LocalizationTally()
+    for cam in [faint, warm] * CALIBRATION_MIN_IMAGES:
+        tally.add(cam, True, np.array([4, 4, 12, 12]), g)
+    r = tally.result()
+    assert r["max_box_acc"] == 0.5  # the best fixed threshold fits one kind only
+    assert r["box_rule"] == "mass:0.3" and r["gt_known_loc"] == 1
