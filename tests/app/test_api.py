@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.cam import BoxRule
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import image_bytes, shape_jpeg
@@ -102,11 +103,11 @@ def test_open_inference_protocol_v2(client):
     assert client.get("/v2/models/other").status_code == 404
 
 
-def test_default_box_rule_is_the_cards_calibrated_threshold(client, tiny_model):
-    calibrated = tiny_model.card["cam"]["best_threshold"]
-    assert 0 < calibrated < 1 and tiny_model.card["cam"]["rule"] == f"threshold:{calibrated:g}"
+def test_default_box_rule_is_the_cards_calibrated_rule(client, tiny_model):
+    calibrated = BoxRule.parse(tiny_model.card["cam"]["rule"])  # training chose it on 64 boxed images
     default = client.post("/v1/predict?top_k=8", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
-    assert default["cam_threshold"] == calibrated
+    assert default["box_rule"]["rule"] == str(calibrated)
+    assert default["cam_threshold"] == (calibrated.value if calibrated.name == "threshold" else None)
     assert default["box_rule"]["source"] == "calibrated on 64 boxed validation images"
     asked = client.post("/v1/predict?top_k=8&threshold=0.05", content=shape_jpeg(),
                         headers={"content-type": "image/jpeg"}).json()

@@ -40,7 +40,7 @@ def natural_width(page) -> int:
     return page.eval_on_selector("#overlay", "img => img.complete ? img.naturalWidth : 0")
 
 
-def test_upload_see_labels_overlay_and_switch_label(server, browser, tmp_path):
+def test_upload_see_labels_overlay_and_switch_label(server, browser, tmp_path, tiny_model):
     url, _ = server
     (tmp_path / "shape.jpg").write_bytes(shape_jpeg(index=1))
     page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -58,7 +58,8 @@ def test_upload_see_labels_overlay_and_switch_label(server, browser, tmp_path):
     assert "selected" in second.get_attribute("class")
     assert natural_width(page) > 0
     assert "answered by default v1" in page.text_content("#answered")
-    assert "boxes: threshold:" in page.text_content("#answered")  # which rule drew the box, and why
+    # which rule drew the box (the card's calibrated one), and why
+    assert f"boxes: {tiny_model.card['cam']['rule']}" in page.text_content("#answered")
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert (tmp_path / "page.png").stat().st_size > 10_000
     if os.environ.get("RESCAM_SCREENSHOT"):  # how docs/screenshot.png is made
