@@ -8,6 +8,7 @@ import json
 import pytest
 from PIL import Image, ImageDraw
 
+from app.cam import BoxRule
 from app.predictor import Options, standalone
 from app.settings import Settings
 from tests.conftest import SHORT_RUN_MARGIN
@@ -40,7 +41,8 @@ def test_translation_keeps_the_label_and_moves_the_box(demo_model):
     size = demo_model.card["preprocessing"]["crop"]
     cell = size / demo_model.card["cam_size"][0]
     shift = (round(size * 0.19), round(size * 0.16))
-    calibrated = demo_model.card["cam"]["best_threshold"]  # the service's default box threshold
+    calibrated = BoxRule.parse(demo_model.card["cam"]["rule"])  # the service's default box rule
+    threshold = calibrated.value if calibrated.name == "threshold" else None
 
     async def go():
         async with standalone(Settings(registry=demo_model.registry, batching=False)) as predictor:
@@ -51,7 +53,8 @@ def test_translation_keeps_the_label_and_moves_the_box(demo_model):
                 a, b = shifted_pair(kind, size, size * 0.22, shift)
                 answers = [(await predictor.predict([(name, data)], Options(1))).model_dump()
                            for name, data in (("a", a), ("b", b))]
-                assert [x["cam_threshold"] for x in answers] == [calibrated, calibrated]
+                assert [x["box_rule"]["rule"] for x in answers] == [str(calibrated)] * 2
+                assert [x["cam_threshold"] for x in answers] == [threshold, threshold]
                 ra, rb = (x["results"][0]["predictions"][0] for x in answers)
                 results.append((kind, ra, rb))
             return results

@@ -14,7 +14,7 @@ def test_a_small_data_set_gets_the_step_floor_not_ten_steps():
     cfg = recipe("auto", data="folder:/x")
     plan = make_plan(cfg, steps_per_epoch=11, batch_size=128, train_images=1437, val_images=360,
                      seconds_per_step=None)
-    assert plan.steps == 1000 and plan.epochs == 91 and plan.limited_by == "min_steps"
+    assert plan.steps == 1500 and plan.epochs == 137 and plan.limited_by == "min_steps"
     big = make_plan(cfg, steps_per_epoch=800, batch_size=128, train_images=102_400, val_images=1000,
                     seconds_per_step=None)
     assert big.steps == 30 * 800 and big.limited_by == "epochs"
@@ -27,7 +27,7 @@ def test_the_time_budget_cuts_the_steps_and_says_so():
     assert plan.limited_by == "time_budget" and plan.steps < 200
     assert plan.expected_s <= 100 and plan.expected_s > 90  # it uses the budget, not a fraction of it
     roomy = make_plan(cfg.replace(time_budget_s=10_000), 11, 128, 1437, 360, 0.5)
-    assert roomy.steps == 1000 and roomy.limited_by == "min_steps"
+    assert roomy.steps == 1500 and roomy.limited_by == "min_steps"
 
 
 @pytest.mark.parametrize("side, expected, stem", [(40, 32, 1), (64, 64, 2), (100, 96, 2), (500, 128, 2)])
@@ -60,7 +60,7 @@ def test_epochs_a_user_asks_for_are_what_runs_and_the_data_decide_otherwise():
         return _config(build_parser().parse_args(["train", *argv]))
 
     mine = config("--data", "folder:/x")
-    assert mine.adapt and mine.min_steps == 1000 and mine.time_budget_s == 480  # the auto recipe
+    assert mine.adapt and mine.min_steps == 1500 and mine.time_budget_s == 480  # the auto recipe
     asked = config("--data", "folder:/x", "--epochs", "2")
     assert asked.epochs == 2 and asked.min_steps == 0  # no floor over an explicit choice
     assert config("--data", "folder:/x", "--epochs", "2", "--min-steps", "50").min_steps == 50
