@@ -62,7 +62,7 @@ def test_upload_see_labels_overlay_and_switch_label(server, browser, tmp_path, t
     assert f"boxes: {tiny_model.card['cam']['rule']}" in page.text_content("#answered")
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert (tmp_path / "page.png").stat().st_size > 10_000
-    if os.environ.get("RESCAM_SCREENSHOT"):  # how docs/screenshot.png is made
+    if os.environ.get("RESCAM_SCREENSHOT"):  # to look at the page the test drove (the tiny model)
         page.screenshot(path=os.environ["RESCAM_SCREENSHOT"], full_page=False)
 
 
