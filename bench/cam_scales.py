@@ -11,7 +11,6 @@ shipped shapes model and the synthetic validation set:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,8 +20,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.cam import Geometry, boxes_from_heatmap, heatmap, iou  # noqa: E402
+from app.card import ModelCard  # noqa: E402
+from app.registry import CARD_FILE, WEIGHTS_FILE  # noqa: E402
 from models import create_model  # noqa: E402
 from training import synthetic  # noqa: E402
+from training.evaluate import normalize_batch  # noqa: E402
 from training.localization import THRESHOLDS, LocalizationTally  # noqa: E402
 from training.weights import load_state  # noqa: E402
 
@@ -35,15 +37,15 @@ def main() -> None:
     ap.add_argument("--scales", default="64,96,128", help="input sides the 64 px images are resized to")
     ap.add_argument("--images", type=int, default=1000)
     args = ap.parse_args()
-    card = json.loads((Path(args.model) / "card.json").read_text())
-    model = create_model(card["architecture"], num_classes=len(card["labels"]), **card["model_kwargs"])
-    model.load_state_dict(load_state(str(Path(args.model) / "weights.pth")))
+    card = ModelCard.load(Path(args.model) / CARD_FILE)
+    model = create_model(card.architecture, num_classes=len(card.labels), **card.extra.get("model_kwargs", {}))
+    model.load_state_dict(load_state(str(Path(args.model) / WEIGHTS_FILE)))
     model.eval()
-    prep = json.loads(card["preprocessing"]) if isinstance(card["preprocessing"], str) else card["preprocessing"]
-    size = prep["crop"]
+    prep = card.preprocessing
+    size = prep.crop
     images, labels, boxes = synthetic.generate(0, "val", args.images, size)
-    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(prep["mean"]).view(1, 3, 1, 1)) \
-        / torch.tensor(prep["std"]).view(1, 3, 1, 1)
+    x = normalize_batch(torch.from_numpy(images).permute(0, 3, 1, 2), torch.tensor(prep.mean).view(1, 3, 1, 1),
+                        torch.tensor(prep.std).view(1, 3, 1, 1))
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     full = Geometry.full(size, size)
     print(f"{args.model}: MaxBoxAcc (threshold) per object side; images per group: "
