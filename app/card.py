@@ -35,8 +35,7 @@ class ModelCard:
     # image rule where that localized better), else the default
     box_rule: BoxRule = DEFAULT_RULE
     best_threshold: float | None = None
-    calibration_images: int = 0
-    rule_from_card: bool = False  # the card names its rule (training wrote it) or an older card's threshold
+    calibration_images: int = 0  # boxed validation images the card's rule was chosen on; 0: none named
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
     created: str | None = None
     format: str = FORMAT
@@ -63,8 +62,9 @@ class ModelCard:
         best = cam.get("best_threshold")
         best = float(best) if isinstance(best, (int, float)) and 0 < best < 1 else None
         rule = _rule(cam, best, int(images))
-        return cls(labels, prep, (h, w), d.get("architecture"), rule or DEFAULT_RULE, best, int(images),
-                   rule is not None, metrics, d.get("created"), fmt, {k: v for k, v in d.items() if k not in TYPED})
+        return cls(labels, prep, (h, w), d.get("architecture"), rule or DEFAULT_RULE, best,
+                   int(images) if rule else 0, metrics, d.get("created"), fmt,
+                   {k: v for k, v in d.items() if k not in TYPED})
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
@@ -90,7 +90,7 @@ class ModelCard:
 
     @property
     def calibrated(self) -> bool:
-        return self.rule_from_card and self.calibration_images >= CALIBRATION_MIN_IMAGES
+        return self.calibration_images >= CALIBRATION_MIN_IMAGES
 
     @property
     def rule_source(self) -> str:
