@@ -72,9 +72,10 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     # The default for a user's data (`--data folder:...`, `POST /v1/jobs`): the image size from the
     # images, at least 1,500 optimizer steps (a 1,500-image set is 11 steps an epoch: one epoch
-    # learns nothing; 1,000 left the digits 1.4 points lower, BENCHMARKS.md), zoom/shift/contrast augmentation (small sets overfit without it), colours
-    # permuted and inverted too where they do not tell the classes apart (training/plan.py), the best
-    # epoch kept, and at most 8 minutes of training on whatever machine runs it (BENCHMARKS.md).
+    # learns nothing; 1,000 left the digits 1.4 points lower, BENCHMARKS.md), zoom/shift/contrast
+    # augmentation (small sets overfit without it), colours permuted and inverted too where they do
+    # not tell the classes apart (training/plan.py), the best epoch kept, and at most 8 minutes of
+    # training on whatever machine runs it (BENCHMARKS.md).
     "auto": dict(model="resnet20", data="synthetic", image_size=0, adapt=True, epochs=30, min_steps=1500,
                  time_budget_s=480, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine",
                  warmup_steps=50, augment="shift-scale", keep_best=True),

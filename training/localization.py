@@ -90,7 +90,7 @@ class LocalizationTally:
             # or a per-image one where that does better (a threshold on a tie)
             at_half = self.curve[IOUS_V2.index(IOU_NEEDED)]
             best, per_image = int(np.argmax(at_half)), int(np.argmax(self.rule_hits))
-            if self.rules and self.rule_hits[per_image] > at_half[best]:
+            if self.rule_hits[per_image] > at_half[best]:  # self.rules holds the fallback at least
                 return self.rules[per_image]
             return BoxRule("threshold", self.thresholds[best])
         return self.fallback
