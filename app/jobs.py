@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .curves import metrics_records
 from .datasets import BOXES_FILE
 from .job_store import ACTIVE, JobStore
 from .jobspec import JobFileError, JobResult, JobSpec
@@ -57,22 +57,6 @@ def result_written(job: dict[str, Any]) -> bool:
         return False
 
 
-def metrics_records(metrics_jsonl: Path | None, last: int | None = None) -> list[dict[str, Any]]:
-    """The trainer's metrics.jsonl records (the `last` ones only, when given); none when there is
-    no file yet."""
-    try:
-        lines = metrics_jsonl.read_text().splitlines() if metrics_jsonl is not None else []
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in lines[-last:] if last else lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written
-    return records
-
-
 def read_progress(run_dir: Path) -> dict[str, Any] | None:
     """The trainer's latest step and epoch lines from its metrics.jsonl."""
     latest: dict[str, Any] = {}
@@ -86,22 +70,6 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
         elif record.get("event") == "plan":
             latest["plan"] = {k: v for k, v in record.items() if k not in ("event", "time", "eta_s", "total_steps")}
     return latest or None
-
-
-def read_curves(metrics_jsonl: Path | None) -> dict[str, list]:
-    """Training loss and top-1 at each logged step, validation loss and top-1 at each epoch's end."""
-    curves: dict[str, list] = {"step": [], "loss": [], "train_top1": [], "val_step": [], "val_loss": [],
-                               "val_top1": []}
-    for r in metrics_records(metrics_jsonl):
-        if r.get("event") == "step" and r.get("loss") is not None:
-            curves["step"].append(r["step"])
-            curves["loss"].append(r["loss"])
-            curves["train_top1"].append(r.get("train_top1"))
-        elif r.get("event") == "epoch":
-            curves["val_step"].append(r["step"])
-            curves["val_loss"].append(r.get("val_loss"))
-            curves["val_top1"].append(r.get("val_top1"))
-    return curves
 
 
 class JobRunner:

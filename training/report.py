@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from app import cam, overlay  # noqa: E402
-from app.jobs import read_curves  # noqa: E402
+from app.curves import read_curves  # noqa: E402
 from app.predictor import softmax  # noqa: E402
 from app.registry import CARD_FILE, REPORT_DIR  # noqa: E402
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
-from ..jobs import read_curves
+from ..curves import read_curves
 from ..schemas import Curves, ErrorAnswer, JobAnswer, JobList, JobRequest
 from .deps import AdminDep, RetrainingDep
 
