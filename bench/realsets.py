@@ -13,6 +13,17 @@
   the box being the patch. 2 classes; the held-out `test/` images use 30 faces and 30 non-faces that
   no uploaded image contains. Needs `pip install scikit-image` (its wheel carries the files).
 
+- `objects`: real-object clip art (Debian's `openclipart-png`: public-domain drawings and traced
+  photographs, sorted by subject) cut out along their own transparency and pasted at 10-85% of a
+  96x96 canvas onto crops of the real photographs scikit-image ships, the box being the extent
+  of the object's opaque pixels. 8 classes (bird, insect, mammal, fish, fruit, flower, vehicle,
+  house), 2,400 `train/`, 480 `val/`, 480 `test/` images of the same objects in new composites,
+  and 480 `unseen/` images of the 20% of each class's objects that no other split shows.
+  Needs `apt-get install openclipart-png` and `pip install scikit-image`.
+
+- `photos`: the real photographs scikit-image ships, whole and as random crops: a set of images
+  of none of any model's classes (bench/ood.py). Not a training set.
+
 Written as an image-folder tree (`train/<class>/`, `val/<class>/`, `test/<class>/`) with a
 `boxes.csv` (`path,label,x0,y0,x1,y1`, paths relative to the root): what `rescam train --data
 folder:ROOT --boxes-csv ROOT/boxes.csv` reads. The zip holds train/ and val/ only (with or without
@@ -143,6 +154,113 @@ def build_faces(root: str | Path, seed: int = 0, per_patch: int = 8) -> Path:
     return root
 
 
+CLIPART = Path("/usr/share/openclipart/png")
+OBJECT_CLASSES = {"bird": "animals/birds", "insect": "animals/bugs", "mammal": "animals/mammals",
+                  "fish": "animals/fish", "fruit": "food/fruit", "flower": "plants/flowers",
+                  "vehicle": "transportation/vehicles", "house": "buildings/homes"}
+OBJECT_SIZE = 96
+OBJECT_SPLITS = {"train": 2400, "val": 480, "test": 480, "unseen": 480}
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "hubble_deep_field",
+          "immunohistochemistry", "stereo_motorcycle", "clock", "brick", "grass", "gravel", "retina")
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data as d
+
+    im = getattr(d, name)()
+    im = im[0] if isinstance(im, tuple) else im
+    return np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im[..., :3]
+
+
+def _cutouts(folder: Path, longest: int = 192) -> list[Image.Image]:
+    """Each drawing as RGBA cropped to its opaque pixels, its longest side at most `longest`;
+    drawings without transparency (no outline to cut along) are left out."""
+    out = []
+    for p in sorted(folder.rglob("*.png")):
+        with Image.open(p) as im:
+            im.draft("RGBA", (longest * 4, longest * 4))
+            rgba = im.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3]
+        if (alpha < 128).mean() < 0.05 or (alpha >= 128).sum() < 50:
+            continue
+        rgba = rgba.crop(Image.fromarray(((alpha >= 128) * 255).astype(np.uint8)).getbbox())
+        rgba.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+        if (np.asarray(rgba)[..., 3] >= 128).sum() >= 50:
+            out.append(rgba)
+    return out
+
+
+def _backdrop(rng: np.random.Generator, photos: list[np.ndarray], side: int) -> Image.Image:
+    photo = photos[rng.integers(len(photos))]
+    crop = int(min(photo.shape[:2]) * rng.uniform(0.2, 0.7))
+    y, x = rng.integers(0, photo.shape[0] - crop + 1), rng.integers(0, photo.shape[1] - crop + 1)
+    return Image.fromarray(photo[y:y + crop, x:x + crop]).resize((side, side), Image.Resampling.BILINEAR)
+
+
+def _composite(rng: np.random.Generator, cutout: Image.Image, photos: list[np.ndarray]) -> tuple[np.ndarray, tuple]:
+    """The cutout at 10-85% of the canvas (its longest side), anywhere it fits, and its box."""
+    canvas = _backdrop(rng, photos, OBJECT_SIZE)
+    longest = max(4, int(OBJECT_SIZE * rng.uniform(0.10, 0.85)))
+    while True:  # a thin drawing shrunk far may keep no opaque pixel: then a little larger
+        s = longest / max(cutout.size)
+        obj = cutout.resize((max(2, round(cutout.width * s)), max(2, round(cutout.height * s))),
+                            Image.Resampling.BILINEAR)
+        if (np.asarray(obj)[..., 3] >= 128).any() or longest >= OBJECT_SIZE:
+            break
+        longest = min(OBJECT_SIZE, longest + 4)
+    if rng.random() < 0.5:
+        obj = obj.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    x, y = int(rng.integers(0, OBJECT_SIZE - obj.width + 1)), int(rng.integers(0, OBJECT_SIZE - obj.height + 1))
+    canvas.paste(obj, (x, y), obj)
+    alpha = np.asarray(obj)[..., 3]
+    ys, xs = np.nonzero(alpha >= 128 if (alpha >= 128).any() else alpha > 0)
+    box = (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
+    noisy = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 3, (OBJECT_SIZE, OBJECT_SIZE, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8), box
+
+
+def build_objects(root: str | Path, seed: int = 0) -> Path:
+    """Composites of real-object clip art on real photographs; 20% of each class's objects appear
+    only in `unseen/`."""
+    root = Path(root)
+    photos = [_photo(n) for n in PHOTOS]
+    cutouts = {c: _cutouts(CLIPART / sub) for c, sub in OBJECT_CLASSES.items()}
+    seen, unseen = {}, {}
+    for c, objs in cutouts.items():
+        order = np.random.default_rng([seed, len(c)]).permutation(len(objs))
+        k = max(1, round(len(objs) * 0.2))
+        unseen[c], seen[c] = [objs[i] for i in order[:k]], [objs[i] for i in order[k:]]
+    classes = sorted(OBJECT_CLASSES)
+    rows = []
+    for split, count in OBJECT_SPLITS.items():
+        pool = unseen if split == "unseen" else seen
+        for i in range(count):
+            rng = np.random.default_rng([seed, list(OBJECT_SPLITS).index(split), i])
+            label = classes[i % len(classes)]
+            image, box = _composite(rng, pool[label][rng.integers(len(pool[label]))], photos)
+            rel = Path(split) / label / f"{i:04d}.png"
+            (root / rel.parent).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / rel)
+            rows.append((rel.as_posix(), label, box))
+    write_boxes(root, rows)
+    return root
+
+
+def build_photos(root: str | Path, seed: int = 0, crops: int = 20) -> Path:
+    """Each photograph whole and as `crops` random square crops (20-100% of its shorter side)."""
+    root = Path(root) / "photos"
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PHOTOS:
+        photo = _photo(name)
+        Image.fromarray(photo).save(root / f"{name}.png")
+        rng = np.random.default_rng([seed, PHOTOS.index(name)])
+        for j in range(crops):
+            side = int(min(photo.shape[:2]) * rng.uniform(0.2, 1.0))
+            y, x = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
+            Image.fromarray(photo[y:y + side, x:x + side]).save(root / f"{name}-{j:02d}.png")
+    return root.parent
+
+
 def read_set_boxes(root: str | Path) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
     """The set's boxes.csv, read by the service's own reader."""
     return read_boxes(Path(root) / BOXES_FILE)
@@ -163,7 +281,7 @@ def zip_bytes(root: str | Path, splits: tuple[str, ...] = ("train", "val"), boxe
     return buf.getvalue()
 
 
-BUILDERS = {"digits": build_digits, "faces": build_faces}
+BUILDERS = {"digits": build_digits, "faces": build_faces, "objects": build_objects, "photos": build_photos}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
