@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# a batch's logits, CAMs and pooled features (None for a graph without them)
+RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 
 
 @dataclass
@@ -31,6 +32,7 @@ class _Item:
 class BatchResult:
     logits: np.ndarray  # (classes,)
     cams: np.ndarray  # (classes, h, w)
+    features: np.ndarray | None  # (channels,) pooled; None for a graph exported without them
     queue_ms: float
     inference_ms: float
     batch_size: int
@@ -68,11 +70,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if not self.enabled:
             start = time.perf_counter()
-            logits, cams = await asyncio.wait_for(loop.run_in_executor(self.executor, run, x[None]), timeout)
+            logits, cams, features = await asyncio.wait_for(loop.run_in_executor(self.executor, run, x[None]),
+                                                            timeout)
             ms = (time.perf_counter() - start) * 1000
             if self.on_batch:
                 self.on_batch(1, ms)
-            return BatchResult(logits[0], cams[0], 0.0, ms, 1)
+            return BatchResult(logits[0], cams[0], None if features is None else features[0], 0.0, ms, 1)
         item = _Item(np.ascontiguousarray(x), run, loop.create_future(), wait_s)
         assert self.queue is not None, "Batcher.start() was not called"
         await self.queue.put(item)
@@ -109,7 +112,7 @@ class Batcher:
                 continue
             started = time.perf_counter()
             try:
-                logits, cams = await loop.run_in_executor(self.executor, run, np.stack([i.x for i in batch]))
+                logits, cams, features = await loop.run_in_executor(self.executor, run, np.stack([i.x for i in batch]))
             except Exception as e:  # the model failed: every request of this batch gets the error
                 for i in batch:
                     if not i.future.done():
@@ -120,4 +123,5 @@ class Batcher:
                 self.on_batch(len(batch), ms)
             for k, i in enumerate(batch):
                 if not i.future.done():
-                    i.future.set_result(BatchResult(logits[k], cams[k], (started - i.enqueued) * 1000, ms, len(batch)))
+                    i.future.set_result(BatchResult(logits[k], cams[k], None if features is None else features[k],
+                                                    (started - i.enqueued) * 1000, ms, len(batch)))

@@ -9,15 +9,18 @@ the rest (training config, parity, versions) travel untouched in `extra`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cam import CALIBRATION_MIN_IMAGES, DEFAULT_RULE, BoxRule
 from .preprocess import Preprocessing
+from .scoring import OodSpec
 
 FORMAT = "rescam.card/1"
-TYPED = ("format", "architecture", "labels", "preprocessing", "cam_size", "cam", "metrics", "created")
+TYPED = ("format", "architecture", "labels", "preprocessing", "cam_size", "cam", "metrics", "created", "calibration",
+         "ood")
 
 
 class CardError(ValueError):
@@ -40,6 +43,19 @@ class ModelCard:
     created: str | None = None
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # open world (app.scoring): the fitted temperature and its figures, and the OOD detector; None
+    # for a version exported before them
+    calibration: dict[str, Any] | None = field(default=None, compare=False)
+    ood: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def temperature(self) -> float | None:
+        t = (self.calibration or {}).get("temperature")
+        return float(t) if isinstance(t, (int, float)) and 0 < t < math.inf else None
+
+    @property
+    def ood_spec(self) -> OodSpec | None:
+        return OodSpec.from_card(self.ood)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
@@ -62,9 +78,13 @@ class ModelCard:
         best = cam.get("best_threshold")
         best = float(best) if isinstance(best, (int, float)) and 0 < best < 1 else None
         rule = _rule(cam, best, int(images))
+        if d.get("ood") is not None and OodSpec.from_card(d["ood"]) is None:
+            raise CardError(f"card's ood entry is not one this rescam reads: {d['ood']!r:.200}")
         return cls(labels, prep, (h, w), d.get("architecture"), rule or DEFAULT_RULE, best,
                    int(images) if rule else 0, metrics, d.get("created"), fmt,
-                   {k: v for k, v in d.items() if k not in TYPED})
+                   {k: v for k, v in d.items() if k not in TYPED},
+                   d["calibration"] if isinstance(d.get("calibration"), dict) else None,
+                   d["ood"] if isinstance(d.get("ood"), dict) else None)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
@@ -78,7 +98,9 @@ class ModelCard:
                 "preprocessing": self.preprocessing.to_card(), "cam_size": list(self.cam_size),
                 "cam": {"rule": str(self.box_rule), "best_threshold": self.best_threshold,
                         "calibration_images": self.calibration_images},
-                "metrics": self.metrics, "created": self.created, **self.extra}
+                "metrics": self.metrics, "created": self.created, **self.extra,
+                **({"calibration": self.calibration} if self.calibration is not None else {}),
+                **({"ood": self.ood} if self.ood is not None else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

@@ -17,7 +17,6 @@ from PIL import Image
 from . import cam, overlay
 from .engine import Engine
 from .model_manager import ModelManager
-from .predictor import softmax
 from .registry import REPORT_DIR
 
 SHOWN_SIDE = 224  # overlays are drawn at least this large, so boxes and labels can be read
@@ -36,13 +35,13 @@ def report_images(models: ModelManager, version: int) -> list[dict[str, Any]]:
 def answer(engine: Engine, image: Image.Image, true_box: list[float] | None) -> dict[str, Any]:
     """One version's answer on one image: the label, its score, its box and the drawing."""
     array, window = engine.prep.crop_resize(image)
-    logits, cams = engine.run(engine.prep.normalize(array[None]))
-    probs = softmax(logits[0])
-    said = int(probs.argmax())
+    logits, cams, features = engine.run(engine.prep.normalize(array[None]))
+    verdict = engine.scorer.verdict(logits[0], None if features is None else features[0])
+    said = verdict.predicted
     drawn, box = overlay.answer_picture(image, cams[0], said, window, engine.card.box_rule, engine.labels[said],
                                         true_box, SHOWN_SIDE)
     png, _ = overlay.encode(drawn, "png")
-    return {"said": engine.labels[said], "score": round(float(probs[said]), 4),
+    return {"said": engine.labels[said], "score": round(float(verdict.probs[said]), 4), "unknown": verdict.unknown,
             "box": [round(v, 1) for v in box] if box else None,
             "iou": round(cam.iou(box, true_box), 3) if box and true_box else None,
             "overlay": "data:image/png;base64," + base64.b64encode(png).decode()}

@@ -10,7 +10,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from .card import ModelCard
 from .imaging import release_freed_memory
 from .preprocess import Preprocessing
 from .registry import MODEL_FILE
+from .scoring import OpenWorldError, Scorer
 
 log = logging.getLogger("rescam.engine")
 
@@ -163,6 +164,9 @@ class Engine:
     warm: bool = False
     max_batch: int = 1  # on a GPU: batches are padded to padded_size(n, max_batch) (see check)
     io_binding: bool = True  # on a GPU: inputs and outputs through an I/O binding
+    # calibration and the OOD verdict (app.scoring); the logit-based fallback for older versions
+    scorer: Scorer = field(default_factory=Scorer)
+    outputs: tuple[str, ...] = ("logits", "cam")  # and "features" where the graph has it
 
     @property
     def on_gpu(self) -> bool:
@@ -177,12 +181,18 @@ class Engine:
         if wanted[0] in GPU_PROVIDERS:
             preload_gpu_libraries()
         try:
+            scorer = Scorer.load(directory, card.temperature, card.ood_spec)
+        except OpenWorldError as e:
+            raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
+        try:
             session = open_session(directory / MODEL_FILE, wanted, graph_optimization, intra_op_threads,
                                    inter_op_threads, lean, scratch)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many kinds; all mean "does not load"
             raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
+        present = {o.name for o in session.get_outputs()}
+        outputs = ("logits", "cam", "features") if "features" in present else ("logits", "cam")
         engine = cls(name, version, card, session, session.get_providers()[0], 0.0, max_batch=max_batch,
-                     io_binding=io_binding)
+                     io_binding=io_binding, scorer=scorer, outputs=outputs)
         engine.check()
         engine.load_ms = (time.perf_counter() - start) * 1000
         log.info("loaded %s v%d on %s (asked for %s) in %.0f ms", name, version, engine.provider, wanted,
@@ -209,7 +219,8 @@ class Engine:
         shape's cuDNN search happens here, not in a request), the right shapes, finite numbers."""
         try:
             for size in self.batch_shapes():
-                logits, cams = self.run(np.zeros((size, 3, self.prep.crop, self.prep.crop), dtype=np.float32))
+                logits, cams, features = self.run(np.zeros((size, 3, self.prep.crop, self.prep.crop),
+                                                           dtype=np.float32))
         except Exception as e:  # noqa: BLE001 - a graph that does not run is a model that does not load
             raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: {e}") from e
         logits, cams = logits[:1], cams[:1]
@@ -217,27 +228,34 @@ class Engine:
         if logits.shape != (1, n) or cams.shape[:2] != (1, n) or not np.isfinite(logits).all():
             raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: logits {logits.shape}, "
                                  f"cams {cams.shape} for {n} labels")
+        wanted = self.scorer.feature_size
+        if wanted is not None and (features is None or features.shape[1:] != (wanted,)):
+            raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: its OOD bank holds "
+                                 f"{wanted} features, the graph gives {None if features is None else features.shape}")
         self.warm = True
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (n, classes) and CAMs (n, classes, h, w) of a batch of n normalised inputs."""
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Logits (n, classes), CAMs (n, classes, h, w) and pooled features (n, channels; None for a
+        graph exported without them) of a batch of n normalised inputs."""
         n = len(batch)
         if not self.on_gpu:
-            logits, cams = self.session.run(["logits", "cam"], {"input": batch})
-            return logits, cams
+            return self._unpacked(self.session.run(list(self.outputs), {"input": batch}), n)
         size = padded_size(n, self.max_batch)
         if size > n:
             batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), dtype=batch.dtype)])
         if self.io_binding:
             binding = self.session.io_binding()
             binding.bind_cpu_input("input", np.ascontiguousarray(batch))
-            binding.bind_output("logits")
-            binding.bind_output("cam")
+            for name in self.outputs:
+                binding.bind_output(name)
             self.session.run_with_iobinding(binding)
-            logits, cams = binding.copy_outputs_to_cpu()
-        else:
-            logits, cams = self.session.run(["logits", "cam"], {"input": batch})
-        return logits[:n], cams[:n]
+            return self._unpacked(binding.copy_outputs_to_cpu(), n)
+        return self._unpacked(self.session.run(list(self.outputs), {"input": batch}), n)
+
+    @staticmethod
+    def _unpacked(outputs: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        logits, cams, *rest = outputs
+        return logits[:n], cams[:n], rest[0][:n] if rest else None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,

@@ -34,6 +34,13 @@ class Metrics:
         self.model_version = Gauge("rescam_model_version", "the live model version", ["model", "provider"],
                                    registry=r, multiprocess_mode="liveall")
         self.images = Counter("rescam_images", "images answered", ["outcome"], registry=r)
+        # a drift signal: answers whose image looks like none of the model's classes, per version
+        self.verdicts = Counter("rescam_open_world_answers", "answered images by open-world verdict",
+                                ["model", "version", "verdict"], registry=r)
+
+    def count_verdict(self, model: str, version: int, unknown: bool | None) -> None:
+        verdict = "unscored" if unknown is None else "unknown" if unknown else "known"
+        self.verdicts.labels(model, str(version), verdict).inc()
 
     def observe_batch(self, size: int, ms: float) -> None:
         self.batch_size.observe(size)

@@ -94,12 +94,14 @@ def wants_binary(request: InferRequest, name: str) -> bool:
 
 
 def encode(head: dict[str, Any], outputs: dict[str, np.ndarray], request: InferRequest) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary tensors follow it (else None)."""
+    """The response body, and the JSON header's length when binary tensors follow it (else None).
+    Boolean outputs go as BOOL (one byte each in binary), every other as FP32."""
     blobs, described = [], []
     for name, value in outputs.items():
-        entry = {"name": name, "datatype": "FP32", "shape": list(value.shape)}
+        boolean = value.dtype == np.bool_
+        entry = {"name": name, "datatype": "BOOL" if boolean else "FP32", "shape": list(value.shape)}
         if wants_binary(request, name):
-            data = np.ascontiguousarray(value, dtype="<f4").tobytes()
+            data = np.ascontiguousarray(value, dtype=np.bool_ if boolean else "<f4").tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
         else:

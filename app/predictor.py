@@ -22,7 +22,17 @@ from .batcher import Batcher, BatchResult
 from .engine import Engine, leave_cores_to_onnxruntime
 from .metrics import Metrics
 from .model_manager import ModelManager
-from .schemas import BoxAnswer, BoxRuleAnswer, ImageAnswer, LabelAnswer, ModelRef, PredictAnswer, Timings
+from .schemas import (
+    BoxAnswer,
+    BoxRuleAnswer,
+    ImageAnswer,
+    LabelAnswer,
+    ModelRef,
+    OpenWorldAnswer,
+    PredictAnswer,
+    Timings,
+)
+from .scoring import Scorer, Verdict
 from .settings import Settings
 from .store import PredictionStore, SharedPredictionStore, StoredImage, StoredPrediction
 
@@ -64,11 +74,11 @@ def batch_wait_s(setting_ms: float | None, engine: Engine) -> float:
     return setting_ms / 1000
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Scores from one image's logits, in float64."""
-    logits = logits.astype(np.float64)
-    e = np.exp(logits - logits.max())
-    return e / e.sum()
+def open_world_answer(scorer: Scorer, verdict: Verdict) -> OpenWorldAnswer:
+    return OpenWorldAnswer(unknown=verdict.unknown, ood_score=round(verdict.ood_score, 6),
+                           threshold=None if scorer.threshold is None else round(scorer.threshold, 6),
+                           method=scorer.method, calibrated=scorer.calibrated,
+                           temperature=None if scorer.temperature is None else round(scorer.temperature, 4))
 
 
 def make_store(settings: Settings) -> PredictionStore:
@@ -116,11 +126,12 @@ class Predictor:
                     ) -> ImageAnswer:
         """Scores, the top-k labels and each one's CAM boxes in the original image's pixels."""
         t0 = time.perf_counter()
-        probs = softmax(result.logits)
-        top = [int(i) for i in np.argsort(-probs)[: opts.top_k]]
+        verdict = engine.scorer.verdict(result.logits, result.features)
+        top = verdict.top(opts.top_k)
         boxes = self.boxes(result.cams, top, p, opts) if opts.boxes else [None] * len(top)
-        predictions = [LabelAnswer(label=engine.labels[i], index=i, score=round(float(probs[i]), 6), boxes=b)
-                       for i, b in zip(top, boxes)]
+        predictions = [LabelAnswer(label=engine.labels[i], index=i, score=round(float(verdict.probs[i]), 6),
+                                   raw_score=round(float(verdict.raw[i]), 6), boxes=b) for i, b in zip(top, boxes)]
+        self.metrics.count_verdict(engine.name, engine.version, verdict.unknown)
         cam_ms = (time.perf_counter() - t0) * 1000
         self.metrics.cam.observe(cam_ms / 1000)
         timings = Timings(decode_ms=round(p.decode_ms, 3), queue_ms=round(result.queue_ms, 3),
@@ -128,7 +139,7 @@ class Predictor:
                           batch_size=result.batch_size)
         d = p.decoded
         return ImageAnswer(filename=filename, width=d.width, height=d.height, format=d.format, predictions=predictions,
-                           timings=timings)
+                           open_world=open_world_answer(engine.scorer, verdict), timings=timings)
 
     @staticmethod
     def boxes(cams: np.ndarray, indices: list[int], p: Prepared, opts: Options) -> list[list[BoxAnswer]]:

@@ -2,6 +2,7 @@
 
     <root>/<model>/<version>/model.onnx   immutable, version a positive integer
     <root>/<model>/<version>/card.json
+    <root>/<model>/<version>/ood.npz      the training features the OOD score compares with (app.scoring)
     <root>/<model>/<version>/report/      optional: figures, gallery and index.html
     <root>/<model>/DEPLOYED               {"version": v, "history": [...]}, replaced atomically
     <root>/<model>/audit.jsonl            who deployed what, when and why
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .card import CardError, ModelCard
+from .scoring import OOD_FILE, OpenWorldError
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -66,11 +68,18 @@ class Registry:
         return d
 
     def card(self, model: str, version: int) -> ModelCard:
-        """The version's card; RegistryError when it is missing or unreadable."""
+        """The version's card; RegistryError when it is missing or unreadable, or when the OOD file it
+        names is missing or not the one it names (such a version is listed as broken, never loaded)."""
+        directory = self.version_dir(model, version)
         try:
-            return ModelCard.load(self.version_dir(model, version) / CARD_FILE)
+            card = ModelCard.load(directory / CARD_FILE)
+            if card.ood_spec is not None:
+                card.ood_spec.check_file(directory)
         except CardError as e:
             raise RegistryError(f"model {model!r} v{version} has a broken card: {e}") from None
+        except OpenWorldError as e:
+            raise RegistryError(f"model {model!r} v{version} is broken: {e}") from None
+        return card
 
     def report_index(self, model: str, version: int) -> Path | None:
         """The version's report page (training/report.py), when it has one."""
@@ -93,7 +102,7 @@ class Registry:
         staging = d / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            for name in (MODEL_FILE, CARD_FILE, WEIGHTS_FILE):
+            for name in (MODEL_FILE, CARD_FILE, WEIGHTS_FILE, OOD_FILE):
                 if (source / name).is_file():
                     shutil.copy2(source / name, staging / name)
             if (source / REPORT_DIR).is_dir():

@@ -28,7 +28,8 @@ class BoxAnswer(BaseModel):
 class LabelAnswer(BaseModel):
     label: str
     index: int
-    score: float
+    score: float = Field(description="the calibrated probability (softmax of logits / the card's temperature)")
+    raw_score: float = Field(description="the uncalibrated softmax probability")
     boxes: list[BoxAnswer] | None = Field(None, description="absent with boxes=false")
     cam_url: str | None = Field(None, description="this label's CAM overlay; absent with cam=false")
 
@@ -46,12 +47,25 @@ class ImageError(BaseModel):
     message: str
 
 
+class OpenWorldAnswer(BaseModel):
+    """Whether the image looks like the model's training data (app.scoring)."""
+
+    unknown: bool | None = Field(description="true: not one of this model's classes, by its OOD score; null: this "
+                                             "version has no fitted threshold (exported before open-world scoring)")
+    ood_score: float = Field(description="higher means less like the training images")
+    threshold: float | None = Field(description="unknown above it; it keeps 95% of the validation images known")
+    method: str = Field(description="knn (distance to the nearest training images' features) or energy")
+    calibrated: bool = Field(description="whether the scores are temperature-calibrated")
+    temperature: float | None = None
+
+
 class ImageAnswer(BaseModel):
     filename: str
     width: int | None = None
     height: int | None = None
     format: str | None = None
     predictions: list[LabelAnswer] = []
+    open_world: OpenWorldAnswer | None = Field(None, description="is it one of this model's classes at all")
     timings: Timings | None = None
     image: int | None = Field(None, description="this image's index in the prediction's overlay URLs")
     error: ImageError | None = Field(None, description="why this image got no answer (the others still do)")
@@ -106,6 +120,7 @@ class VersionFigures(BaseModel):
 class VersionAnswer(BaseModel):
     said: str
     score: float
+    unknown: bool | None = Field(None, description="its open-world verdict on the image")
     box: list[float] | None
     iou: float | None = Field(None, description="of its box with the true box")
     overlay: str = Field(description="the drawn answer, a data: URL of a PNG")

@@ -16,6 +16,8 @@ def config_pbtxt(name: str, card: ModelCard, max_batch_size: int = 64, queue_del
     n = len(card.labels)
     side = card.preprocessing.crop
     h, w = card.cam_size
+    width = (card.ood or {}).get("features")  # the pooled features, in graphs exported with them
+    features = f',\n  {{ name: "features" data_type: TYPE_FP32 dims: [ {width} ] }}' if width else ""
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
@@ -24,7 +26,7 @@ input [
 ]
 output [
   {{ name: "logits" data_type: TYPE_FP32 dims: [ {n} ] label_filename: "labels.txt" }},
-  {{ name: "cam" data_type: TYPE_FP32 dims: [ {n}, {h}, {w} ] }}
+  {{ name: "cam" data_type: TYPE_FP32 dims: [ {n}, {h}, {w} ] }}{features}
 ]
 dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}
 instance_group [ {{ kind: KIND_AUTO count: 1 }} ]

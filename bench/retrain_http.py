@@ -8,7 +8,13 @@ again without it; each upload gets one job with nothing but `{"dataset": NAME, "
 `POST /v1/predict` with no threshold: top-1, and GT-known localization (the box the service
 draws for the true class has IoU >= 0.5 with the true box).
 
-    python bench/retrain_http.py [--data /tmp/digits] [--port 8765] [--variants boxes,no-boxes]
+The `objects` set (real-object clip art on real photographs) is measured on its `test/` images
+(new composites of the objects it trained on) and its `unseen/` ones (objects it never saw).
+Each answer's open-world verdict is counted too: a held-out image of the model's own classes
+called unknown is a cost of the verdict.
+
+    python bench/retrain_http.py [--set digits|objects] [--data DIR] [--port 8765] [--variants boxes,no-boxes]
+                                 [--keep DIR]   # keep the server's registry and data root there
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.cam import iou  # noqa: E402
-from bench.realsets import build_digits, read_set_boxes, zip_bytes  # noqa: E402
+from bench.realsets import BUILDERS, read_set_boxes, zip_bytes  # noqa: E402
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -70,41 +76,49 @@ def retrain(client: httpx.Client, name: str, upload: bytes) -> dict:
     return {"job_s": round(time.time() - started, 1), "plan": plan, "steps_trained": steps, "result": job["result"]}
 
 
-def held_out(client: httpx.Client, root: Path) -> dict:
-    right = found = count = 0
+def held_out(client: httpx.Client, root: Path, split: str = "test") -> dict:
+    right = found = count = unknown = 0
     rules = set()
     for path, (label, box) in read_set_boxes(root).items():
-        if not path.startswith("test/"):
+        if not path.startswith(f"{split}/"):
             continue
         answer = client.post("/v1/predict?top_k=10&cam=false", content=(root / path).read_bytes(),
                              headers={"content-type": "image/png"}).json()
         rules.add(answer["box_rule"]["rule"])
         predictions = answer["results"][0]["predictions"]
+        unknown += bool(answer["results"][0]["open_world"]["unknown"])
         right += predictions[0]["label"] == label
         truth = next(p for p in predictions if p["label"] == label)
         b = truth["boxes"][0] if truth["boxes"] else None
         found += b is not None and iou([b["x0"], b["y0"], b["x1"], b["y1"]], box) >= 0.5
         count += 1
-    return {"images": count, "top1": right / count, "gt_known_loc": found / count, "box_rules": sorted(rules)}
+    return {"split": split, "images": count, "top1": right / count, "gt_known_loc": found / count,
+            "called_unknown": unknown / count, "box_rules": sorted(rules)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/tmp/rescam-digits", help="where the digits set is (built if absent)")
+    ap.add_argument("--set", default="digits", choices=("digits", "objects"))
+    ap.add_argument("--data", help="where the set is (built if absent); default /tmp/rescam-SET")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--variants", default="boxes,no-boxes")
+    ap.add_argument("--keep", type=Path, help="run the server in this folder and leave it there")
     args = ap.parse_args()
-    data = Path(args.data)
+    data = Path(args.data or f"/tmp/rescam-{args.set}")
     if not (data / "boxes.csv").exists():
-        build_digits(data)
+        BUILDERS[args.set](data)
+    splits = ("test", "unseen") if (data / "unseen").is_dir() else ("test",)
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp), args.port)
+        where = args.keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        server = start_server(where, args.port)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
                 for variant in args.variants.split(","):
-                    job = retrain(client, f"digits-{variant}", zip_bytes(data, boxes=variant == "boxes"))
-                    figures = held_out(client, data)
-                    print(json.dumps({"variant": variant, "deployed": job["result"]["deployed"],
+                    job = retrain(client, f"{args.set}-{variant}", zip_bytes(data, boxes=variant == "boxes"))
+                    figures = [held_out(client, data, split) for split in splits]
+                    print(json.dumps({"set": args.set, "variant": variant, "deployed": job["result"]["deployed"],
+                                      "version": job["result"].get("version"),
                                       "job_s": job["job_s"], "steps_trained": job["steps_trained"],
                                       "plan": job["plan"], "held_out": figures,
                                       "validation": {k: job["result"]["metrics"].get(k) for k in

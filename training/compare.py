@@ -9,17 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from app.cam import Geometry
 from app.card import ModelCard
 from app.registry import CARD_FILE, MODEL_FILE
+from app.scoring import Scorer, Verdict
 
 from .config import TrainConfig
 from .data import DataBundle, geometry_from_vector, load_data
 from .localization import LocalizationTally
+from .open_world import battery_figures, mean_auroc, session_outputs
 
 
 @dataclass
@@ -30,20 +31,26 @@ class Scored:
     truth: int | None  # the true class's index among the model's labels; None when it does not know it
     logits: np.ndarray  # (classes,)
     cams: np.ndarray  # (classes, h, w)
+    verdict: Verdict  # calibrated scores and the open-world verdict (app.scoring)
     box: np.ndarray  # the true box in the original image's pixels; NaN when none
     window: Geometry
+
+
+def scorer_of(model_dir: Path, card: ModelCard) -> Scorer:
+    return Scorer.load(model_dir, card.temperature, card.ood_spec)
 
 
 def scored_images(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64, desc: str = "scoring"
                   ) -> tuple[ModelCard, DataBundle, Iterator[Scored]]:
     """The model's card, cfg's data read with the card's preprocessing, and each validation image
-    scored by ONNX Runtime; labels are matched by name."""
+    scored by ONNX Runtime and app.scoring; labels are matched by name."""
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir / CARD_FILE)
     prep = card.preprocessing
     data = load_data(cfg.replace(image_size=prep.crop, resize=prep.resize, mean=prep.mean, std=prep.std,
                                  synthetic_train=0))
-    session = ort.InferenceSession(str(model_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    session, names = session_outputs(model_dir / MODEL_FILE)
+    scorer = scorer_of(model_dir, card)
     index = {label: i for i, label in enumerate(card.labels)}
 
     def images() -> Iterator[Scored]:
@@ -51,9 +58,10 @@ def scored_images(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64,
         loader = DataLoader(data.val, batch_size=batch_size)
         for images, labels, boxes, windows in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
             x = prep.normalize(images.numpy().transpose(0, 2, 3, 1))
-            logits, cams = session.run(["logits", "cam"], {"input": x})
+            logits, cams, *features = session.run(names, {"input": x})
+            verdicts = scorer.verdicts(logits, features[0] if features else None)
             for i, label in enumerate(labels.tolist()):
-                yield Scored(k, index.get(data.classes[label]), logits[i], cams[i], boxes[i].numpy(),
+                yield Scored(k, index.get(data.classes[label]), logits[i], cams[i], verdicts[i], boxes[i].numpy(),
                              geometry_from_vector(windows[i]))
                 k += 1
 
@@ -67,10 +75,16 @@ def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64)
     card, _, images = scored_images(model_dir, cfg, batch_size, desc="the live model")
     correct = count = 0
     tally = LocalizationTally(served=card.box_rule)
+    known = []
     for s in images:
-        right = s.truth is not None and int(s.logits.argmax()) == s.truth
+        right = s.truth is not None and s.verdict.predicted == s.truth
         correct += right
         count += 1
+        known.append(s.verdict.ood_score)
         if s.truth is not None and np.isfinite(s.box).all():
             tally.add(s.cams[s.truth], right, s.box, s.window)
-    return {"images": count, "top1": correct / max(count, 1), "labels": list(card.labels), **tally.result()}
+    model_dir = Path(model_dir)
+    session, names = session_outputs(model_dir / MODEL_FILE)
+    battery, _ = battery_figures(scorer_of(model_dir, card), session, names, cfg, card.preprocessing, np.array(known))
+    return {"images": count, "top1": correct / max(count, 1), "labels": list(card.labels), **tally.result(),
+            "ood_battery": battery, "ood_auroc": mean_auroc(battery)}

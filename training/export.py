@@ -1,8 +1,10 @@
 """ONNX export with a self-describing card, and the parity check that guards every export.
 
-The graph has one input, `input` (N, 3, H, W) float32, normalised as the card says, and two
-outputs: `logits` (N, classes) and `cam` (N, classes, h, w), the class-activation map of every
-class at feature resolution. The server needs no weights of its own to draw any class's CAM.
+The graph has one input, `input` (N, 3, H, W) float32, normalised as the card says, and three
+outputs: `logits` (N, classes), `cam` (N, classes, h, w), the class-activation map of every
+class at feature resolution, and `features` (N, channels), the pooled features the FC layer reads
+(the open-world score compares them with the training images'; app.scoring). The server needs no
+weights of its own to draw any class's CAM.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from torch import nn
 from app.cam import DEFAULT_RULE
 from app.preprocess import Preprocessing
 from app.registry import CARD_FILE, MODEL_FILE, WEIGHTS_FILE
+from app.scoring import OOD_FILE
 from models import ResNet
 
+from . import open_world
 from .config import TrainConfig
 from .data import load_data, preprocessing
 from .train import load_checkpoint_model
@@ -44,16 +48,20 @@ class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree about the exported model."""
 
 
+OUTPUTS = ("logits", "cam", "features")
+
+
 class CamGraph(nn.Module):
-    """What is exported: logits and the CAMs of all classes, from one pass over the features."""
+    """What is exported: logits, the CAMs of all classes and the pooled features, from one pass."""
 
     def __init__(self, model: ResNet) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(x)
-        return self.model.forward_head(features), self.model.forward_cam(features)
+        return (self.model.forward_head(features), self.model.forward_cam(features),
+                torch.flatten(self.model.avgpool(features), 1))
 
 
 class HalfCamGraph(nn.Module):
@@ -64,9 +72,8 @@ class HalfCamGraph(nn.Module):
         super().__init__()
         self.graph = CamGraph(copy.deepcopy(model).half())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, cams = self.graph(x.half())
-        return logits.float(), cams.float()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(t.float() for t in self.graph(x.half()))
 
 
 def export_onnx(model: ResNet, path: Path, image_size: int, card: dict | None = None,
@@ -79,8 +86,8 @@ def export_onnx(model: ResNet, path: Path, image_size: int, card: dict | None = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["logits", "cam"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "cam": {0: "batch"}},
+                          input_names=["input"], output_names=list(OUTPUTS),
+                          dynamic_axes={name: {0: "batch"} for name in ("input", *OUTPUTS)},
                           training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
     proto = onnx.load(str(path))
     with torch.no_grad():  # declare the static dims the exporter left symbolic (all but the batch)
@@ -96,30 +103,44 @@ def export_onnx(model: ResNet, path: Path, image_size: int, card: dict | None = 
     onnx.save(proto, str(path))
 
 
+def embed_card(path: Path, card: dict) -> None:
+    """Put `card` (less what is measured on the file itself: parity) in the ONNX file's metadata,
+    replacing the one there."""
+    proto = onnx.load(str(path))
+    kept = [e for e in proto.metadata_props if e.key != CARD_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CARD_KEY, json.dumps({k: v for k, v in card.items() if k != "parity"})
+    onnx.save(proto, str(path))
+
+
 def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: str = "float32") -> dict[str, float]:
     """ONNX Runtime (CPU) against the float32 torch model in eval mode on the same normalised
     inputs: logits and CAMs within TOLERANCE and the same top-1 everywhere; a float16 export within
     HALF_TOLERANCE of each output's largest magnitude, the same top-1 where float32's is clear."""
     reference = reference.eval()
     with torch.no_grad():
-        logits_t, cams_t = (t.numpy() for t in CamGraph(reference)(torch.from_numpy(inputs)))
+        logits_t, cams_t, features_t = (t.numpy() for t in CamGraph(reference)(torch.from_numpy(inputs)))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits_o, cams_o = session.run(["logits", "cam"], {"input": inputs})
+    logits_o, cams_o, features_o = session.run(list(OUTPUTS), {"input": inputs})
     diff_logits = float(np.abs(logits_o - logits_t).max())
     diff_cams = float(np.abs(cams_o - cams_t).max())
+    diff_features = float(np.abs(features_o - features_t).max())
     if precision == "float16":
         tol_logits = HALF_TOLERANCE * float(np.abs(logits_t).max())
         tol_cams = HALF_TOLERANCE * float(np.abs(cams_t).max())
+        tol_features = HALF_TOLERANCE * float(np.abs(features_t).max())
         top2 = np.sort(logits_t, axis=1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > 2 * tol_logits
     else:
-        tol_logits = tol_cams = TOLERANCE
+        tol_logits = tol_cams = tol_features = TOLERANCE
         clear = np.ones(len(inputs), dtype=bool)
     same_top1 = bool((logits_o.argmax(1) == logits_t.argmax(1))[clear].all())
-    result = {"max_abs_logits": diff_logits, "max_abs_cam": diff_cams, "same_top1": same_top1,
-              "images": len(inputs), "precision": precision, "tolerance_logits": tol_logits,
-              "tolerance_cam": tol_cams}
-    if diff_logits > tol_logits or diff_cams > tol_cams or not same_top1:
+    result = {"max_abs_logits": diff_logits, "max_abs_cam": diff_cams, "max_abs_features": diff_features,
+              "same_top1": same_top1, "images": len(inputs), "precision": precision, "tolerance_logits": tol_logits,
+              "tolerance_cam": tol_cams, "tolerance_features": tol_features}
+    if diff_logits > tol_logits or diff_cams > tol_cams or diff_features > tol_features or not same_top1:
         raise ParityError(f"ONNX Runtime disagrees with torch: {result}")
     return result
 
@@ -142,7 +163,7 @@ def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, 
         "labels": list(ckpt["classes"]),
         "input": {"name": "input", "shape": ["batch", model.conv1.in_channels, prep.crop, prep.crop],
                   "dtype": "float32"},
-        "outputs": {"logits": "logits", "cam": "cam"},
+        "outputs": {name: name for name in OUTPUTS},
         "cam_size": [feature_size, feature_size],
         "preprocessing": prep.to_card(),
         # the rule the service draws this model's boxes with: calibrated on its boxed validation
@@ -182,6 +203,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
     onnx_path = out_dir / MODEL_FILE
     export_onnx(model, onnx_path, prep.crop, card, precision)
     card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg), precision)
+    card["calibration"], card["ood"], bank = open_world.fit(onnx_path, cfg, prep)
+    (out_dir / OOD_FILE).write_bytes(bank)
+    embed_card(onnx_path, card)
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)  # torchvision format: `--init` takes it
     log.info("exported %s (parity %s)", onnx_path, card["parity"])

@@ -30,8 +30,10 @@ def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_la
     - `deployable` is False, even with force, for a run that diverged or whose top-1 does not
       clear chance by a clear margin: such a model must never serve;
     - `passed` (deploy without force) also needs the live model's labels (other labels make a new
-      task, deployed only when forced), top-1 at least the live model's, and, where both have
-      boxes, localization at each model's own rule no more than `margin` below the live one's."""
+      task, deployed only when forced), top-1 at least the live model's, where both have boxes,
+      localization at each model's own rule no more than `margin` below the live one's, and, where
+      both were measured, the open-world AUROC on the battery of images of none of their classes
+      (training/open_world.py, against the same validation images) no more than `margin` below."""
     blockers, reasons = [], []
     chance = new.get("chance_top1")
     if new.get("diverged") or not _finite(new.get("loss", 0.0)):
@@ -41,7 +43,7 @@ def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_la
         if not clear:
             blockers.append(f"top-1 {new['top1']:.4f} does not clear chance ({chance:.4f}, always the most common "
                             f"class) on {new.get('images', 0)} validation images (p = {p_value:.2g})")
-    shown = ("top1", "gt_known_loc", "box_rule", "images_with_boxes")
+    shown = ("top1", "gt_known_loc", "box_rule", "images_with_boxes", "ood_auroc")
     decision = {"new": {k: new.get(k) for k in (*shown, "chance_top1")},
                 "live": {k: live.get(k) for k in shown} if live else None}
     if live and new_labels is not None and live.get("labels") is not None and \
@@ -56,6 +58,10 @@ def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_la
                 and "gt_known_loc" in live and new["gt_known_loc"] < live["gt_known_loc"] - margin:
             reasons.append(f"localization (GT-known at {new.get('box_rule')}) {new['gt_known_loc']:.4f} < live "
                            f"{live['gt_known_loc']:.4f} (at {live.get('box_rule')}) - {margin}")
+        if new.get("ood_auroc") is not None and live.get("ood_auroc") is not None \
+                and new["ood_auroc"] < live["ood_auroc"] - margin:
+            reasons.append(f"open world: AUROC on images of none of its classes {new['ood_auroc']:.4f} < live "
+                           f"{live['ood_auroc']:.4f} - {margin}")
     passed = not blockers and not reasons
     if passed:
         reason = "as good as the live model" if live else "no live model to compare with; clears chance"

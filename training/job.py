@@ -5,6 +5,7 @@ runner (through `rescam run-job SPEC`) all run jobs here; deploying is the calle
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from app.jobspec import JobResult, JobSpec
-from app.registry import Registry
+from app.registry import CARD_FILE, Registry
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, recipe
 from .weights import resolve
@@ -68,6 +69,8 @@ def run_job(spec: JobSpec) -> JobResult | None:
         return _saved(result, run_dir)
     export = export_checkpoint(checkpoint, run_dir / "export")
     write_report(export, cfg, run_dir / METRICS)  # registered with the version: the page shows it
+    ood = json.loads((export / CARD_FILE).read_text()).get("ood") or {}
+    metrics["ood_auroc"], metrics["ood_battery"] = ood.get("battery_auroc"), ood.get("battery")
     version = live = live_metrics = None
     if spec.registry is not None:
         registry = Registry(spec.registry)

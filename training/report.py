@@ -33,9 +33,12 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from app import cam, overlay  # noqa: E402
+from app import (  # noqa: E402
+    cam,
+    overlay,
+    scoring,  # noqa: E402
+)
 from app.curves import read_curves  # noqa: E402
-from app.predictor import softmax  # noqa: E402
 from app.registry import CARD_FILE, REPORT_DIR  # noqa: E402
 
 from .compare import Scored, scored_images  # noqa: E402
@@ -88,9 +91,11 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
     tally = LocalizationTally(served=card.box_rule)
     rows = []  # per image: index, truth, prediction, its probability, the served box's IoU
     kept: dict[int, Scored] = {}
+    known, right = [], []
     for s in images:
-        probs = softmax(s.logits)
-        pred = int(probs.argmax())
+        probs, pred = s.verdict.probs, s.verdict.predicted
+        known.append(s.verdict.ood_score)
+        right.append((s.truth, s.logits))
         boxed = s.truth is not None and bool(np.isfinite(s.box).all())
         overlap = None
         if s.truth is not None:
@@ -108,7 +113,9 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
     for group, picks in groups.items():
         for k in picks:
             gallery.append(_gallery_item(group, kept[k], data.val[k][0].numpy().transpose(1, 2, 0), card, out))
+    open_world = _open_world(model_dir, card, cfg, np.array(known), right, out)
     figures = {"labels": list(card.labels), "images": len(rows), "box_rule": str(card.box_rule),
+               "open_world": open_world,
                "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)},
                "confusion": confusion.tolist(), "localization": localization, "gallery": gallery,
                "curves": {k: len(v) for k, v in curves.items()}}
@@ -143,8 +150,7 @@ def _gallery_item(group: str, s: Scored, image: np.ndarray, card, out: Path) -> 
     """The image as the model saw it (the crop), the CAM of the predicted class over it, the served
     box and the true box, all in the crop's pixels."""
     side = image.shape[0]
-    probs = softmax(s.logits)
-    pred = int(probs.argmax())
+    probs, pred = s.verdict.probs, s.verdict.predicted
     true_box = None
     if np.isfinite(s.box).all():
         w = s.window
@@ -158,8 +164,65 @@ def _gallery_item(group: str, s: Scored, image: np.ndarray, card, out: Path) -> 
     served = [round(v, 1) for v in box] if box else None
     return {"group": group, "file": f"gallery/{name}", "image": f"images/{name}", "index": s.index,
             "truth": None if s.truth is None else card.labels[s.truth], "said": card.labels[pred],
-            "score": round(float(probs[pred]), 4), "served_box": served, "true_box": true_box,
+            "score": round(float(probs[pred]), 4), "unknown": s.verdict.unknown, "served_box": served,
+            "true_box": true_box,
             "iou": round(cam.iou(served, true_box), 3) if served and true_box else None}
+
+
+def _open_world(model_dir: Path, card, cfg: TrainConfig, known: np.ndarray, rows: list, out: Path) -> dict[str, Any]:
+    """The OOD scores of the validation images against the battery's (histograms, AUROC, FPR@95)
+    and the reliability diagram before and after the temperature."""
+    from .compare import scorer_of
+    from .open_world import battery_figures, mean_auroc, session_outputs
+
+    scorer = scorer_of(model_dir, card)
+    session, names = session_outputs(model_dir / "model.onnx")
+    battery, scores = battery_figures(scorer, session, names, cfg, card.preprocessing, known)
+    _plot_ood(known, scores, battery, scorer, out / "ood.png")
+    labelled = [(t, lg) for t, lg in rows if t is not None]
+    result = {"method": scorer.method, "threshold": scorer.threshold, "calibrated": scorer.calibrated,
+              "temperature": scorer.temperature, "battery": battery, "battery_auroc": mean_auroc(battery),
+              "val_called_unknown": None if scorer.threshold is None else
+              round(float((known > scorer.threshold).mean()), 4)}
+    if labelled:
+        truth = np.array([t for t, _ in labelled])
+        logits = np.stack([lg for _, lg in labelled])
+        raw, calibrated = scoring.softmax(logits), scoring.softmax(logits, scorer.temperature or 1.0)
+        result["ece_before"], result["ece_after"] = scoring.ece(raw, truth), scoring.ece(calibrated, truth)
+        _plot_reliability(scoring.reliability(raw, truth), scoring.reliability(calibrated, truth), scorer,
+                          out / "reliability.png")
+    return result
+
+
+def _plot_ood(known: np.ndarray, scores: dict[str, np.ndarray], battery: dict, scorer, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    everything = np.concatenate([known, *scores.values()])
+    bins = np.linspace(everything.min(), everything.max(), 40)
+    ax.hist(known, bins=bins, density=True, alpha=0.6, label=f"validation images ({len(known)})")
+    for name, values in scores.items():
+        ax.hist(values, bins=bins, density=True, histtype="step", lw=1.5,
+                label=f"{name}: AUROC {battery[name]['auroc']:.3f}, FPR@95 {battery[name]['fpr_at_95']:.2f}")
+    if scorer.threshold is not None:
+        ax.axvline(scorer.threshold, color="black", ls="--", lw=1, label=f"threshold {scorer.threshold:.4f}")
+    ax.set_xlabel(f"OOD score ({scorer.method}); higher is less like the training images")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title("images of none of the model's classes against its validation images")
+    _save(fig, path)
+
+
+def _plot_reliability(before: list[dict], after: list[dict], scorer, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    for bins, name in ((before, "softmax"), (after, f"calibrated, T = {scorer.temperature or 1.0:.3f}")):
+        shown = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
+        if shown:
+            ax.plot(*zip(*shown), "o-", label=name)
+    ax.set_xlabel("confidence (top score)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability on the validation images")
+    ax.legend(fontsize=8)
+    _save(fig, path)
 
 
 def _plot_curves(curves: dict, path: Path) -> None:
@@ -245,6 +308,19 @@ def _embedded(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def _open_world_table(ow: dict) -> str:
+    e = html.escape
+    rows = "".join(f"<tr><th>{e(name)}</th><td>{f['auroc']:.3f}</td><td>{f['fpr_at_95']:.2f}</td>"
+                   f"<td>{'' if f.get('called_unknown') is None else format(f['called_unknown'], '.0%')}</td></tr>"
+                   for name, f in ow["battery"].items())
+    said = (f"threshold {ow['threshold']:.4f}, validation images called unknown: {ow['val_called_unknown']:.1%}"
+            if ow["threshold"] is not None else "no threshold fitted: answers say unknown: null")
+    ece = (f" ECE {ow['ece_before']:.3f} -> {ow['ece_after']:.3f} (T = {ow['temperature']:.3f})."
+           if ow.get("ece_before") is not None and ow["calibrated"] else "")
+    return (f"<p>{e(ow['method'])}: {e(said)}.{e(ece)}</p><table><tr><th>set</th><th>AUROC</th><th>FPR@95</th>"
+            f"<th>called unknown</th></tr>{rows}</table>")
+
+
 def _html(figures: dict, folder: Path) -> str:
     e = html.escape
     m = figures["metrics"]
@@ -253,9 +329,13 @@ def _html(figures: dict, folder: Path) -> str:
     table = "".join(f"<tr><th>{e(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
                     f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in shown)
     parts = [f"<h2>Figures</h2><table>{table}<tr><th>box rule</th><td>{e(figures['box_rule'])}</td></tr></table>"]
-    for name, heading in (("curves", "Training"), ("confusion", "Confusion"), ("localization", "Localization")):
+    for name, heading in (("curves", "Training"), ("confusion", "Confusion"), ("localization", "Localization"),
+                          ("ood", "Open world: images of none of its classes"),
+                          ("reliability", "Calibration")):
         if (folder / f"{name}.png").is_file():
             parts.append(f"<h2>{heading}</h2><img alt='{name}' src='{_embedded(folder / f'{name}.png')}'>")
+        if name == "ood" and figures.get("open_world"):
+            parts.append(_open_world_table(figures["open_world"]))
     groups: dict[str, list] = {}
     for item in figures["gallery"]:
         groups.setdefault(item["group"], []).append(item)

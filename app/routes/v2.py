@@ -1,7 +1,9 @@
 """Open Inference Protocol v2 (KServe / Triton HTTP), so their clients work unchanged.
 
 The model takes `input` (FP32, [-1, 3, H, W]), already normalised as its card says, and returns
-`logits` and `cam`.
+`logits` and `cam`, `features` where its graph has them, and the open-world verdict of each image
+(app.scoring): `ood_score` (FP32 [-1]) and `unknown` (BOOL [-1]; only for a version with a fitted
+threshold).
 """
 
 from __future__ import annotations
@@ -93,13 +95,23 @@ def _model(name: str, version: str | None, engine) -> None:
         raise HTTPException(404, f"{name} version {version} is not loaded; version {engine.version} serves")
 
 
+def output_shapes(engine) -> dict[str, tuple[str, list[int]]]:
+    """Each output this model answers with: its datatype and shape."""
+    n, (h, w) = len(engine.labels), engine.card.cam_size
+    shapes = {"logits": ("FP32", [-1, n]), "cam": ("FP32", [-1, n, h, w])}
+    if "features" in engine.outputs:
+        shapes["features"] = ("FP32", [-1, engine.scorer.feature_size or -1])
+    shapes["ood_score"] = ("FP32", [-1])
+    if engine.scorer.threshold is not None:
+        shapes["unknown"] = ("BOOL", [-1])
+    return shapes
+
+
 def metadata(engine) -> dict:
-    n, side = len(engine.labels), engine.prep.crop
-    h, w = engine.card.cam_size
+    side = engine.prep.crop
     return {"name": engine.name, "versions": [str(engine.version)], "platform": "onnxruntime_onnx",
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, side, side]}],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, n]},
-                        {"name": "cam", "datatype": "FP32", "shape": [-1, n, h, w]}]}
+            "outputs": [{"name": k, "datatype": t, "shape": shape} for k, (t, shape) in output_shapes(engine).items()]}
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, dependencies=TOKEN)
@@ -160,13 +172,17 @@ async def run_inference(name: str, version: str | None, request: Request, engine
         x = np.ascontiguousarray(arrays["input"], dtype=np.float32)
     if not np.isfinite(x).all():
         raise HTTPException(400, "input data must be finite numbers (no NaN or infinity)")
-    wanted = [o.name for o in parsed.outputs] if parsed.outputs else ["logits", "cam"]
-    unknown = set(wanted) - {"logits", "cam"}
-    if unknown:
-        raise HTTPException(400, f"unknown outputs {sorted(unknown)}; this model has 'logits' and 'cam'")
+    offered = output_shapes(engine)
+    wanted = [o.name for o in parsed.outputs] if parsed.outputs else list(offered)
+    missing = set(wanted) - set(offered)
+    if missing:
+        raise HTTPException(400, f"unknown outputs {sorted(missing)}; this model has {', '.join(offered)}")
     # in a worker thread: the event loop keeps serving while the model runs
-    logits, cams = await asyncio.get_running_loop().run_in_executor(None, engine.run, x)
-    computed = {"logits": logits, "cam": cams}
+    logits, cams, features = await asyncio.get_running_loop().run_in_executor(None, engine.run, x)
+    verdicts = engine.scorer.verdicts(logits, features)
+    computed = {"logits": logits, "cam": cams, "features": features,
+                "ood_score": np.array([v.ood_score for v in verdicts], dtype=np.float32),
+                "unknown": np.array([bool(v.unknown) for v in verdicts], dtype=np.bool_)}
     content, header_length = oip.encode({"model_name": engine.name, "model_version": str(engine.version),
                                          "id": parsed.id}, {k: computed[k] for k in wanted}, parsed)
     if header_length is None:

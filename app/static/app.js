@@ -68,6 +68,7 @@ async function predict(files) {
     const problems = answer.results.filter((r) => r.error).map((r) => `${r.filename}: ${r.error.message}`);
     show($("error"), problems.join("\n"));
     if (firstGood < 0) { $("result").hidden = true; return; }
+    logAnswers(answer);
     renderTabs();
     selectImage(firstGood);
   } catch (e) {
@@ -100,6 +101,7 @@ function selectImage(i) {
     li.appendChild(b);
     list.appendChild(li);
   }
+  showVerdict(r);
   const m = state.answer.model;
   const rule = state.answer.box_rule;
   $("answered").textContent = `answered by ${m.name} v${m.version} (${m.architecture}) on ${state.answer.provider}` +
@@ -110,6 +112,55 @@ function selectImage(i) {
   $("result").hidden = false;
   selectLabel(r.predictions[0].label);
 }
+
+// the open-world verdict: the labels are still shown, and the CAM of any of them still viewable
+function verdictText(ow) {
+  if (!ow || ow.unknown === null) return `not scored for the open world (${ow ? ow.method : "no verdict"})`;
+  const how = `OOD score ${ow.ood_score.toFixed(4)}, threshold ${ow.threshold.toFixed(4)}; ${ow.method}`;
+  return ow.unknown ? `Not one of this model's classes (${how}). Its best guesses and their maps follow.`
+    : `Looks like the model's training data (${how}).`;
+}
+
+function verdictClass(ow) { return !ow || ow.unknown === null ? "unscored" : ow.unknown ? "unknown" : "known"; }
+
+function showVerdict(r) {
+  const v = $("verdict");
+  v.textContent = verdictText(r.open_world);
+  v.className = `verdict ${verdictClass(r.open_world)}`;
+  v.hidden = false;
+}
+
+function logAnswers(answer) {
+  state.log = state.log || [];
+  for (const r of answer.results) {
+    if (r.error) continue;
+    const top = r.predictions[0];
+    state.log.unshift({ file: r.filename, said: top.label, score: top.score, ow: r.open_world,
+                        model: `${answer.model.name} v${answer.model.version}` });
+  }
+  state.log = state.log.slice(0, 200);
+  renderLog();
+}
+
+function renderLog() {
+  const body = $("answer-log").querySelector("tbody");
+  body.innerHTML = "";
+  const onlyUnknown = $("log-unknown").checked;
+  for (const e of state.log || []) {
+    if (onlyUnknown && !(e.ow && e.ow.unknown)) continue;
+    const tr = document.createElement("tr");
+    tr.className = verdictClass(e.ow);
+    const verdict = !e.ow || e.ow.unknown === null ? "not scored" : e.ow.unknown ? "none of its classes" : "known";
+    for (const text of [e.file, e.said, `${(100 * e.score).toFixed(1)}%`, verdict,
+                        e.ow ? e.ow.ood_score.toFixed(4) : "", e.model]) {
+      tr.appendChild(Object.assign(document.createElement("td"), { textContent: text }));
+    }
+    body.appendChild(tr);
+  }
+  $("log-section").hidden = !(state.log || []).length;
+}
+
+$("log-unknown").addEventListener("change", renderLog);
 
 function selectLabel(label) {
   state.label = label;

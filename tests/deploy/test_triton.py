@@ -34,5 +34,6 @@ def test_triton_repository_matches_the_onnx_graph(tiny_model, tmp_path):
     assert labels == json.loads(config.parameters["rescam_card"].string_value)["labels"]
     assert config.output[0].label_filename == "labels.txt" and len(labels) == config.output[0].dims[0]
     session = ort.InferenceSession(str(repo / str(tiny_model.version) / "model.onnx"), providers=["CPUExecutionProvider"])
-    logits, cams = session.run(None, {"input": np.zeros((3, *config.input[0].dims), dtype=np.float32)})
-    assert logits.shape == (3, *config.output[0].dims) and cams.shape == (3, *config.output[1].dims)
+    outputs = session.run(None, {"input": np.zeros((3, *config.input[0].dims), dtype=np.float32)})
+    assert [o.shape for o in outputs] == [(3, *d.dims) for d in config.output]
+    assert [d.name for d in config.output] == ["logits", "cam", "features"]

@@ -1,0 +1,179 @@
+"""Open world at export: the temperature, the OOD bank and threshold, and the battery of images of
+none of the model's classes that every version is measured on (its card, its report, the gate).
+
+All through ONNX Runtime on the exported graph, with the card's preprocessing: the figures are
+those of what the service serves. The scoring itself is app.scoring's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+from torch.utils.data import Dataset
+
+from app import scoring
+from app.preprocess import Preprocessing
+
+from . import synthetic
+from .config import TrainConfig
+from .data import FolderSet, load_data
+
+log = logging.getLogger(__name__)
+
+BANK_IMAGES = 20_000  # training images whose features the KNN score compares with, at most
+BANK_MAX_BYTES = 4 * 2**20  # and at most this much file (float16): resnet50's 2,048 features keep 1,024 images
+K = 1  # the nearest neighbour: best of k in 1/5/10/50 on the shipped model (BENCHMARKS.md, "Open world")
+BATTERY_SIZE = 200  # images per battery set
+
+
+def plain(dataset: Dataset) -> Dataset:
+    """The training set as evaluation sees it: no random crop or flip."""
+    if isinstance(dataset, FolderSet) and dataset.augment != "none":
+        return FolderSet(dataset.files, dataset.prep, "none", dataset.boxes)
+    return dataset
+
+
+def session_outputs(path: Path) -> tuple[ort.InferenceSession, list[str]]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return session, [n for n in ("logits", "cam", "features") if n in names]
+
+
+def run_batches(session: ort.InferenceSession, names: list[str], x: np.ndarray, batch: int = 128
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits and pooled features (None for a graph without them) of normalised inputs."""
+    wanted = [n for n in ("logits", "features") if n in names]
+    parts = [session.run(wanted, {"input": x[i:i + batch]}) for i in range(0, len(x), batch)]
+    logits = np.concatenate([p[0] for p in parts])
+    return logits, np.concatenate([p[1] for p in parts]) if len(wanted) > 1 else None
+
+
+def dataset_arrays(dataset: Dataset, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `limit` (a stable random choice) of the data set's images (N, H, W, 3) and labels."""
+    n = len(dataset)
+    pick = np.arange(n) if n <= limit else np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    images, labels = [], []
+    for i in pick.tolist():
+        image, label, *_ = dataset[i]
+        images.append(image.numpy().transpose(1, 2, 0))
+        labels.append(int(label))
+    return np.stack(images), np.asarray(labels)
+
+
+# --- the battery: images of none of the model's classes that need no download -------------------
+
+def _noise(rng: np.random.Generator, side: int) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+
+def _blobs(rng: np.random.Generator, side: int) -> Image.Image:
+    """A smooth colour field: 4x4 to 8x8 random colours blown up bilinearly."""
+    cells = int(rng.integers(4, 9))
+    small = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
+    return small.resize((side, side), Image.Resampling.BILINEAR)
+
+
+def _photos() -> list[np.ndarray]:
+    """The real photographs scikit-image ships, where it is installed."""
+    try:
+        import skimage.data as d
+    except ImportError:
+        return []
+    out = []
+    for name in ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "hubble_deep_field",
+                 "immunohistochemistry", "stereo_motorcycle", "clock", "brick", "grass", "gravel", "retina"):
+        try:
+            im = getattr(d, name)()
+        except Exception:  # noqa: BLE001 - a file the installed version lacks
+            continue
+        im = im[0] if isinstance(im, tuple) else im
+        out.append(np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im[..., :3])
+    return out
+
+
+def _crop(rng: np.random.Generator, photo: np.ndarray) -> Image.Image:
+    side = int(min(photo.shape[:2]) * rng.uniform(0.2, 1.0))
+    y, x = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
+    return Image.fromarray(photo[y:y + side, x:x + side])
+
+
+def battery(cfg: TrainConfig, prep: Preprocessing, size: int = BATTERY_SIZE, seed: int = 0
+            ) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, uint8 (N, crop, crop, 3)) sets of images of none of the model's classes: the embedded
+    shapes (unless the model was trained on them), uniform noise, smooth colour fields, and the
+    photographs scikit-image ships (where installed), each through the card's preprocessing."""
+    def prepared(images) -> np.ndarray:
+        return np.stack([prep.crop_resize(im)[0] for im in images])
+
+    if not cfg.data.startswith("synthetic"):
+        images = synthetic.generate(seed, "test", size, max(64, prep.crop))[0]
+        yield "shapes", prepared(Image.fromarray(a) for a in images)
+    rng = np.random.default_rng(seed)
+    yield "noise", prepared(_noise(rng, 96) for _ in range(size))
+    yield "colour fields", prepared(_blobs(rng, 96) for _ in range(size))
+    photos = _photos()
+    if photos:
+        yield "photographs", prepared(_crop(rng, photos[i % len(photos)]) for i in range(size))
+
+
+def battery_figures(scorer: scoring.Scorer, session: ort.InferenceSession, names: list[str], cfg: TrainConfig,
+                    prep: Preprocessing, known: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """AUROC, FPR at 95% TPR and the share called unknown of each battery set against `known` (the
+    validation images' OOD scores); and each set's scores (the report's histograms)."""
+    figures, scores = {}, {}
+    for name, images in battery(cfg, prep):
+        logits, features = run_batches(session, names, prep.normalize(images))
+        unknown = scores[name] = scorer.ood_scores(logits, features)
+        figures[name] = {"auroc": round(scoring.auroc(known, unknown), 4),
+                         "fpr_at_95": round(scoring.fpr_at_tpr(known, unknown), 4), "images": len(images)}
+        if scorer.threshold is not None:
+            figures[name]["called_unknown"] = round(float((unknown > scorer.threshold).mean()), 4)
+    return figures, scores
+
+
+def mean_auroc(figures: dict[str, dict[str, float]]) -> float | None:
+    values = [f["auroc"] for f in figures.values()]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def fit(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing) -> tuple[dict, dict, bytes]:
+    """(the card's `calibration`, its `ood`, the OOD file's bytes) for an exported graph with a
+    `features` output: the bank from the training images, the temperature and threshold from the
+    validation images, the battery's figures against them."""
+    session, names = session_outputs(onnx_path)
+    data = load_data(cfg.replace(synthetic_train=min(cfg.synthetic_train, BANK_IMAGES), image_size=prep.crop))
+    val_images, val_labels = dataset_arrays(data.val, 10_000)
+    val_logits, val_features = run_batches(session, names, prep.normalize(val_images))
+    width = val_features.shape[1]
+    limit = min(BANK_IMAGES, BANK_MAX_BYTES // (2 * width))
+    train_images, _ = dataset_arrays(plain(data.train), limit, cfg.seed)
+    _, train_features = run_batches(session, names, prep.normalize(train_images))
+    bank = scoring.l2_normalised(train_features).astype(np.float16)
+    blob = scoring.bank_bytes(bank)
+
+    temperature = scoring.fit_temperature(val_logits, val_labels)
+    before, after = scoring.softmax(val_logits), scoring.softmax(val_logits, temperature)
+    calibration = {"temperature": round(temperature, 5), "images": len(val_labels), "bins": scoring.ECE_BINS,
+                   "ece_before": round(scoring.ece(before, val_labels), 5),
+                   "ece_after": round(scoring.ece(after, val_labels), 5),
+                   "nll_before": round(scoring.nll(val_logits, val_labels), 5),
+                   "nll_after": round(scoring.nll(val_logits, val_labels, temperature), 5),
+                   "reliability_before": scoring.reliability(before, val_labels),
+                   "reliability_after": scoring.reliability(after, val_labels)}
+    known = scoring.knn_distance(val_features, bank.astype(np.float32), K)
+    threshold = float(np.quantile(known, scoring.TPR))
+    ood = {"method": "knn", "k": K, "file": scoring.OOD_FILE, "sha256": scoring.file_digest(blob), "bytes": len(blob),
+           "threshold": round(threshold, 6), "tpr": scoring.TPR, "fit_images": len(bank), "features": width,
+           "val_images": len(val_labels)}
+    scorer = scoring.Scorer(temperature, scoring.OodSpec.from_card(ood), bank.astype(np.float32))
+    ood["battery"], _ = battery_figures(scorer, session, names, cfg, prep, known)
+    ood["battery_auroc"] = mean_auroc(ood["battery"])
+    log.info("open world: T=%.3f (ECE %.4f -> %.4f), KNN threshold %.4f on %d training images; battery AUROC %s",
+             temperature, calibration["ece_before"], calibration["ece_after"], threshold, len(bank),
+             {k: v["auroc"] for k, v in ood["battery"].items()})
+    return calibration, ood, blob
