@@ -7,12 +7,13 @@ report, the live model's figures behind the promotion gate and the benchmarks al
   their negative log-likelihood; a score is softmax(logits / T). The uncalibrated softmax stays
   available (`raw`).
 - Out of distribution (Sun et al. 2022, "Out-of-distribution detection with deep nearest
-  neighbors"): the score of an image is 1 - the cosine similarity of its pooled features to the
-  k-th nearest of the training images' features (the bank, `ood.npz` beside the model), so 0 is a
-  training image and 2 the opposite direction. Its threshold keeps 95% of the validation images
-  known. Chosen by measurement over softmax, energy, max-logit and Mahalanobis (BENCHMARKS.md,
-  "Open world"). A version exported before this (no features output, no bank) is scored by its
-  energy and has no threshold: its answers say `unknown: null` and `method: energy`.
+  neighbors"): the score of an image is 1 - the cosine similarity of its features (every stage's
+  pooled output at unit length, side by side: the graph's `features`) to the k-th nearest of the
+  training images' (the bank, `ood.npz` beside the model), so 0 is a training image. Its
+  threshold keeps 95% of the validation images known. Chosen by measurement over softmax, energy,
+  max-logit, Mahalanobis and the last stage's features alone (BENCHMARKS.md, "Open world").
+  A version exported before this (no features output, no bank) is scored by its energy and has
+  no threshold: its answers say `unknown: null` and `method: energy`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error: the confidence-weighted gap between confidence and accuracy in
     `bins` equal-width bins of the top score."""
-    confidence, right = probs.max(axis=1), probs.argmax(axis=1) == labels
+    return top_score_ece(probs.max(axis=1), probs.argmax(axis=1) == labels, bins)
+
+
+def top_score_ece(confidence: np.ndarray, right: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE from each answer's top score and whether that answer was right."""
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     gap = 0.0
     for b in range(bins):
@@ -93,7 +98,7 @@ def l2_normalised(x: np.ndarray) -> np.ndarray:
 def knn_distance(features: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     """1 - cosine similarity of each row of `features` to its k-th nearest row of `bank` (rows
     already unit length)."""
-    similarity = l2_normalised(features) @ bank.T.astype(np.float32)
+    similarity = l2_normalised(features) @ (bank if bank.dtype == np.float32 else bank.astype(np.float32)).T
     k = min(k, bank.shape[0])
     return 1.0 - np.partition(similarity, -k, axis=1)[:, -k].astype(np.float64)
 
@@ -181,7 +186,8 @@ class Scorer:
                  ) -> None:
         self.temperature = temperature
         self.spec = spec if bank is not None else None
-        self.bank = bank
+        # float32 and C-contiguous once, not per request: its transpose is then BLAS's own layout
+        self.bank = None if bank is None else np.ascontiguousarray(bank, dtype=np.float32)
 
     @classmethod
     def load(cls, directory: Path, temperature: float | None, spec: OodSpec | None) -> Scorer:

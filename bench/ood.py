@@ -8,10 +8,11 @@ and its `unseen/` objects), handwritten digits (`digits`, its `test/`), and unif
 own kind of images are its in-distribution test set: the share of them called unknown is the
 cost of the verdict, the others' AUROC and FPR@95 its power.
 
-Methods: the served one (the card's: KNN, k=1, on the version's bank), and for comparison softmax
-(MSP), max-logit, energy, KNN at k = 5 and 50 on the same bank, and Mahalanobis (class means and
-a shared covariance of the training images' features; Lee et al. 2018), each thresholded at 95%
-TPR on the version's own validation images.
+Methods: the served one (the card's: KNN, k=5, on the version's bank of every stage's pooled
+features), and for comparison softmax (MSP), max-logit, energy, KNN at k=1 on the same bank, KNN
+at k=1 on the last stage's pooled features alone (what the first version of this used), and
+Mahalanobis on the last stage's (class means and a shared covariance of the training images'
+features; Lee et al. 2018), each thresholded at 95% TPR on the version's own validation images.
 
     python bench/ood.py --model default:app/default_model --model digits:REGISTRY/digits/1 ...
 """
@@ -31,6 +32,7 @@ from app import scoring  # noqa: E402
 from app.card import ModelCard  # noqa: E402
 from app.registry import CARD_FILE  # noqa: E402
 from bench.realsets import build_digits, build_objects, build_photos  # noqa: E402
+from models import create_model  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import load_data  # noqa: E402
@@ -98,15 +100,17 @@ def evaluate(name: str, directory: Path, images: dict[str, list[Image.Image]]) -
     train_x, train_y = dataset_arrays(plain(data.train), 20_000)
     _, train_f = outputs(train_x)
     val_x, _ = dataset_arrays(data.val, 10_000)
-    maha = mahalanobis_fit(train_f, train_y)
+    last = create_model(card.architecture, num_classes=len(card.labels), **card.extra["model_kwargs"]).num_features
+    maha = mahalanobis_fit(train_f[:, -last:], train_y)
+    last_bank = train_f[:, -last:]  # the last stage's pooled features, at unit length already
     methods = {
         "served: " + scorer.method: lambda lg, f: scorer.ood_scores(lg, f),
         "msp": lambda lg, f: -scoring.softmax(lg).max(1),
         "max-logit": lambda lg, f: -lg.max(1),
         "energy": lambda lg, f: scoring.energy(lg),
-        "knn k=5": lambda lg, f: scoring.knn_distance(f, scorer.bank, 5),
-        "knn k=50": lambda lg, f: scoring.knn_distance(f, scorer.bank, 50),
-        "mahalanobis": lambda lg, f: maha(f),
+        "knn k=1, every stage": lambda lg, f: scoring.knn_distance(f, scorer.bank, 1),
+        "knn k=1, last stage": lambda lg, f: scoring.knn_distance(f[:, -last:], last_bank, 1),
+        "mahalanobis, last stage": lambda lg, f: maha(f[:, -last:]),
     }
     val = outputs(val_x)
     prepared = {k: outputs(np.stack([prep.crop_resize(im)[0] for im in v])) for k, v in images.items()}

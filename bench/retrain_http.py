@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app import scoring  # noqa: E402
 from app.cam import iou  # noqa: E402
 from bench.realsets import BUILDERS, read_set_boxes, zip_bytes  # noqa: E402
 
@@ -79,6 +81,8 @@ def retrain(client: httpx.Client, name: str, upload: bytes) -> dict:
 def held_out(client: httpx.Client, root: Path, split: str = "test") -> dict:
     right = found = count = unknown = 0
     rules = set()
+    confidence: dict[str, list[float]] = {"score": [], "raw_score": []}
+    hits = []
     for path, (label, box) in read_set_boxes(root).items():
         if not path.startswith(f"{split}/"):
             continue
@@ -87,13 +91,18 @@ def held_out(client: httpx.Client, root: Path, split: str = "test") -> dict:
         rules.add(answer["box_rule"]["rule"])
         predictions = answer["results"][0]["predictions"]
         unknown += bool(answer["results"][0]["open_world"]["unknown"])
+        for key, values in confidence.items():
+            values.append(predictions[0][key])
+        hits.append(predictions[0]["label"] == label)
         right += predictions[0]["label"] == label
         truth = next(p for p in predictions if p["label"] == label)
         b = truth["boxes"][0] if truth["boxes"] else None
         found += b is not None and iou([b["x0"], b["y0"], b["x1"], b["y1"]], box) >= 0.5
         count += 1
     return {"split": split, "images": count, "top1": right / count, "gt_known_loc": found / count,
-            "called_unknown": unknown / count, "box_rules": sorted(rules)}
+            "called_unknown": unknown / count, "box_rules": sorted(rules),
+            **{f"ece_{key}": round(scoring.top_score_ece(np.array(values), np.array(hits)), 4)
+               for key, values in confidence.items()}}
 
 
 def main() -> None:

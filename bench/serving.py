@@ -49,7 +49,9 @@ def make_registry(model: str, classes: int, size: int, root: Path) -> Path:
     card = ModelCard(labels=tuple(f"class{i}" for i in range(classes)), architecture=model, cam_size=(h, w),
                      preprocessing=Preprocessing(size, round(size * 256 / 224), IMAGENET_MEAN, IMAGENET_STD))
     export_onnx(net, export / MODEL_FILE, size, card.to_dict())
-    card = with_open_world(card, export, net.fc.in_features)
+    with torch.no_grad():
+        width = sum(m.shape[1] for m in net.forward_stages(torch.zeros(1, 3, size, size)))
+    card = with_open_world(card, export, width)
     (export / CARD_FILE).write_text(card.to_json())
     reg = Registry(root / "registry")
     reg.deploy("default", reg.register("default", export))

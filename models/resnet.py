@@ -185,10 +185,17 @@ class ResNet(nn.Module):
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
 
     def forward_features(self, x: Tensor) -> Tensor:
+        return self.forward_stages(x)[-1]
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Every stage's output, the first to the last (the last is forward_features'): the
+        open-world score reads all of them (training/export.py)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        maps = []
         for stage in self.stages:
             x = stage(x)
-        return x
+            maps.append(x)
+        return maps
 
     def forward_head(self, features: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.avgpool(features), 1))

@@ -44,6 +44,11 @@ class TrainConfig:
     warmup_steps: int = 0
     milestones: tuple[int, ...] = ()  # steps at which "step" divides the lr by 10
     label_smoothing: float = 0.0
+    # open world (BENCHMARKS.md, "Open world"): LogitNorm's temperature (Wei et al. 2022: the loss
+    # sees logits / (tau * |logits|); 0 = off) and outlier exposure's weight (Hendrycks et al. 2019:
+    # uniform scores on made-up outliers, the batch's own images cut in 4x4 tiles and shuffled; 0 = off)
+    logit_norm: float = 0.0
+    outlier_exposure: float = 0.0
     freeze_bn: bool = False  # BatchNorm keeps its running statistics (small per-device batches)
     # machinery
     seed: int = 0

@@ -2,8 +2,9 @@
 
 The graph has one input, `input` (N, 3, H, W) float32, normalised as the card says, and three
 outputs: `logits` (N, classes), `cam` (N, classes, h, w), the class-activation map of every
-class at feature resolution, and `features` (N, channels), the pooled features the FC layer reads
-(the open-world score compares them with the training images'; app.scoring). The server needs no
+class at feature resolution, and `features` (N, channels of all stages), each stage's output
+pooled and scaled to unit length (the open-world score compares them with the training images';
+app.scoring). The server needs no
 weights of its own to draw any class's CAM.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from app.cam import DEFAULT_RULE
@@ -52,16 +54,20 @@ OUTPUTS = ("logits", "cam", "features")
 
 
 class CamGraph(nn.Module):
-    """What is exported: logits, the CAMs of all classes and the pooled features, from one pass."""
+    """What is exported, from one pass: logits, the CAMs of all classes, and the features the
+    open-world score compares: every stage's output pooled and scaled to unit length, side by side.
+    The earlier stages' colours and textures tell photographs from handwriting where the last
+    stage alone cannot (AUROC 0.91 -> 0.97 on a digits model; BENCHMARKS.md, "Open world")."""
 
     def __init__(self, model: ResNet) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(x)
-        return (self.model.forward_head(features), self.model.forward_cam(features),
-                torch.flatten(self.model.avgpool(features), 1))
+        maps = self.model.forward_stages(x)
+        features = maps[-1]
+        pooled = torch.cat([F.normalize(m.mean(dim=(2, 3)), dim=1) for m in maps], dim=1)
+        return self.model.forward_head(features), self.model.forward_cam(features), pooled
 
 
 class HalfCamGraph(nn.Module):

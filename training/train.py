@@ -268,9 +268,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             x = augment_batch(x, cfg.augment, aug_gen)
             x = x.contiguous(memory_format=memory_format)
             y = labels.to(device, non_blocking=True)
+            if cfg.outlier_exposure:
+                x = torch.cat([x, shuffled_tiles(x[: max(1, len(x) // 4)], aug_gen)])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = net(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if cfg.outlier_exposure:
+                    logits, outliers = logits[: len(y)], logits[len(y):]
+                loss = F.cross_entropy(logit_normalised(logits, cfg.logit_norm), y,
+                                       label_smoothing=cfg.label_smoothing)
+                if cfg.outlier_exposure:  # cross-entropy to the uniform distribution
+                    loss = loss - cfg.outlier_exposure * F.log_softmax(outliers.float(), dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -362,6 +369,27 @@ def diverged(ckpt: dict, metrics: dict) -> bool:
     """A run whose validation loss is not a number learnt nothing usable (NaN or inf weights)."""
     weights_ok = all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     return not (math.isfinite(metrics["loss"]) and weights_ok)
+
+
+def logit_normalised(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """LogitNorm (Wei et al. 2022): the loss sees each row's logits scaled to norm 1 / tau, so
+    training cannot lower it by growing the logits alone; tau = 0 leaves them as they are."""
+    if not tau:
+        return logits
+    return logits / (tau * logits.float().norm(dim=1, keepdim=True).clamp_min(1e-7)).to(logits.dtype)
+
+
+def shuffled_tiles(x: torch.Tensor, generator: torch.Generator, grid: int = 4) -> torch.Tensor:
+    """Outliers made of in-distribution images: each cut in grid x grid tiles put back in a random
+    order, so the colours and textures stay and the objects are gone (the side a multiple of grid)."""
+    n, c, h, w = x.shape
+    th, tw = h // grid, w // grid
+    tiles = x[:, :, : th * grid, : tw * grid].reshape(n, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n, grid * grid, c, th, tw)
+    order = torch.argsort(torch.rand(n, grid * grid, generator=generator), dim=1).to(x.device)
+    tiles = tiles[torch.arange(n, device=x.device)[:, None], order]
+    out = tiles.reshape(n, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * grid, tw * grid)
+    return torch.nn.functional.pad(out, (0, w - tw * grid, 0, h - th * grid))
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[ResNet, dict]:

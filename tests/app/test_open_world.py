@@ -45,7 +45,7 @@ def registry(tiny_model, tmp_path):
     reg = Registry(tmp_path / "registry")
     reg.register("default", tiny_model.export)
     reg.register("default", old_export(tiny_model.export, tmp_path / "old"))
-    for v in (3, 4):
+    for _ in (3, 4):
         reg.register("default", tiny_model.export)
     ood = reg.version_dir("default", 3) / OOD_FILE
     ood.write_bytes(ood.read_bytes()[:-8] + b"\0" * 8)
@@ -64,8 +64,8 @@ def test_the_tiny_models_card_and_files_carry_calibration_and_its_ood_detector(t
     assert card["outputs"] == {"logits": "logits", "cam": "cam", "features": "features"}
     cal, ood = card["calibration"], card["ood"]
     assert cal["temperature"] > 0 and cal["images"] == 64 and 0 <= cal["ece_after"] <= 1
-    assert ood["method"] == "knn" and ood["k"] == 1 and ood["tpr"] == 0.95
-    assert ood["fit_images"] == 512 and ood["features"] == 64  # resnet8's last stage
+    assert ood["method"] == "knn" and ood["k"] == 5 and ood["tpr"] == 0.95
+    assert ood["fit_images"] == 512 and ood["features"] == 16 + 32 + 64  # resnet8's three stages
     assert (tiny_model.export / OOD_FILE).stat().st_size == ood["bytes"]
     assert {"noise", "colour fields"} <= set(ood["battery"]) and 0 <= ood["battery_auroc"] <= 1
 
@@ -75,7 +75,7 @@ def test_every_answer_says_whether_the_image_is_one_of_the_models_classes(regist
         body = c.post("/v1/predict?top_k=3", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
         [result] = body["results"]
         ow = result["open_world"]
-        assert ow["method"].startswith("knn (k=1") and ow["calibrated"] is True and ow["temperature"] > 0
+        assert ow["method"].startswith("knn (k=5") and ow["calibrated"] is True and ow["temperature"] > 0
         assert isinstance(ow["unknown"], bool) and ow["unknown"] == (ow["ood_score"] > ow["threshold"])
         for p in result["predictions"]:
             assert 0 <= p["score"] <= 1 and 0 <= p["raw_score"] <= 1 and p["cam_url"]  # the CAM stays viewable

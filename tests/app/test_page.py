@@ -60,10 +60,44 @@ def test_upload_see_labels_overlay_and_switch_label(server, browser, tmp_path, t
     assert "answered by default v1" in page.text_content("#answered")
     # which rule drew the box (the card's calibrated one), and why
     assert f"boxes: {tiny_model.card['cam']['rule']}" in page.text_content("#answered")
+    # the open-world verdict, in words, and the answer in the log
+    verdict = page.text_content("#verdict")
+    assert "OOD score" in verdict and "knn" in verdict
+    assert ("Not one of this model's classes" in verdict) == ("unknown" in page.get_attribute("#verdict", "class"))
+    assert page.locator("#answer-log tbody tr").count() == 1
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert (tmp_path / "page.png").stat().st_size > 10_000
     if os.environ.get("RESCAM_SCREENSHOT"):  # to look at the page the test drove (the tiny model)
         page.screenshot(path=os.environ["RESCAM_SCREENSHOT"], full_page=False)
+
+
+def test_the_answer_log_filters_images_that_are_none_of_the_models_classes(server, browser, tmp_path):
+    """The shipped model serves: a photograph is called unknown, a new shape is not; the log's filter
+    keeps the photograph only."""
+
+    import skimage.data
+    from PIL import Image
+
+    from app.registry import Registry
+    from training.cli import shipped_model_dir
+
+    root = tmp_path / "shipped"
+    reg = Registry(root / "registry")
+    reg.deploy("default", reg.register("default", shipped_model_dir()))
+    Image.fromarray(skimage.data.chelsea()).save(tmp_path / "cat.png")
+    (tmp_path / "star.jpg").write_bytes(shape_jpeg(index=3, size=96))
+    with live_server(root / "registry", env={"RESCAM_DATA_ROOT": str(root / "data")}) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+        page.goto(url)
+        page.set_input_files("#file", [str(tmp_path / "cat.png"), str(tmp_path / "star.jpg")])
+        page.wait_for_selector("#verdict:not([hidden])")
+        assert "Not one of this model's classes" in page.text_content("#verdict")  # the cat, shown first
+        rows = page.locator("#answer-log tbody tr")
+        assert rows.count() == 2
+        page.check("#log-unknown")
+        assert rows.count() == 1 and "cat.png" in rows.first.text_content()
+        if os.environ.get("RESCAM_SCREENSHOT_OPEN_WORLD"):
+            page.screenshot(path=os.environ["RESCAM_SCREENSHOT_OPEN_WORLD"], full_page=True)
 
 
 def test_a_rejected_file_gets_a_clear_message(server, browser, tmp_path):

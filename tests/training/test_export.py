@@ -39,7 +39,7 @@ def test_logits_are_the_spatial_mean_of_the_cams(tiny_model):
     x = parity_inputs(tiny_model.config, count=4)
     logits, cams, features = session.run(None, {"input": x})
     np.testing.assert_allclose(cams.mean(axis=(2, 3)), logits, atol=1e-4)
-    assert cams.shape == (4, 8, 8, 8) and features.shape == (4, 64)
+    assert cams.shape == (4, 8, 8, 8) and features.shape == (4, 16 + 32 + 64)
 
 
 def test_float16_export_runs_in_half_precision_behind_float32_input_and_outputs(tiny_model, tmp_path):

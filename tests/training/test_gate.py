@@ -25,3 +25,14 @@ def test_gate_refusals():
     assert gate({**good, "top1": 0.62}, None, 0.02, ["a", "b"])["deployable"]
     # chance is the most common class's share, not 1 / classes
     assert not gate({**good, "top1": 0.80, "chance_top1": 0.78}, None, 0.02, ["a", "b"])["deployable"]
+
+
+def test_gate_refuses_a_candidate_that_tells_strangers_apart_worse():
+    live = {"top1": 0.90, "labels": ["a", "b"], "ood_auroc": 0.97}
+    good = {"top1": 0.92, "images": 200, "chance_top1": 0.5, "loss": 0.3, "ood_auroc": 0.96}
+    assert gate(good, live, 0.02, ["a", "b"])["passed"]  # within the margin
+    worse = gate({**good, "ood_auroc": 0.90}, live, 0.02, ["a", "b"])
+    assert not worse["passed"] and worse["deployable"] and "open world: AUROC" in worse["reason"]
+    assert worse["live"]["ood_auroc"] == 0.97 and worse["new"]["ood_auroc"] == 0.90
+    older_live = gate({**good, "ood_auroc": 0.5}, {**live, "ood_auroc": None}, 0.02, ["a", "b"])
+    assert older_live["passed"]  # compared only where both were measured

@@ -58,7 +58,8 @@ def test_the_shipped_model_tells_its_shapes_from_photographs_and_noise():
     session, names = session_outputs(folder / MODEL_FILE)
 
     def called_unknown(images: np.ndarray) -> float:
-        return float(np.mean([v.unknown for v in scorer.verdicts(*run_batches(session, names, prep.normalize(images)))]))
+        verdicts = scorer.verdicts(*run_batches(session, names, prep.normalize(images)))
+        return float(np.mean([v.unknown for v in verdicts]))
 
     shapes = synthetic.generate(0, "test", 400, prep.crop)[0]
     assert called_unknown(shapes) <= 0.10

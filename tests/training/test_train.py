@@ -52,3 +52,28 @@ def test_recipe_model_options_stay_with_the_recipes_model():
     assert recipe("demo").model_kwargs == {"stem_stride": 2}
     assert recipe("demo", model="resnet50").model_kwargs == {}  # resnet50 has no CIFAR stem to stride
     assert recipe("demo", model="resnet8", model_kwargs={"stem_stride": 2}).model_kwargs == {"stem_stride": 2}
+
+
+def test_shuffled_tiles_keep_each_images_tiles_and_move_them():
+    import torch
+
+    from training.train import shuffled_tiles
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    y = shuffled_tiles(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.equal(y, x)
+    for i in range(2):  # the same pixels, per image and channel; each 2x2 tile whole
+        assert torch.equal(y[i].flatten(1).sort(1).values, x[i].flatten(1).sort(1).values)
+        tiles = {tuple(x[i, :, r:r + 2, c:c + 2].flatten().tolist()) for r in range(0, 8, 2) for c in range(0, 8, 2)}
+        assert all(tuple(y[i, :, r:r + 2, c:c + 2].flatten().tolist()) in tiles for r in range(0, 8, 2)
+                   for c in range(0, 8, 2))
+
+
+def test_logit_norm_scales_each_row_to_one_over_tau():
+    import torch
+
+    from training.train import logit_normalised
+
+    z = torch.tensor([[3.0, 4.0], [0.0, 10.0]])
+    assert torch.allclose(logit_normalised(z, 0.5).norm(dim=1), torch.tensor([2.0, 2.0]))
+    assert torch.equal(logit_normalised(z, 0.0), z)
