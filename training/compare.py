@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -36,21 +37,37 @@ class Scored:
     window: Geometry
 
 
-def scorer_of(model_dir: Path, card: ModelCard) -> Scorer:
-    return Scorer.load(model_dir, card.temperature, card.ood_spec)
+@dataclass
+class OnnxModel:
+    """An exported version as the service runs it: its card, its ONNX Runtime session (CPU) and the
+    outputs it has, and its scorer (app.scoring). Opened once, for every figure taken of it."""
+
+    card: ModelCard
+    session: ort.InferenceSession
+    names: list[str]
+    scorer: Scorer
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> OnnxModel:
+        model_dir = Path(model_dir)
+        card = ModelCard.load(model_dir / CARD_FILE)
+        session, names = session_outputs(model_dir / MODEL_FILE)
+        return cls(card, session, names, Scorer.load(model_dir, card.temperature, card.ood_spec))
+
+    def battery(self, cfg: TrainConfig, known: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+        """training.open_world.battery_figures of this model against the `known` OOD scores."""
+        return battery_figures(self.scorer, self.session, self.names, cfg, self.card.preprocessing, known)
 
 
 def scored_images(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64, desc: str = "scoring"
-                  ) -> tuple[ModelCard, DataBundle, Iterator[Scored]]:
-    """The model's card, cfg's data read with the card's preprocessing, and each validation image
-    scored by ONNX Runtime and app.scoring; labels are matched by name."""
-    model_dir = Path(model_dir)
-    card = ModelCard.load(model_dir / CARD_FILE)
+                  ) -> tuple[OnnxModel, DataBundle, Iterator[Scored]]:
+    """The model, cfg's data read with the card's preprocessing, and each validation image scored
+    by ONNX Runtime and app.scoring; labels are matched by name."""
+    model = OnnxModel.load(model_dir)
+    card, session, names, scorer = model.card, model.session, model.names, model.scorer
     prep = card.preprocessing
     data = load_data(cfg.replace(image_size=prep.crop, resize=prep.resize, mean=prep.mean, std=prep.std,
                                  synthetic_train=0))
-    session, names = session_outputs(model_dir / MODEL_FILE)
-    scorer = scorer_of(model_dir, card)
     index = {label: i for i, label in enumerate(card.labels)}
 
     def images() -> Iterator[Scored]:
@@ -65,14 +82,15 @@ def scored_images(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64,
                              geometry_from_vector(windows[i]))
                 k += 1
 
-    return card, data, images()
+    return model, data, images()
 
 
 def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64) -> dict:
     """Top-1 and CAM localization of an exported model on cfg's validation split; an image whose
     class the model does not know counts as wrong. Its boxes are drawn with its own rule (the one
     the service serves it with)."""
-    card, _, images = scored_images(model_dir, cfg, batch_size, desc="the live model")
+    model, _, images = scored_images(model_dir, cfg, batch_size, desc="the live model")
+    card = model.card
     correct = count = 0
     tally = LocalizationTally(served=card.box_rule)
     known = []
@@ -83,8 +101,6 @@ def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64)
         known.append(s.verdict.ood_score)
         if s.truth is not None and np.isfinite(s.box).all():
             tally.add(s.cams[s.truth], right, s.box, s.window)
-    model_dir = Path(model_dir)
-    session, names = session_outputs(model_dir / MODEL_FILE)
-    battery, _ = battery_figures(scorer_of(model_dir, card), session, names, cfg, card.preprocessing, np.array(known))
+    battery, _ = model.battery(cfg, np.array(known))
     return {"images": count, "top1": correct / max(count, 1), "labels": list(card.labels), **tally.result(),
             "ood_battery": battery, "ood_auroc": mean_auroc(battery)}

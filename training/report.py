@@ -44,6 +44,7 @@ from app.registry import CARD_FILE, REPORT_DIR  # noqa: E402
 from .compare import Scored, scored_images  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .localization import IOU_NEEDED, IOUS_V2, LocalizationTally  # noqa: E402
+from .open_world import mean_auroc  # noqa: E402
 
 CURVES_FILE = "curves.json"  # the training curves, kept so a report can be rewritten without the run
 PER_GROUP = 4  # gallery images per group
@@ -85,7 +86,8 @@ def write_report(model_dir: str | Path, cfg: TrainConfig | None = None, metrics_
 
 
 def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[str, Any]:
-    card, data, images = scored_images(model_dir, cfg, desc="report")
+    model, data, images = scored_images(model_dir, cfg, desc="report")
+    card = model.card
     n = len(card.labels)
     confusion = np.zeros((n, n), dtype=np.int64)
     tally = LocalizationTally(served=card.box_rule)
@@ -113,7 +115,7 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
     for group, picks in groups.items():
         for k in picks:
             gallery.append(_gallery_item(group, kept[k], data.val[k][0].numpy().transpose(1, 2, 0), card, out))
-    open_world = _open_world(model_dir, card, cfg, np.array(known), right, out)
+    open_world = _open_world(model, cfg, np.array(known), right, out)
     figures = {"labels": list(card.labels), "images": len(rows), "box_rule": str(card.box_rule),
                "open_world": open_world,
                "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)},
@@ -169,15 +171,11 @@ def _gallery_item(group: str, s: Scored, image: np.ndarray, card, out: Path) -> 
             "iou": round(cam.iou(served, true_box), 3) if served and true_box else None}
 
 
-def _open_world(model_dir: Path, card, cfg: TrainConfig, known: np.ndarray, rows: list, out: Path) -> dict[str, Any]:
+def _open_world(model, cfg: TrainConfig, known: np.ndarray, rows: list, out: Path) -> dict[str, Any]:
     """The OOD scores of the validation images against the battery's (histograms, AUROC, FPR@95)
     and the reliability diagram before and after the temperature."""
-    from .compare import scorer_of
-    from .open_world import battery_figures, mean_auroc, session_outputs
-
-    scorer = scorer_of(model_dir, card)
-    session, names = session_outputs(model_dir / "model.onnx")
-    battery, scores = battery_figures(scorer, session, names, cfg, card.preprocessing, known)
+    scorer = model.scorer
+    battery, scores = model.battery(cfg, known)
     _plot_ood(known, scores, battery, scorer, out / "ood.png")
     labelled = [(t, lg) for t, lg in rows if t is not None]
     result = {"method": scorer.method, "threshold": scorer.threshold, "calibrated": scorer.calibrated,
