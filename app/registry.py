@@ -49,6 +49,9 @@ def write_atomic(path: Path, text: str) -> None:
 class Registry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        # OOD files already checked against their cards, by (size, mtime): a listing of the versions
+        # reads every card, and hashing each bank (megabytes) at every listing is work done again
+        self.checked: dict[Path, tuple[int, int]] = {}
 
     def model_dir(self, model: str) -> Path:
         if not model or "/" in model or model.startswith("."):
@@ -74,12 +77,23 @@ class Registry:
         try:
             card = ModelCard.load(directory / CARD_FILE)
             if card.ood_spec is not None:
-                card.ood_spec.check_file(directory)
+                self._check_ood(directory, card)
         except CardError as e:
             raise RegistryError(f"model {model!r} v{version} has a broken card: {e}") from None
         except OpenWorldError as e:
             raise RegistryError(f"model {model!r} v{version} is broken: {e}") from None
         return card
+
+    def _check_ood(self, directory: Path, card: ModelCard) -> None:
+        path = directory / card.ood_spec.file
+        try:
+            stat = path.stat()
+            seen = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            seen = None
+        if seen is None or self.checked.get(path) != seen:
+            card.ood_spec.check_file(directory)  # OpenWorldError when it is not the card's file
+            self.checked[path] = seen
 
     def report_index(self, model: str, version: int) -> Path | None:
         """The version's report page (training/report.py), when it has one."""
