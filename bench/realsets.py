@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from app.datasets import BOXES_FILE, boxes_csv_text, read_boxes, write_boxes
+from training.open_world import PHOTOS, photo
 
 SIZE = 64
 INK = 0.25  # a canvas pixel belongs to the digit where its ink covers at least this much
@@ -111,13 +112,8 @@ def build_digits(root: str | Path, seed: int = 0) -> Path:
 
 
 def _photos() -> list[np.ndarray]:
-    import skimage.data as d
-
-    out = []
-    for name in ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "coins", "hubble_deep_field"):
-        im = getattr(d, name)()
-        out.append(np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im[..., :3])
-    return out
+    return [photo(name) for name in ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "coins",
+                                      "hubble_deep_field")]
 
 
 def build_faces(root: str | Path, seed: int = 0, per_patch: int = 8) -> Path:
@@ -160,18 +156,6 @@ OBJECT_CLASSES = {"bird": "animals/birds", "insect": "animals/bugs", "mammal": "
                   "vehicle": "transportation/vehicles", "house": "buildings/homes"}
 OBJECT_SIZE = 96
 OBJECT_SPLITS = {"train": 2400, "val": 480, "test": 480, "unseen": 480}
-PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "hubble_deep_field",
-          "immunohistochemistry", "stereo_motorcycle", "clock", "brick", "grass", "gravel", "retina")
-
-
-def _photo(name: str) -> np.ndarray:
-    import skimage.data as d
-
-    im = getattr(d, name)()
-    im = im[0] if isinstance(im, tuple) else im
-    return np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im[..., :3]
-
-
 def _cutouts(folder: Path, longest: int = 192) -> list[Image.Image]:
     """Each drawing as RGBA cropped to its opaque pixels, its longest side at most `longest`;
     drawings without transparency (no outline to cut along) are left out."""
@@ -223,7 +207,7 @@ def build_objects(root: str | Path, seed: int = 0) -> Path:
     """Composites of real-object clip art on real photographs; 20% of each class's objects appear
     only in `unseen/`."""
     root = Path(root)
-    photos = [_photo(n) for n in PHOTOS]
+    photos = [photo(n) for n in PHOTOS]
     cutouts = {c: _cutouts(CLIPART / sub) for c, sub in OBJECT_CLASSES.items()}
     seen, unseen = {}, {}
     for c, objs in cutouts.items():
@@ -251,13 +235,13 @@ def build_photos(root: str | Path, seed: int = 0, crops: int = 20) -> Path:
     root = Path(root) / "photos"
     root.mkdir(parents=True, exist_ok=True)
     for name in PHOTOS:
-        photo = _photo(name)
-        Image.fromarray(photo).save(root / f"{name}.png")
+        image = photo(name)
+        Image.fromarray(image).save(root / f"{name}.png")
         rng = np.random.default_rng([seed, PHOTOS.index(name)])
         for j in range(crops):
-            side = int(min(photo.shape[:2]) * rng.uniform(0.2, 1.0))
-            y, x = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
-            Image.fromarray(photo[y:y + side, x:x + side]).save(root / f"{name}-{j:02d}.png")
+            side = int(min(image.shape[:2]) * rng.uniform(0.2, 1.0))
+            y, x = rng.integers(0, image.shape[0] - side + 1), rng.integers(0, image.shape[1] - side + 1)
+            Image.fromarray(image[y:y + side, x:x + side]).save(root / f"{name}-{j:02d}.png")
     return root.parent
 
 

@@ -79,21 +79,29 @@ def _blobs(rng: np.random.Generator, side: int) -> Image.Image:
     return small.resize((side, side), Image.Resampling.BILINEAR)
 
 
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "hubble_deep_field",
+          "immunohistochemistry", "stereo_motorcycle", "clock", "brick", "grass", "gravel", "retina")
+
+
+def photo(name: str) -> np.ndarray:
+    """One of the photographs scikit-image ships, as RGB uint8 (H, W, 3)."""
+    import skimage.data as d
+
+    im = getattr(d, name)()
+    im = im[0] if isinstance(im, tuple) else im
+    return np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im[..., :3]
+
+
 def _photos() -> list[np.ndarray]:
-    """The real photographs scikit-image ships, where it is installed."""
-    try:
-        import skimage.data as d
-    except ImportError:
-        return []
+    """The PHOTOS, where scikit-image is installed (those the installed version has)."""
     out = []
-    for name in ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "hubble_deep_field",
-                 "immunohistochemistry", "stereo_motorcycle", "clock", "brick", "grass", "gravel", "retina"):
+    for name in PHOTOS:
         try:
-            im = getattr(d, name)()
+            out.append(photo(name))
+        except ImportError:
+            return []
         except Exception:  # noqa: BLE001 - a file the installed version lacks
             continue
-        im = im[0] if isinstance(im, tuple) else im
-        out.append(np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im[..., :3])
     return out
 
 
