@@ -53,7 +53,10 @@ class TrainConfig:
     # machinery
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast, CUDA only
+    # bf16 autocast: "auto" takes it on CUDA, and on a CPU when the plan's probe measures it at
+    # least CPU_BF16_MIN_GAIN faster (CPUs with native bf16: 1.8x on 2 AVX-512 cores; an AVX2 CPU
+    # emulates it and stays float32); a run with no probe (no time budget, no `adapt`) stays float32 there
+    precision: str = "auto"  # auto | float32 | bfloat16
     channels_last: bool = True
     compile: bool = False
     workers: int = 0  # DataLoader workers for image folders

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from app.cam import Geometry
 from app.datasets import read_boxes
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 NO_BOX = (float("nan"),) * 4
+# decoded images kept in memory up to this size (uint8 at the network's input side: 2,400 images of
+# 96 px are 66 MB, 20,000 of 128 px 983 MB); a larger folder is decoded at every epoch again
+CACHE_MAX_BYTES = 2 * 1024**3
+CACHE_DECODE_BATCH = 64
 
 
 def geometry_vector(g: Geometry) -> torch.Tensor:
@@ -56,6 +60,35 @@ class ArraySet(Dataset):
 
     def __getitem__(self, i: int):
         return self.images[i], self.labels[i], self.boxes[i], self.window
+
+
+class DecodedSet(Dataset):
+    """A data set's items decoded once and held as tensors: the same items, without opening and
+    resizing each file again at every epoch (on 2 CPU cores that was 12% of a training step)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, windows: torch.Tensor) -> None:
+        self.images, self.labels, self.boxes, self.windows = images, labels, boxes, windows
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i], self.boxes[i], self.windows[i]
+
+
+def decoded(dataset: Dataset, side: int, max_bytes: int | None = None) -> Dataset:
+    """`dataset` decoded into memory where its items are the same at every epoch (a FolderSet
+    without per-image augmentation) and fit in max_bytes (CACHE_MAX_BYTES when None); otherwise
+    `dataset` itself."""
+    max_bytes = CACHE_MAX_BYTES if max_bytes is None else max_bytes
+    if not isinstance(dataset, FolderSet) or dataset.augment == "imagenet" or not len(dataset):
+        return dataset
+    if len(dataset) * 3 * side * side > max_bytes:
+        log.info("%d images of %d px exceed the decode cache (%d MiB): decoded at every epoch", len(dataset),
+                 side, max_bytes >> 20)
+        return dataset
+    parts = list(zip(*DataLoader(dataset, batch_size=CACHE_DECODE_BATCH)))
+    return DecodedSet(*(torch.cat(p) for p in parts))
 
 
 class FolderSet(Dataset):

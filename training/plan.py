@@ -32,6 +32,7 @@ SIZE_RANGE_GPU = (32, 224)
 SAMPLED_FILES = 200  # image headers read to choose the size
 COLOUR_CHECK_IMAGES = (1000, 500)  # training and validation images read to test what colour tells
 COLOUR_CHECK_MIN_VAL = 30
+CPU_BF16_MIN_GAIN = 1.25  # bf16 on a CPU only where its steps are at least this much faster
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,14 @@ class Plan:
     seconds_per_step: float | None  # measured before training; None when nothing was timed
     expected_s: float | None
     limited_by: str  # "epochs", "min_steps" or "time_budget"
+    device: str = "cpu"  # the device the steps were planned (and timed) on: "cpu" or "cuda"
+    precision: str = "float32"  # "float32" or "bfloat16" (autocast)
 
     def describe(self, train_images: int) -> str:
         eta = f", about {self.expected_s / 60:.1f} min" if self.expected_s else ""
         return (f"plan: {self.steps} optimizer steps ({self.epochs} epochs of {train_images} images, batch "
-                f"{self.batch_size}), {self.image_size} px, augmentation {self.augment}{eta}; "
-                f"steps set by {self.limited_by}")
+                f"{self.batch_size}), {self.image_size} px, augmentation {self.augment}, {self.device} "
+                f"{self.precision}{eta}; steps set by {self.limited_by}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -145,9 +148,11 @@ def adapt_augmentation(cfg: TrainConfig, train, val) -> TrainConfig:
     return cfg
 
 
-def time_steps(model: torch.nn.Module, loader, cfg: TrainConfig, device: torch.device, steps: int = 3) -> float:
+def time_steps(model: torch.nn.Module, loader, cfg: TrainConfig, device: torch.device, steps: int = 3,
+               bf16: bool = False) -> float:
     """Seconds per optimizer step, measured on a copy of the model with one batch from the loader
-    (its loading included), without touching the run's model, optimizer or random state."""
+    (its loading included), without touching the run's model, optimizer or random state; in bf16
+    autocast when `bf16`."""
     from .evaluate import channel_stats, normalize_batch
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -162,7 +167,8 @@ def time_steps(model: torch.nn.Module, loader, cfg: TrainConfig, device: torch.d
         elapsed = []
         for _ in range(steps + 1):  # the first step warms up the allocator and kernels
             t0 = time.perf_counter()
-            loss = F.cross_entropy(probe(augment_batch(x, cfg.augment, torch.Generator().manual_seed(0))), y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(probe(augment_batch(x, cfg.augment, torch.Generator().manual_seed(0))), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -170,6 +176,24 @@ def time_steps(model: torch.nn.Module, loader, cfg: TrainConfig, device: torch.d
                 torch.cuda.synchronize()
             elapsed.append(time.perf_counter() - t0)
     return load_s + statistics.median(elapsed[1:])
+
+
+def choose_precision(cfg: TrainConfig, device: torch.device, timed: bool, timer) -> tuple[str, float | None]:
+    """The training precision and the seconds per step it runs at (None when nothing was timed).
+    timer(bf16) times a step. cfg.precision "float32" or "bfloat16" is kept as asked; "auto" is bf16 on
+    CUDA and, on a CPU, bf16 only where both were timed and bf16 came out CPU_BF16_MIN_GAIN faster:
+    whether a CPU runs bf16 natively (AVX-512 BF16, AMX) or emulates it is measured, not guessed."""
+    if cfg.precision not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"precision {cfg.precision!r}: use auto, float32 or bfloat16")
+    if cfg.precision != "auto":
+        return cfg.precision, timer(cfg.precision == "bfloat16") if timed else None
+    if device.type == "cuda":
+        return "bfloat16", timer(True) if timed else None
+    if not timed:
+        return "float32", None
+    fp32, bf16 = timer(False), timer(True)
+    log.info("a training step on the CPU: %.3f s in fp32, %.3f s in bf16", fp32, bf16)
+    return ("bfloat16", bf16) if fp32 >= CPU_BF16_MIN_GAIN * bf16 else ("float32", fp32)
 
 
 def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
@@ -187,7 +211,7 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> 
 
 
 def make_plan(cfg: TrainConfig, steps_per_epoch: int, batch_size: int, train_images: int, val_images: int,
-              seconds_per_step: float | None) -> Plan:
+              seconds_per_step: float | None, device: str = "cpu", precision: str = "float32") -> Plan:
     """Steps: cfg.epochs passes, at least cfg.min_steps (a small data set still gets enough updates
     to learn), at most cfg.max_steps, and no more than fit cfg.time_budget_s with the evaluation
     after every epoch."""
@@ -207,4 +231,4 @@ def make_plan(cfg: TrainConfig, steps_per_epoch: int, batch_size: int, train_ima
             limited_by = "time_budget"
         expected = round(steps * per_step + final, 1)
     return Plan(steps, math.ceil(steps / steps_per_epoch), steps_per_epoch, batch_size, cfg.image_size, cfg.augment,
-                round(seconds_per_step, 4) if seconds_per_step else None, expected, limited_by)
+                round(seconds_per_step, 4) if seconds_per_step else None, expected, limited_by, device, precision)

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from models import ResNet, create_model
 
 from .config import TrainConfig
-from .data import load_data
+from .data import decoded, load_data
 from .evaluate import channel_stats, evaluate, normalize_batch
-from .plan import Plan, adapt_augmentation, adapt_to_data, augment_batch, make_plan, time_steps
+from .plan import Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision, make_plan, time_steps
 from .weights import load_state
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     # data, and what the data decide (image size, stem, augmentation; training/plan.py)
     cfg = adapt_to_data(cfg, device.type == "cuda")
     data = load_data(cfg)
+    data.train, data.val = decoded(data.train, cfg.image_size), decoded(data.val, cfg.image_size)
     cfg = adapt_augmentation(cfg, data.train, data.val)
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not divide over {world} processes")
@@ -206,9 +207,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     if ckpt is not None and ckpt.get("plan"):
         plan = Plan(**ckpt["plan"])  # a resumed run keeps its schedule
     else:
-        timed = time_steps(model, loader, cfg, device) if cfg.time_budget_s or cfg.adapt else None
-        timed = rank0_value(timed, world, device) if timed is not None else None
-        plan = make_plan(cfg, steps_per_epoch, batch_size, len(data.train), len(data.val), timed)
+        precision, timed = choose_precision(cfg, device, bool(cfg.time_budget_s or cfg.adapt),
+                                            lambda bf16: time_steps(model, loader, cfg, device, bf16=bf16))
+        if timed is not None:  # every process plans alike (rank 0's timing and choice)
+            timed = rank0_value(timed, world, device)
+            precision = "bfloat16" if rank0_value(float(precision == "bfloat16"), world, device) else "float32"
+        plan = make_plan(cfg, steps_per_epoch, batch_size, len(data.train), len(data.val), timed, device.type,
+                         precision)
     total_steps, epochs = plan.steps, plan.epochs
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -236,7 +241,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     net = DistributedDataParallel(model) if world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = plan.precision == "bfloat16"
     progress = Progress(out_dir, total_steps, is_main)
     if is_main and ckpt is None:
         log.info(plan.describe(len(data.train)))
@@ -362,7 +367,8 @@ def replan(cfg: TrainConfig, plan: Plan, seconds_per_step: float, train_images: 
            device: torch.device) -> Plan:
     """The plan again with the loop's measured speed (rank 0's)."""
     seconds_per_step = rank0_value(seconds_per_step, world, device)
-    return make_plan(cfg, plan.steps_per_epoch, plan.batch_size, train_images, val_images, seconds_per_step)
+    return make_plan(cfg, plan.steps_per_epoch, plan.batch_size, train_images, val_images, seconds_per_step,
+                     plan.device, plan.precision)
 
 
 def diverged(ckpt: dict, metrics: dict) -> bool:

@@ -4,10 +4,11 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from training.config import recipe
-from training.data import load_data
+from training.data import FolderSet, decoded, load_data
 from training.synthetic import render
 from training.train import train
 
@@ -116,3 +117,19 @@ def test_colour_augmentation_permutes_channels_and_inverts_some_images():
     orders = {tuple(c.abs().round().tolist()) for c in centres}
     signs = {bool((c < 0).all()) for c in centres}
     assert len(orders) > 1 and signs == {True, False}
+
+
+def test_decoded_folder_items_are_the_files_items_and_a_large_set_stays_on_disk(tmp_path):
+    make_folder(tmp_path / "data")
+    cfg = recipe("auto", data=f"folder:{tmp_path / 'data'}", boxes_csv=str(tmp_path / "data" / "boxes.csv"),
+                 image_size=32, val_fraction=0.3)
+    files = load_data(cfg).train
+    held = decoded(files, 32)
+    assert held is not files and len(held) == len(files)
+    for i in range(len(files)):
+        for a, b in zip(files[i], held[i]):
+            assert torch.equal(a, b) or (torch.isnan(a).all() and torch.isnan(b).all())
+    assert decoded(files, 32, max_bytes=len(files) * 3 * 32 * 32 - 1) is files
+    # per-image augmentation gives other pixels at every epoch: nothing to keep
+    assert decoded(load_data(cfg.replace(augment="imagenet")).train, 32) is not held
+    assert isinstance(decoded(load_data(cfg.replace(augment="imagenet")).train, 32), FolderSet)

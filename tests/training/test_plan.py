@@ -7,7 +7,7 @@ from PIL import Image
 
 from training.config import recipe
 from training.data import shift_scale_augment
-from training.plan import adapt_to_data, make_plan
+from training.plan import adapt_to_data, choose_precision, make_plan
 
 
 def test_a_small_data_set_gets_the_step_floor_not_ten_steps():
@@ -108,3 +108,37 @@ def test_colour_is_kept_when_it_names_the_class():
     assert adapt_augmentation(recipe("auto"), data, data).augment == "shift-scale"
     few = _Flat(colours[:12], labels[:12])  # too few validation images to tell: colours left alone
     assert colour_tells_classes(data, few)
+
+
+class Timer:
+    """Stands in for time_steps: the seconds per step it is told, and which precisions were timed."""
+
+    def __init__(self, float32: float, bfloat16: float) -> None:
+        self.seconds, self.asked = {False: float32, True: bfloat16}, []
+
+    def __call__(self, bf16: bool) -> float:
+        self.asked.append(bf16)
+        return self.seconds[bf16]
+
+
+@pytest.mark.parametrize("float32, bfloat16, chosen", [(0.6, 0.3, "bfloat16"), (0.6, 0.55, "float32"),
+                                                       (0.3, 1.2, "float32")])
+def test_a_cpu_trains_in_bfloat16_only_where_it_measured_clearly_faster(float32, bfloat16, chosen):
+    cfg = recipe("auto", data="folder:/x")
+    timer = Timer(float32, bfloat16)
+    precision, seconds = choose_precision(cfg, torch.device("cpu"), True, timer)
+    assert precision == chosen and seconds == {"float32": float32, "bfloat16": bfloat16}[chosen]
+    assert sorted(timer.asked) == [False, True]
+    plan = make_plan(cfg, 11, 128, 1437, 360, seconds, "cpu", precision)
+    assert plan.precision == chosen and f"cpu {chosen}" in plan.describe(1437)
+
+
+def test_precision_asked_for_is_kept_and_an_untimed_cpu_run_stays_float32():
+    timer = Timer(0.6, 0.3)
+    cfg = recipe("demo")
+    assert choose_precision(cfg, torch.device("cpu"), False, timer) == ("float32", None)
+    assert choose_precision(cfg.replace(precision="float32"), torch.device("cpu"), True, timer) == ("float32", 0.6)
+    assert choose_precision(cfg.replace(precision="bfloat16"), torch.device("cpu"), False, timer) == ("bfloat16", None)
+    assert choose_precision(cfg, torch.device("cuda"), False, timer) == ("bfloat16", None)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        choose_precision(cfg.replace(precision="fp16"), torch.device("cpu"), True, timer)
