@@ -15,6 +15,7 @@ called unknown is a cost of the verdict.
 
     python bench/retrain_http.py [--set digits|objects] [--data DIR] [--port 8765] [--variants boxes,no-boxes]
                                  [--keep DIR]   # keep the server's registry and data root there
+                                 [--settings JSON]  # research: settings added to each job request
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
     raise SystemExit(f"the server did not start: {(root / 'server.log').read_text()[-2000:]}")
 
 
-def retrain(client: httpx.Client, name: str, upload: bytes) -> dict:
+def retrain(client: httpx.Client, name: str, upload: bytes, settings: dict) -> dict:
     r = client.post(f"/v1/datasets?name={name}", content=upload, headers={**AUTH, "content-type": "application/zip"})
     r.raise_for_status()
     started = time.time()
-    job = client.post("/v1/jobs", json={"dataset": name, "force": True}, headers=AUTH).json()
+    request = {"dataset": name, "force": True, **({"settings": settings} if settings else {})}
+    job = client.post("/v1/jobs", json=request, headers=AUTH).json()
     plan = None
     while True:
         job = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
@@ -112,6 +114,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--variants", default="boxes,no-boxes")
     ap.add_argument("--keep", type=Path, help="run the server in this folder and leave it there")
+    ap.add_argument("--settings", type=json.loads, default={},
+                    help="research only: training settings the job request adds, as JSON (a user's job sends none)")
     args = ap.parse_args()
     data = Path(args.data or f"/tmp/rescam-{args.set}")
     if not (data / "boxes.csv").exists():
@@ -124,9 +128,10 @@ def main() -> None:
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
                 for variant in args.variants.split(","):
-                    job = retrain(client, f"{args.set}-{variant}", zip_bytes(data, boxes=variant == "boxes"))
+                    job = retrain(client, f"{args.set}-{variant}", zip_bytes(data, boxes=variant == "boxes"),
+                                  args.settings)
                     figures = [held_out(client, data, split) for split in splits]
-                    print(json.dumps({"set": args.set, "variant": variant, "deployed": job["result"]["deployed"],
+                    print(json.dumps({"set": args.set, "variant": variant, "settings": args.settings, "deployed": job["result"]["deployed"],
                                       "version": job["result"].get("version"),
                                       "job_s": job["job_s"], "steps_trained": job["steps_trained"],
                                       "plan": job["plan"], "held_out": figures,

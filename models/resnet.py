@@ -205,5 +205,7 @@ class ResNet(nn.Module):
         1x1 convolution. Their spatial mean is exactly the logits, since GAP and FC commute."""
         return F.conv2d(features, self.fc.weight[:, :, None, None], self.fc.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: Tensor, with_cam: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The logits; with_cam: and the CAMs, from the same pass (training on boxes fits them)."""
+        features = self.forward_features(x)
+        return (self.forward_head(features), self.forward_cam(features)) if with_cam else self.forward_head(features)

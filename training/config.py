@@ -49,6 +49,9 @@ class TrainConfig:
     # uniform scores on made-up outliers, the batch's own images cut in 4x4 tiles and shuffled; 0 = off)
     logit_norm: float = 0.0
     outlier_exposure: float = 0.0
+    # boxes (BENCHMARKS.md, "Boxes from boxes"): the weight of training/losses.py's box-fit loss on
+    # the images that have a box (0 = off; a data set without boxes trains as before)
+    box_loss: float = 0.0
     freeze_bn: bool = False  # BatchNorm keeps its running statistics (small per-device batches)
     # machinery
     seed: int = 0

@@ -244,11 +244,11 @@ def cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def shift_scale_augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.15,
                         scale: tuple[float, float] = (0.8, 1.25), jitter: float = 0.25, erase: bool = False,
-                        colour: bool = False) -> torch.Tensor:
+                        colour: bool = False, masks: torch.Tensor | None = None):
     """For small data sets of any kind: each image zoomed by a factor in `scale` and moved by up to
     `shift` of its side (what lies outside becomes the mean colour, 0 after normalisation), and its
     contrast and brightness jittered by up to `jitter`. No flips: they change digits and text.
-    x: normalised (N, C, H, W)."""
+    x: normalised (N, C, H, W). With `masks` (N, 1, H, W), returns (images, masks moved alike)."""
     n = x.shape[0]
     zoom = torch.empty(n).uniform_(*scale, generator=generator)
     move = torch.empty(n, 2).uniform_(-shift, shift, generator=generator) * 2  # grid units span [-1, 1]
@@ -257,6 +257,9 @@ def shift_scale_augment(x: torch.Tensor, generator: torch.Generator, shift: floa
     theta[:, :, 2] = move
     grid = torch.nn.functional.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if masks is not None:
+        masks = torch.nn.functional.grid_sample(masks.to(x.dtype), grid, mode="bilinear", padding_mode="zeros",
+                                                align_corners=False)
     contrast = torch.empty(n, 1, 1, 1).uniform_(1 - jitter, 1 + jitter, generator=generator).to(x.device, x.dtype)
     brightness = torch.empty(n, 1, 1, 1).uniform_(-jitter, jitter, generator=generator).to(x.device, x.dtype)
     out = out * contrast + brightness
@@ -275,4 +278,20 @@ def shift_scale_augment(x: torch.Tensor, generator: torch.Generator, shift: floa
         in_cols = (cols >= corner[:, 1:]) & (cols < corner[:, 1:] + side[:, 1:])
         hole = (in_rows[:, :, None] & in_cols[:, None, :] & keep[:, None, None]).to(x.device)
         out = out.masked_fill(hole[:, None], 0.0)
-    return out
+    return out if masks is None else (out, masks)
+
+
+def box_masks(boxes: torch.Tensor, windows: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, 1, side, side): 1 on the network-input pixels whose centre lies in the item's box, 0
+    elsewhere and on items without one. boxes (N, 4) in original pixels, NaN where unknown;
+    windows (N, 6) as geometry_vector gives them."""
+    w = windows.to(torch.float32)
+    left, top, width, height = w[:, 2:3], w[:, 3:4], w[:, 4:5], w[:, 5:6]
+    known = torch.isfinite(boxes).all(dim=1, keepdim=True)
+    b = torch.nan_to_num(boxes.to(torch.float32))
+    x0, x1 = (b[:, 0:1] - left) / width * side, (b[:, 2:3] - left) / width * side
+    y0, y1 = (b[:, 1:2] - top) / height * side, (b[:, 3:4] - top) / height * side
+    centres = torch.arange(side, dtype=torch.float32)[None, :] + 0.5
+    cols = (centres >= x0) & (centres < x1) & known
+    rows = (centres >= y0) & (centres < y1) & known
+    return (rows[:, :, None] & cols[:, None, :]).float()[:, None]

@@ -196,18 +196,24 @@ def choose_precision(cfg: TrainConfig, device: torch.device, timed: bool, timer)
     return ("bfloat16", bf16) if fp32 >= CPU_BF16_MIN_GAIN * bf16 else ("float32", fp32)
 
 
-def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
+MASKED_AUGMENTATIONS = ("none", "shift-scale", "shift-scale-colour")  # those that move box masks along
+
+
+def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator, masks: torch.Tensor | None = None):
+    """The batch augmented; with `masks` (only for MASKED_AUGMENTATIONS), (images, masks moved alike)."""
     from .data import cifar_augment, shift_scale_augment
 
+    if masks is not None and augment not in MASKED_AUGMENTATIONS:
+        raise ValueError(f"augmentation {augment!r} cannot move box masks; use one of {MASKED_AUGMENTATIONS}")
     if augment == "cifar":
         return cifar_augment(x, generator)
     if augment == "shift-scale":
-        return shift_scale_augment(x, generator)
+        return shift_scale_augment(x, generator, masks=masks)
     if augment == "shift-scale-colour":
-        return shift_scale_augment(x, generator, colour=True)
+        return shift_scale_augment(x, generator, colour=True, masks=masks)
     if augment == "shift-scale-erase":
         return shift_scale_augment(x, generator, erase=True)
-    return x
+    return x if masks is None else (x, masks)
 
 
 def make_plan(cfg: TrainConfig, steps_per_epoch: int, batch_size: int, train_images: int, val_images: int,

@@ -27,9 +27,10 @@ from tqdm import tqdm
 from models import ResNet, create_model
 
 from .config import TrainConfig
-from .data import decoded, load_data
+from .data import box_masks, decoded, load_data
 from .evaluate import channel_stats, evaluate, normalize_batch
-from .plan import Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision, make_plan, time_steps
+from .losses import box_fit_loss
+from .plan import MASKED_AUGMENTATIONS, Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision, make_plan, time_steps
 from .weights import load_state
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         progress.report(event="plan", step=0, train_images=len(data.train), val_images=len(data.val),
                         **plan.to_dict())
     aug_gen = torch.Generator()
+    fit_boxes = cfg.box_loss > 0 and cfg.augment in MASKED_AUGMENTATIONS
+    if cfg.box_loss > 0 and not fit_boxes:
+        log.warning("box_loss needs an augmentation that moves boxes along (%s); not %s: boxes are not fitted",
+                    ", ".join(MASKED_AUGMENTATIONS), cfg.augment)
     val_metrics: dict = {}
 
     # the loop
@@ -266,21 +271,28 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         aug_gen.manual_seed(cfg.seed * 100_003 + epoch * 1009 + rank)
         seen, tick = 0, time.monotonic()
         mark = tick
-        for images, labels, _, _ in loader:
+        for images, labels, boxes, windows in loader:
             if step >= total_steps:
                 break
             x = normalize_batch(images.to(device, non_blocking=True), mean, std)
-            x = augment_batch(x, cfg.augment, aug_gen)
+            masks = None
+            if fit_boxes and torch.isfinite(boxes).all(dim=1).any():
+                x, masks = augment_batch(x, cfg.augment, aug_gen, box_masks(boxes, windows, x.shape[-1]).to(device))
+            else:
+                x = augment_batch(x, cfg.augment, aug_gen)
             x = x.contiguous(memory_format=memory_format)
             y = labels.to(device, non_blocking=True)
             if cfg.outlier_exposure:
                 x = torch.cat([x, shuffled_tiles(x[: max(1, len(x) // 4)], aug_gen)])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(x)
+                logits, cams = net(x, with_cam=True) if masks is not None else (net(x), None)
                 if cfg.outlier_exposure:
                     logits, outliers = logits[: len(y)], logits[len(y):]
                 loss = F.cross_entropy(logit_normalised(logits, cfg.logit_norm), y,
                                        label_smoothing=cfg.label_smoothing)
+                fit = box_fit_loss(cams[: len(y)], y, masks) if masks is not None else None
+                if fit is not None:
+                    loss = loss + cfg.box_loss * fit
                 if cfg.outlier_exposure:  # cross-entropy to the uniform distribution
                     loss = loss - cfg.outlier_exposure * F.log_softmax(outliers.float(), dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
