@@ -91,6 +91,13 @@ def decoded(dataset: Dataset, side: int, max_bytes: int | None = None) -> Datase
     return DecodedSet(*(torch.cat(p) for p in parts))
 
 
+def boxed_images(dataset: Dataset) -> int:
+    """How many of the data set's images have a box."""
+    if isinstance(dataset, FolderSet):
+        return sum(str(p.resolve()) in dataset.boxes for p, _ in dataset.files)
+    return int(torch.isfinite(dataset.boxes).all(dim=1).sum())
+
+
 class FolderSet(Dataset):
     """`root/<class>/*.jpg` and the like; unreadable files are logged and skipped."""
 

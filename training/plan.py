@@ -48,12 +48,15 @@ class Plan:
     limited_by: str  # "epochs", "min_steps" or "time_budget"
     device: str = "cpu"  # the device the steps were planned (and timed) on: "cpu" or "cuda"
     precision: str = "float32"  # "float32" or "bfloat16" (autocast)
+    architecture: str = ""  # e.g. "resnet20 16/32/64": the network and its stage widths
+    boxes_fitted: int = 0  # training images whose CAM the box-fit loss fits to their box
 
     def describe(self, train_images: int) -> str:
         eta = f", about {self.expected_s / 60:.1f} min" if self.expected_s else ""
-        return (f"plan: {self.steps} optimizer steps ({self.epochs} epochs of {train_images} images, batch "
-                f"{self.batch_size}), {self.image_size} px, augmentation {self.augment}, {self.device} "
-                f"{self.precision}{eta}; steps set by {self.limited_by}")
+        boxes = f", CAMs fitted to {self.boxes_fitted} boxes" if self.boxes_fitted else ""
+        return (f"plan: {self.architecture or 'the network'}, {self.steps} optimizer steps ({self.epochs} epochs of "
+                f"{train_images} images, batch {self.batch_size}), {self.image_size} px, augmentation {self.augment}"
+                f"{boxes}, {self.device} {self.precision}{eta}; steps set by {self.limited_by}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -217,7 +220,8 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator, mas
 
 
 def make_plan(cfg: TrainConfig, steps_per_epoch: int, batch_size: int, train_images: int, val_images: int,
-              seconds_per_step: float | None, device: str = "cpu", precision: str = "float32") -> Plan:
+              seconds_per_step: float | None, device: str = "cpu", precision: str = "float32",
+              boxes_fitted: int = 0) -> Plan:
     """Steps: cfg.epochs passes, at least cfg.min_steps (a small data set still gets enough updates
     to learn), at most cfg.max_steps, and no more than fit cfg.time_budget_s with the evaluation
     after every epoch."""
@@ -237,4 +241,17 @@ def make_plan(cfg: TrainConfig, steps_per_epoch: int, batch_size: int, train_ima
             limited_by = "time_budget"
         expected = round(steps * per_step + final, 1)
     return Plan(steps, math.ceil(steps / steps_per_epoch), steps_per_epoch, batch_size, cfg.image_size, cfg.augment,
-                round(seconds_per_step, 4) if seconds_per_step else None, expected, limited_by, device, precision)
+                round(seconds_per_step, 4) if seconds_per_step else None, expected, limited_by, device, precision,
+                architecture(cfg), boxes_fitted)
+
+
+def architecture(cfg: TrainConfig) -> str:
+    """The network a run trains, with its stage widths: "resnet20 16/32/64"."""
+    from models import create_model
+
+    widths = cfg.model_kwargs.get("widths")
+    if widths is None:  # the family's own: read off a model built on the meta device (no memory)
+        with torch.device("meta"):
+            net = create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
+        widths = [stage[-1].bn1.num_features for stage in net.stages]
+    return f"{cfg.model} {'/'.join(str(w) for w in widths)}"

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from models import ResNet, create_model
 
 from .config import TrainConfig
-from .data import box_masks, decoded, load_data
+from .data import box_masks, boxed_images, decoded, load_data
 from .evaluate import channel_stats, evaluate, normalize_batch
 from .losses import box_fit_loss
 from .plan import MASKED_AUGMENTATIONS, Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision, make_plan, time_steps
@@ -213,8 +214,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         if timed is not None:  # every process plans alike (rank 0's timing and choice)
             timed = rank0_value(timed, world, device)
             precision = "bfloat16" if rank0_value(float(precision == "bfloat16"), world, device) else "float32"
+        fitted = boxed_images(data.train) if cfg.box_loss > 0 and cfg.augment in MASKED_AUGMENTATIONS else 0
         plan = make_plan(cfg, steps_per_epoch, batch_size, len(data.train), len(data.val), timed, device.type,
-                         precision)
+                         precision, fitted)
     total_steps, epochs = plan.steps, plan.epochs
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -250,8 +252,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         progress.report(event="plan", step=0, train_images=len(data.train), val_images=len(data.val),
                         **plan.to_dict())
     aug_gen = torch.Generator()
-    fit_boxes = cfg.box_loss > 0 and cfg.augment in MASKED_AUGMENTATIONS
-    if cfg.box_loss > 0 and not fit_boxes:
+    fit_boxes = plan.boxes_fitted > 0
+    if cfg.box_loss > 0 and cfg.augment not in MASKED_AUGMENTATIONS:
         log.warning("box_loss needs an augmentation that moves boxes along (%s); not %s: boxes are not fitted",
                     ", ".join(MASKED_AUGMENTATIONS), cfg.augment)
     val_metrics: dict = {}
@@ -259,7 +261,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     # the loop
     epochs_done = start_epoch
     replan_at = cfg.warmup_steps if cfg.time_budget_s and ckpt is None and cfg.warmup_steps >= 10 else None
-    train_s = 0.0  # time in training steps, evaluation excluded
+    step_s: list[float] = []  # each step's time until the re-plan, evaluation excluded
     epoch = start_epoch
     while epoch < epochs:
         if step >= total_steps or (cfg.stop_after_epochs is not None and epoch - start_epoch >= cfg.stop_after_epochs):
@@ -300,11 +302,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             optimizer.step()
             scheduler.step()
             step += 1
-            train_s, mark = train_s + time.monotonic() - mark, time.monotonic()
+            if replan_at and step <= replan_at:
+                step_s.append(time.monotonic() - mark)
+            mark = time.monotonic()
             if step == replan_at:
                 # the loop's own speed (the probe's can be off on a busy machine): fit the budget
                 # again before the cosine phase, whose shape depends on the step count
-                plan = replan(cfg, plan, train_s / step, len(data.train), len(data.val), world, device)
+                # the median of the steps after the first few (kernels warming up): a stretch of
+                # steps slowed by something else on the machine does not cut the whole run
+                plan = replan(cfg, plan, statistics.median(step_s[min(5, len(step_s) - 1):]), len(data.train),
+                              len(data.val), world, device)
                 total_steps, epochs, progress.total = plan.steps, plan.epochs, plan.steps
                 scheduler.lr_lambdas = [lr_factor(cfg, total_steps)] * len(optimizer.param_groups)
                 progress.report(event="plan", step=step, replanned=True, train_images=len(data.train),
@@ -380,7 +387,7 @@ def replan(cfg: TrainConfig, plan: Plan, seconds_per_step: float, train_images: 
     """The plan again with the loop's measured speed (rank 0's)."""
     seconds_per_step = rank0_value(seconds_per_step, world, device)
     return make_plan(cfg, plan.steps_per_epoch, plan.batch_size, train_images, val_images, seconds_per_step,
-                     plan.device, plan.precision)
+                     plan.device, plan.precision, plan.boxes_fitted)
 
 
 def diverged(ckpt: dict, metrics: dict) -> bool:

@@ -412,6 +412,15 @@ function drawCurve(curves) {
     `<text x="${w - pad}" y="${h - 6}" font-size="11" text-anchor="end" fill="#6b7280">step ${maxStep}</text>`;
 }
 
+// what the job's plan chose (training/plan.py): the network, the steps and what set them, the device
+function planText(plan) {
+  if (!plan) return "";
+  const boxes = plan.boxes_fitted ? ` · CAMs fitted to ${plan.boxes_fitted} boxes` : "";
+  const eta = plan.expected_s ? ` · about ${Math.ceil(plan.expected_s / 60)} min` : "";
+  return `plan: ${plan.architecture || "the network"} at ${plan.image_size} px · ${plan.steps} steps ` +
+    `(set by ${plan.limited_by}) · ${plan.augment}${boxes} · ${plan.device || "cpu"} ${plan.precision || "float32"}${eta}`;
+}
+
 async function watchJob(id) {
   state.watching = id;
   $("job").hidden = false;
@@ -430,6 +439,7 @@ async function watchJob(id) {
       ` · loss ${Number(p.loss).toFixed(3)}` + (p.val_top1 !== undefined ? ` · val top-1 ${pct(p.val_top1)}` : "") +
       (p.eta_s ? ` · about ${Math.ceil(p.eta_s / 60)} min left` : "") : "");
     $("job-progress").value = p.total_steps ? p.step / p.total_steps : 0;
+    $("job-plan").textContent = planText(p.plan);
     drawCurve(curves);
     $("job-log").textContent = log;
     const done = ["succeeded", "failed", "cancelled", "interrupted"].includes(job.state);

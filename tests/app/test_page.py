@@ -134,6 +134,8 @@ def test_admin_retrain_from_a_zip_ends_in_a_new_version(server, browser, tmp_pat
     page.wait_for_function("document.querySelector('#job-result').textContent.includes('gate')", timeout=120_000)
     result = page.text_content("#job-result")
     assert result.startswith("v2")
+    plan = page.text_content("#job-plan")  # what the plan chose, as the job's progress recorded it
+    assert plan.startswith("plan: resnet8 16/32/64 at ") and "steps (set by " in plan and " cpu " in plan
     page.wait_for_function("document.querySelector('#versions').textContent.includes('v2')")
 
 
