@@ -23,6 +23,7 @@ from typing import Any
 
 from .curves import metrics_records
 from .datasets import BOXES_FILE
+from .deploy_policy import decide
 from .job_store import ACTIVE, JobStore
 from .jobspec import JobFileError, JobResult, JobSpec
 from .registry import WEIGHTS_FILE, Registry
@@ -202,18 +203,17 @@ class JobRunner:
             why = "the job registered no version"
         elif not request.get("deploy", True):
             why = "the job asked not to deploy"
-        elif not decision["deployable"]:
-            why = f"never deployed, even with force: {decision['reason']}"
-        elif decision["passed"] or request.get("force"):
-            forced = not decision["passed"]
-            reason = f"forced over the gate: {decision['reason']}" if forced else decision["reason"]
-            try:
-                self.deploy(result.version, "job", reason, job=job["id"], gate=decision, forced=forced)
-                deployed = True
-            except Exception as e:  # noqa: BLE001 - the version stays registered; the live one keeps serving
-                why = str(e)
         else:
-            why = f"the gate did not pass: {decision['reason']}"
+            policy = decide("always" if request.get("force") else "gate", decision, result.live_version is None)
+            if policy.deploy:
+                try:
+                    self.deploy(result.version, "job", policy.reason, via="POST /v1/jobs", job=job["id"],
+                                gate=decision, forced=policy.forced)
+                    deployed = True
+                except Exception as e:  # noqa: BLE001 - the version stays registered; the live one keeps serving
+                    why = str(e)
+            else:
+                why = policy.reason
         return {"version": result.version, "deployed": deployed, "not_deployed_because": why, "gate": decision,
                 "metrics": result.metrics, "live_metrics": result.live_metrics}
 

@@ -73,8 +73,14 @@ class ModelManager:
 
     def deploy(self, version: int, actor: str, reason: str = "", **audit: Any) -> Engine:
         """Load and smoke-test `version`, then move the live pointer and swap. NotDeployed (and no
-        change) when it cannot load; UnknownVersion when there is no such version."""
+        change) when the promotion gate recorded with it marked it never deployable (diverged, or at
+        chance) or it cannot load; UnknownVersion when there is no such version. Every path that
+        deploys comes here; `audit` says from which (via=...)."""
         self.registry.version_dir(self.name, version)
+        gate = self.registry.gate(self.name, version)
+        if gate is not None and not gate.get("deployable", True):
+            raise NotDeployed(f"v{version} is never deployed, v{self.registry.deployed(self.name)} keeps serving: "
+                              f"{gate.get('reason')}")
         with self.changing:
             engine = self._load_or_refuse(version)
             self.registry.deploy(self.name, version, actor=actor, reason=reason, **audit)

@@ -28,6 +28,7 @@ MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pth"  # optional: the torch state_dict, to fine-tune from the live model
 REPORT_DIR = "report"  # optional: the version's report (training/report.py)
+GATE_FILE = "gate.json"  # optional: the promotion gate's decision when the version was trained (training/gate.py)
 POINTER = "DEPLOYED"
 AUDIT = "audit.jsonl"
 
@@ -116,7 +117,7 @@ class Registry:
         staging = d / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            for name in (MODEL_FILE, CARD_FILE, WEIGHTS_FILE, OOD_FILE):
+            for name in (MODEL_FILE, CARD_FILE, WEIGHTS_FILE, OOD_FILE, GATE_FILE):
                 if (source / name).is_file():
                     shutil.copy2(source / name, staging / name)
             if (source / REPORT_DIR).is_dir():
@@ -152,6 +153,15 @@ class Registry:
             return json.loads((self.model_dir(model) / POINTER).read_text())
         except FileNotFoundError:
             return None
+
+    def gate(self, model: str, version: int) -> dict[str, Any] | None:
+        """The promotion gate's decision recorded with the version, or None (none ran, or it is
+        unreadable: then nothing is known against the version)."""
+        try:
+            decision = json.loads((self.version_dir(model, version) / GATE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return decision if isinstance(decision, dict) else None
 
     def deployed(self, model: str) -> int | None:
         p = self.pointer(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorAnswer(BaseModel):
@@ -167,6 +167,9 @@ JobState = Literal["queued", "running", "cancelling", "finishing", "succeeded", 
 
 
 class JobRequest(BaseModel):
+    # a misspelt field ("option", "settings") is a 422 that names it, not a job trained without it
+    model_config = ConfigDict(extra="forbid")
+
     dataset: str = Field(description="a data set under the server's data root, or 'synthetic'")
     architecture: str | None = Field(None, description="e.g. resnet20, resnet50; the recipe's by default")
     recipe: Literal["auto", "demo", "paper-cifar", "paper-imagenet"] | None = Field(

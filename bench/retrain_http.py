@@ -65,13 +65,13 @@ def retrain(client: httpx.Client, name: str, upload: bytes, settings: dict) -> d
     r = client.post(f"/v1/datasets?name={name}", content=upload, headers={**AUTH, "content-type": "application/zip"})
     r.raise_for_status()
     started = time.time()
-    request = {"dataset": name, "force": True, **({"settings": settings} if settings else {})}
+    request = {"dataset": name, "force": True, **({"options": settings} if settings else {})}
     job = client.post("/v1/jobs", json=request, headers=AUTH).json()
     plan = None
     while True:
         job = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
         plan = (job.get("progress") or {}).get("plan") or plan  # the last: re-planned from the loop's speed
-        if job["state"] not in ("queued", "running"):
+        if job["state"] not in ("queued", "running", "cancelling", "finishing"):
             break
         time.sleep(2)
     if job["state"] != "succeeded":

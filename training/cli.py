@@ -58,25 +58,35 @@ def _config(args: argparse.Namespace):
 
 
 def apply_deploy_policy(registry_root: str, name: str, version: int, policy: str, first: bool,
-                        gate: dict | None = None) -> None:
-    """After registering `version`: auto deploys only a model's first version; always deploys;
-    gate deploys when the promotion gate passed; never does not."""
-    from app.registry import Registry
+                        gate: dict | None, via: str) -> bool:
+    """After registering `version`: the one deploy policy (app.deploy_policy) decides, and the
+    service's own deploy (app.model_manager: never-deployable versions refused, the smoke test, the
+    audit entry naming `via`) makes it live. Whether it went live."""
+    from app.deploy_policy import decide
+    from app.model_manager import ModelManager, NotDeployed
+    from app.settings import Settings
 
-    registry = Registry(registry_root)
-    why = f"; gate: {gate['reason']}" if gate else ""
-    if policy == "always" or (policy == "auto" and first) or (policy == "gate" and gate and gate["passed"]):
-        reason = "first version" if policy == "auto" else f"--deploy {policy}{why}"
-        registry.deploy(name, version, actor="cli", reason=reason, **({"gate": gate} if gate else {}))
-        print(f"registered and deployed {name} v{version} in {registry_root}", file=sys.stderr)
-    else:
-        print(f"registered {name} v{version} in {registry_root} (live stays v{registry.deployed(name)}{why})",
-              file=sys.stderr)
+    decision = decide(policy, gate, first)
+    manager = ModelManager(Settings(registry=registry_root, model_name=name), keep_scratch_in_data_root=False)
+    if decision.deploy:
+        try:
+            manager.deploy(version, actor="cli", reason=decision.reason, via=via, forced=decision.forced,
+                           **({"gate": gate} if gate else {}))
+        except NotDeployed as e:
+            print(f"registered {name} v{version} in {registry_root}; {e}", file=sys.stderr)
+            return False
+        print(f"registered and deployed {name} v{version} in {registry_root} ({decision.reason})", file=sys.stderr)
+        return True
+    live = manager.registry.deployed(name)
+    print(f"registered {name} v{version} in {registry_root}; not deployed: {decision.reason} "
+          f"({f'v{live} stays live' if live else 'no version is live'})", file=sys.stderr)
+    return False
 
 
-def deploy_after_job(result, registry_root: str, name: str, policy: str) -> None:
+def deploy_after_job(result, registry_root: str, name: str, policy: str, via: str) -> None:
     if result is not None and result.version is not None:
-        apply_deploy_policy(registry_root, name, result.version, policy, result.live_version is None, result.gate)
+        apply_deploy_policy(registry_root, name, result.version, policy, result.live_version is None, result.gate,
+                            via)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -88,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     figures = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}  # the curves are in the report
     print(json.dumps({"checkpoint": result.checkpoint, "seconds": result.seconds, **figures}))
     if not (args.no_register or args.export_only):
-        deploy_after_job(result, args.registry, args.name, args.deploy)
+        deploy_after_job(result, args.registry, args.name, args.deploy, "rescam train")
 
 
 def cmd_run_job(args: argparse.Namespace) -> None:
@@ -126,7 +136,7 @@ def register(export_dir: Path, registry: str, name: str, deploy: str) -> int:
     reg = Registry(registry)
     first = reg.deployed(name) is None
     version = reg.register(name, export_dir)
-    apply_deploy_policy(registry, name, version, deploy, first)
+    apply_deploy_policy(registry, name, version, deploy, first, None, "rescam export --register")
     return version
 
 
@@ -162,7 +172,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     """Deploy the default model when the registry has no live version: the one the package ships
     (registered in seconds), or, with --train, one trained afresh by the demo recipe."""
     from app.jobspec import JobSpec
+    from app.model_manager import ModelManager
     from app.registry import Registry
+    from app.settings import Settings
 
     from .job import run_job
 
@@ -172,14 +184,15 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     shipped = shipped_model_dir()
     if not args.train and shipped is not None:
         version = registry.register(args.name, shipped)
-        registry.deploy(args.name, version, actor="bootstrap", reason="the default model shipped with rescam")
+        ModelManager(Settings(registry=args.registry, model_name=args.name), keep_scratch_in_data_root=False).deploy(
+            version, actor="bootstrap", reason="the default model shipped with rescam", via="rescam bootstrap")
         print(f"registered and deployed the shipped default model as {args.name} v{version} in {args.registry}",
               file=sys.stderr)
         return
     print(f"no model deployed in {args.registry}: training the default model (the demo recipe; "
           "about 4 minutes on 2 CPU cores)", file=sys.stderr)
     result = run_job(JobSpec(run_dir=args.out, registry=args.registry, model_name=args.name))
-    deploy_after_job(result, args.registry, args.name, "auto")
+    deploy_after_job(result, args.registry, args.name, "auto", "rescam bootstrap --train")
 
 
 def shipped_model_dir() -> Path | None:
@@ -294,7 +307,7 @@ def cmd_models(args: argparse.Namespace) -> None:
     if args.action == "show":
         print(registry.card(name, args.version).to_json(), end="")
     elif args.action == "deploy":
-        engine = models.deploy(args.version, actor="cli", reason=args.reason)
+        engine = models.deploy(args.version, actor="cli", reason=args.reason, via="rescam models deploy")
         print(f"{name}: v{args.version} is live ({engine.provider}, smoke-tested in {engine.load_ms:.0f} ms)")
     elif args.action == "delete":
         models.delete(args.version, actor="cli")
@@ -347,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-register", action="store_true", help="stop after training")
     t.add_argument("--export-only", action="store_true", help="train and export; register nothing")
     t.add_argument("--deploy", choices=("auto", "gate", "always", "never"), default="auto",
-                   help="auto: deploy only the model's first version; gate: when it passes the promotion gate "
-                        "against the live version (default %(default)s)")
+                   help="auto: a model's first version, or one that passes the promotion gate against the live "
+                        "version (what a job does); gate: only when it passes; always: over a failed gate too. A "
+                        "version that diverged or does not clear chance never goes live (default %(default)s)")
     registry_args(t)
     t.set_defaults(func=cmd_train)
 
@@ -370,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "output's range; input and outputs stay float32 (default %(default)s)")
     x.add_argument("--register", action="store_true", help="register the export in the registry")
     x.add_argument("--deploy", choices=("auto", "always", "never"), default="auto",
-                   help="with --register; auto: only a model's first version (default %(default)s)")
+                   help="with --register; auto: only a model's first version (no gate runs here); a version "
+                        "that diverged or does not clear chance never goes live (default %(default)s)")
     registry_args(x)
     x.set_defaults(func=cmd_export)
 

@@ -85,11 +85,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # images, at least 1,500 optimizer steps (a 1,500-image set is 11 steps an epoch: one epoch
     # learns nothing; 1,000 left the digits 1.4 points lower, BENCHMARKS.md), zoom/shift/contrast
     # augmentation (small sets overfit without it), colours permuted and inverted too where they do
-    # not tell the classes apart (training/plan.py), the best epoch kept, and at most 8 minutes of
-    # training on whatever machine runs it (BENCHMARKS.md).
+    # not tell the classes apart (training/plan.py), the best epoch kept, at most 8 minutes of
+    # training on whatever machine runs it, and, on the images that have a box, the CAM fitted to
+    # it (box_loss; on the objects set +13 points of boxes that fit, +3 of top-1; BENCHMARKS.md).
     "auto": dict(model="resnet20", data="synthetic", image_size=0, adapt=True, epochs=30, min_steps=1500,
                  time_budget_s=480, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine",
-                 warmup_steps=50, augment="shift-scale", keep_best=True),
+                 warmup_steps=50, augment="shift-scale", keep_best=True, box_loss=1.0),
     # The default model the repository ships (app/default_model): about 4 minutes on 2 CPU cores
     # (BENCHMARKS.md). resnet20 with a strided stem sees 64x64 images at the cost of 32x32 ones
     # (small shapes need the pixels; its 8x8 CAM localizes better than a 16x16 one); one pass over

@@ -4,22 +4,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from scipy.stats import binom
-
-FLOOR_P_VALUE = 1e-3  # top-1 must beat chance at this one-sided binomial significance
-
-
-def above_chance(top1: float, images: int, chance: float) -> tuple[bool, float]:
-    """Whether `top1` on `images` validation images clears `chance` (the rate of always answering
-    the most common class) by a statistically clear margin: the one-sided binomial p-value of so
-    many right answers from a model at chance is below FLOOR_P_VALUE."""
-    if images <= 0:
-        return False, 1.0
-    p_value = float(binom.sf(round(top1 * images) - 1, images, min(max(chance, 1e-9), 1.0)))
-    return p_value < FLOOR_P_VALUE, p_value
+from app.deploy_policy import blockers as never_deployable
 
 
 def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_labels: list[str] | None = None,
@@ -34,15 +21,7 @@ def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_la
       localization at each model's own rule no more than `margin` below the live one's, and, where
       both were measured, the open-world AUROC on the battery of images of none of their classes
       (training/open_world.py, against the same validation images) no more than `margin` below."""
-    blockers, reasons = [], []
-    chance = new.get("chance_top1")
-    if new.get("diverged") or not _finite(new.get("loss", 0.0)):
-        blockers.append(f"training diverged (validation loss {new.get('loss')})")
-    if chance is not None:
-        clear, p_value = above_chance(new["top1"], new.get("images", 0), chance)
-        if not clear:
-            blockers.append(f"top-1 {new['top1']:.4f} does not clear chance ({chance:.4f}, always the most common "
-                            f"class) on {new.get('images', 0)} validation images (p = {p_value:.2g})")
+    blockers, reasons = never_deployable(new), []
     shown = ("top1", "gt_known_loc", "box_rule", "images_with_boxes", "ood_auroc")
     decision = {"new": {k: new.get(k) for k in (*shown, "chance_top1")},
                 "live": {k: live.get(k) for k in shown} if live else None}
@@ -69,9 +48,3 @@ def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_la
         reason = "; ".join(blockers + reasons)
     return {**decision, "passed": passed, "deployable": not blockers, "reason": reason}
 
-
-def _finite(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False

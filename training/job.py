@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from app.jobspec import JobResult, JobSpec
-from app.registry import CARD_FILE, Registry
+from app.registry import CARD_FILE, GATE_FILE, Registry
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, recipe
 from .weights import resolve
@@ -77,8 +77,10 @@ def run_job(spec: JobSpec) -> JobResult | None:
         live = registry.deployed(spec.model_name)
         if live is not None:  # judged on this run's own validation images, through ONNX Runtime
             live_metrics = evaluate_onnx(registry.version_dir(spec.model_name, live), cfg)
-        version = registry.register(spec.model_name, export)
     decision = gate(metrics, live_metrics, spec.gate_margin, result.labels)
+    (export / GATE_FILE).write_text(json.dumps(decision, indent=2) + "\n")  # registered with the version
+    if spec.registry is not None:
+        version = registry.register(spec.model_name, export)
     return _saved(dataclasses.replace(result, seconds=round(time.time() - start, 1), export=str(export),
                                       version=version, live_version=live, live_metrics=live_metrics, gate=decision),
                   run_dir)

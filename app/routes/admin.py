@@ -26,7 +26,8 @@ class DeployRequest(BaseModel):
 @router.post("/{version}/deploy", response_model=DeployAnswer)
 async def deploy(version: int, models: ModelsDep, actor: AdminDep, body: DeployRequest | None = None) -> DeployAnswer:
     engine = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: models.deploy(version, actor=actor, reason=body.reason if body else ""))
+        None, lambda: models.deploy(version, actor=actor, reason=body.reason if body else "",
+                                   via=f"POST /v1/models/{version}/deploy"))
     return DeployAnswer(name=models.name, deployed=version, provider=engine.provider)
 
 

@@ -458,3 +458,11 @@ def test_a_result_written_while_no_service_ran_is_promoted_at_the_next_start(env
     assert done["state"] == "succeeded" and done["result"]["version"] == 2 and deployed == [2], done
     runner().recover()
     assert deployed == [2]
+
+
+def test_a_misspelt_job_field_is_named_not_ignored(env):
+    registry, settings = env
+    with TestClient(create_app(settings.model_copy(update={"run_jobs": False}))) as c:
+        r = c.post("/v1/jobs", json={"dataset": "synthetic", "settings": {"box_loss": 1.0}}, headers=AUTH)
+        assert r.status_code == 422 and "settings" in r.text, r.text
+        assert c.get("/v1/jobs", headers=AUTH).json()["jobs"] == []

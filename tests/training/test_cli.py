@@ -109,3 +109,23 @@ def test_init_from_safetensors_loads_the_same_weights(tmp_path):
 def test_an_unknown_training_setting_is_named():
     out = rescam("train", "--set", "learning_rate=0.1", "--no-register")
     one_line_error(out, 1, "unknown training settings ['learning_rate']")
+
+
+def test_a_chance_level_model_goes_live_by_no_cli_path(tiny_model, tmp_path):
+    """Issue 24's reproduction: `rescam train ... --lr 1e-9 --deploy always` on a registry with a
+    live model registers the chance-level version and leaves the live one serving; the audit log
+    names the path of every deploy that did happen."""
+    shutil.copytree(tiny_model.registry, tmp_path / "registry")
+    registry = Registry(tmp_path / "registry")
+    live = registry.deployed("default")
+    out = rescam("train", "--recipe", "demo", "--model", "resnet8", "--image-size", "32", "--set", "synthetic_train=256",
+                 "--set", "synthetic_val=300", "--epochs", "1", "--lr", "1e-9", "--deploy", "always",
+                 "--registry", str(tmp_path / "registry"), "--out", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    assert registry.versions("default") == [live, live + 1] and registry.deployed("default") == live
+    assert "never deployed, by any policy" in out.stderr and "does not clear chance" in out.stderr
+    # the same version through the models command: refused by the same rule, nothing changes
+    refused = rescam("models", "deploy", str(live + 1), "--registry", str(tmp_path / "registry"))
+    assert refused.returncode == 1 and "never deployed" in refused.stderr and registry.deployed("default") == live
+    assert registry.gate("default", live + 1)["deployable"] is False
+    assert all(e["version"] != live + 1 for e in registry.audit_log("default") if e["action"] == "deploy")
