@@ -109,6 +109,8 @@ class JobRunner:
             init = str(weights) if weights.exists() else None
         elif str(r.get("init", "")).startswith("file:"):
             init = str(self.data_root / "weights" / r["init"].split(":", 1)[1])
+        elif str(r.get("init", "")).startswith("torchvision:"):
+            init = r["init"]  # found in the torch hub cache or downloaded by the trainer (training/weights.py)
         return JobSpec(run_dir=str(Path(job["run_dir"]).resolve()), data=data, boxes_csv=boxes, recipe=r.get("recipe"),
                        settings=settings, init=init, resume=bool(job["resume"]), registry=str(self.registry.root.resolve()),
                        model_name=self.model_name, gate_margin=self.gate_margin)

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from models.names import TORCHVISION_WEIGHTS
+
 from .datasets import DatasetError, Datasets, check_name
 from .job_store import JobStore
 from .jobs import JobRunner
@@ -61,10 +63,15 @@ class Retraining:
         if init in ("scratch", "live"):
             return
         kind, _, name = init.partition(":")
+        if kind == "torchvision":
+            if name not in TORCHVISION_WEIGHTS:
+                raise JobRefused(422, f"init {init!r}: torchvision has ImageNet weights for "
+                                      f"{', '.join(TORCHVISION_WEIGHTS)}")
+            return
         try:
             check_name(name, "weights file")
         except DatasetError as e:
-            raise JobRefused(422, f"init must be scratch, live or file:NAME; {e.message}") from None
+            raise JobRefused(422, f"init must be scratch, live, file:NAME or torchvision:NAME; {e.message}") from None
         if kind != "file" or not (self.data_root / "weights" / name).is_file():
             raise JobRefused(404 if kind == "file" else 422,
                              f"init {init!r}: no such file in {self.data_root}/weights")

@@ -184,7 +184,9 @@ class JobRequest(BaseModel):
                                         description="bound on the training time; auto's default is 480 s")
     init: str = Field("scratch", max_length=200,
                       description="scratch | live (the live version's weights) | file:NAME (a torchvision-format "
-                                  "state_dict, .pth or .safetensors, in the data root's weights/ folder)")
+                                  "state_dict, .pth or .safetensors, in the data root's weights/ folder) | "
+                                  "torchvision:NAME (torchvision's ImageNet weights, e.g. torchvision:resnet50: "
+                                  "from the torch hub cache, or downloaded with their SHA-256 checked)")
     deploy: bool = Field(True, description="deploy when done, if it passes the promotion gate")
     force: bool = Field(False, description="deploy even if it fails the gate (recorded in the audit log)")
     options: dict[str, Any] | None = Field(None, max_length=40,

@@ -27,3 +27,14 @@ def list_models() -> list[str]:
 
 def is_cifar_model(name: str) -> bool:
     return name in list_models() and depth(name) in CIFAR_DEPTHS
+
+
+# torchvision's ImageNet weights for the ImageNet family (IMAGENET1K_V1), by the file name it gives
+# them: the part after the dash is the start of the file's SHA-256 (torchvision checks it so too).
+TORCHVISION_WEIGHTS: dict[str, str] = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+    "resnet101": "resnet101-63fe2227.pth",
+    "resnet152": "resnet152-394f9c45.pth",
+}

@@ -17,9 +17,14 @@ from app.jobspec import JobResult, JobSpec
 from app.registry import CARD_FILE, GATE_FILE, Registry
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, recipe
-from .weights import resolve
+from .weights import InitError, resolve
 
 log = logging.getLogger(__name__)
+
+
+# fine-tuning torchvision's ImageNet weights: its mean and std, a tenth of the scratch learning
+# rate, and inputs of at least 160 px (its stem divides by 32: a 5x5 CAM; 96 px would give 3x3)
+IMAGENET_PLAN = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "lr": 0.01, "image_size": 160, "model_kwargs": {}}
 
 
 def default_recipe(data: str | None) -> str:
@@ -39,9 +44,14 @@ def config_for(spec: JobSpec) -> TrainConfig:
         overrides.setdefault("min_steps", 0)
     if spec.init:
         overrides["init"], imagenet = resolve(spec.init)
-        if imagenet:
-            overrides.setdefault("mean", IMAGENET_MEAN)
-            overrides.setdefault("std", IMAGENET_STD)
+        if imagenet:  # the plan adapts to torchvision's ImageNet weights (README, "Starting weights")
+            name = spec.init.removeprefix("torchvision:")
+            overrides.setdefault("model", name)
+            if overrides["model"] != name:
+                raise InitError(f"--init {spec.init} holds {name}'s weights, not {overrides['model']}'s: "
+                                "weights of another architecture")
+            for key, value in IMAGENET_PLAN.items():
+                overrides.setdefault(key, value)
     return recipe(spec.recipe or default_recipe(spec.data), **overrides)
 
 

@@ -75,7 +75,10 @@ def load_init(model: ResNet, path: str) -> None:
     head = {k for k in ("fc.weight", "fc.bias") if k in state and state[k].shape != own[k].shape}
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     if unexpected or set(missing) - head:
-        raise ValueError(f"{path} does not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
+        lost = sorted(set(missing) - head)
+        raise ValueError(f"{path} does not fit this network: {len(lost)} of its parameters are not in the file "
+                         f"(e.g. {lost[:2]}) and {len(unexpected)} of the file's are not in it (e.g. {unexpected[:2]}): "
+                         "weights of another architecture")
     if head:
         log.info("replaced the classifier head (%s classes)", own["fc.bias"].shape[0])
 

@@ -1,16 +1,26 @@
 """Starting weights for fine-tuning (`--init`): a torch state_dict (`.pth`, a rescam checkpoint or
-a registry version's weights.pth), a `.safetensors` file, or a torchvision ResNet name (`resnet50`)
-found in the local torch hub cache (no download: rescam runs offline)."""
+a registry version's weights.pth), a `.safetensors` file, or a torchvision ResNet name (`resnet50`):
+found in the local torch hub cache, else downloaded from torchvision's own address into it, its
+SHA-256 checked against the prefix in torchvision's file name, where the host can reach it."""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
 
 from models import list_models
+from models.names import TORCHVISION_WEIGHTS
 
-IMAGENET_NAMES = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}  # torchvision's, trained on ImageNet
+IMAGENET_NAMES = set(TORCHVISION_WEIGHTS)  # torchvision's, trained on ImageNet
+# torchvision's own address; RESCAM_WEIGHTS_URL names a mirror (or, in the tests, a loopback server)
+WEIGHTS_URL = "https://download.pytorch.org/models/"
+DOWNLOAD_TIMEOUT_S = 30
 
 
 class InitError(ValueError):
@@ -26,13 +36,43 @@ def resolve(init: str) -> tuple[str, bool]:
     if name in IMAGENET_NAMES:
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         found = sorted(cache.glob(f"{name}-*.pth"))
-        if not found:
-            raise InitError(f"no torchvision {name} weights in {cache}: this machine does not download them; copy "
-                            f"a file such as {name}-<hash>.pth there (torchvision's name for it), or pass a file path")
-        return str(found[-1]), True
+        return str(found[-1] if found else download(TORCHVISION_WEIGHTS[name], cache)), True
     if name in list_models():
         raise InitError(f"{name} has no ImageNet weights in torchvision; pass a weights file")
     raise InitError(f"--init {init!r}: no such file, and not a torchvision ResNet ({', '.join(sorted(IMAGENET_NAMES))})")
+
+
+def download(file: str, cache: Path) -> Path:
+    """torchvision's `file` fetched into `cache`, whole and with the SHA-256 its name begins, or
+    InitError (nothing left in the cache) saying why and what to do offline."""
+    url = os.environ.get("RESCAM_WEIGHTS_URL", WEIGHTS_URL).rstrip("/") + "/" + file
+    expected = file.rsplit("-", 1)[1].split(".")[0]
+    offline = f"or copy {file} into {cache} (torchvision's name for it), or pass a weights file"
+    cache.mkdir(parents=True, exist_ok=True)
+    part = cache / f".{file}.{os.getpid()}.part"
+    try:
+        digest, size = hashlib.sha256(), 0
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
+            declared = response.headers.get("Content-Length")
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        if declared is not None and size != int(declared):
+            raise InitError(f"{url}: the download stopped at {size} of {declared} bytes; try again, {offline}")
+        if not digest.hexdigest().startswith(expected):
+            raise InitError(f"{url}: its SHA-256 begins {digest.hexdigest()[:len(expected)]}, not {expected} as "
+                            f"torchvision's name says: not used; {offline}")
+        os.replace(part, cache / file)
+        return cache / file
+    except http.client.IncompleteRead as e:
+        raise InitError(f"{url}: the download stopped at {len(e.partial)} more bytes than it had; try again, "
+                        f"{offline}") from None
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise InitError(f"cannot download {url} ({reason}): this host may not reach it; {offline}") from None
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def load_state(path: str) -> dict[str, torch.Tensor]:
