@@ -42,7 +42,8 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
     one_line_error(rescam("predict", str(tmp_path / "missing.jpg"), "--registry", str(tmp_path)), 1, "no such file")
     one_line_error(rescam("models", "deploy", "3", "--registry", str(tmp_path)), 1, "has no version 3")
     one_line_error(rescam("train", "--init", "resnet50", "--registry", str(tmp_path),
-                          env={"TORCH_HOME": str(tmp_path / "hub")}), 1, "no torchvision resnet50 weights")
+                          env={"TORCH_HOME": str(tmp_path / "hub"), "RESCAM_WEIGHTS_URL": "http://127.0.0.1:9/"}),
+                   1, "cannot download http://127.0.0.1:9/resnet50-0676ba61.pth")
     one_line_error(rescam("run-job", str(tmp_path / "spec.json")), 1, "spec.json")
 
 
