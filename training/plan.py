@@ -152,10 +152,11 @@ def adapt_augmentation(cfg: TrainConfig, train, val) -> TrainConfig:
 
 
 def time_steps(model: torch.nn.Module, loader, cfg: TrainConfig, device: torch.device, steps: int = 3,
-               bf16: bool = False) -> float:
+               bf16: bool = False, limit_s: float | None = None) -> float:
     """Seconds per optimizer step, measured on a copy of the model with one batch from the loader
     (its loading included), without touching the run's model, optimizer or random state; in bf16
-    autocast when `bf16`."""
+    autocast when `bf16`. Infinity once the steps have taken more than limit_s in all (a precision
+    this CPU only emulates need not be timed to the end)."""
     from .evaluate import channel_stats, normalize_batch
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -178,23 +179,37 @@ def time_steps(model: torch.nn.Module, loader, cfg: TrainConfig, device: torch.d
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed.append(time.perf_counter() - t0)
+            if limit_s is not None and sum(elapsed) > limit_s:
+                return math.inf
     return load_s + statistics.median(elapsed[1:])
 
 
-def choose_precision(cfg: TrainConfig, device: torch.device, timed: bool, timer) -> tuple[str, float | None]:
+def cpu_may_run_bf16() -> bool:
+    """Whether bf16 on this CPU is worth timing: oneDNN's bf16 needs AVX-512 (natively with
+    AVX-512 BF16 or AMX, emulated without; an AVX2 CPU has neither: measured 17x slower there)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def choose_precision(cfg: TrainConfig, device: torch.device, timed: bool, timer,
+                     bf16_possible: bool | None = None) -> tuple[str, float | None]:
     """The training precision and the seconds per step it runs at (None when nothing was timed).
-    timer(bf16) times a step. cfg.precision "float32" or "bfloat16" is kept as asked; "auto" is bf16 on
-    CUDA and, on a CPU, bf16 only where both were timed and bf16 came out CPU_BF16_MIN_GAIN faster:
-    whether a CPU runs bf16 natively (AVX-512 BF16, AMX) or emulates it is measured, not guessed."""
+    timer(bf16, limit_s) times a step. cfg.precision "float32" or "bfloat16" is kept as asked; "auto"
+    is bf16 on CUDA and, on a CPU that may run it (cpu_may_run_bf16, unless bf16_possible says),
+    bf16 only where both were timed and bf16 came out CPU_BF16_MIN_GAIN faster: whether the CPU
+    runs bf16 natively (AVX-512 BF16, AMX) or emulates it is measured, not guessed."""
     if cfg.precision not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"precision {cfg.precision!r}: use auto, float32 or bfloat16")
     if cfg.precision != "auto":
-        return cfg.precision, timer(cfg.precision == "bfloat16") if timed else None
+        return cfg.precision, timer(cfg.precision == "bfloat16", None) if timed else None
     if device.type == "cuda":
-        return "bfloat16", timer(True) if timed else None
+        return "bfloat16", timer(True, None) if timed else None
     if not timed:
         return "float32", None
-    fp32, bf16 = timer(False), timer(True)
+    fp32 = timer(False, None)
+    if not (cpu_may_run_bf16() if bf16_possible is None else bf16_possible):
+        return "float32", fp32
+    # given up once bf16 is clearly slower: 4 steps (one warm-up) at the speed that would just win, twice over
+    bf16 = timer(True, 2 * 4 * fp32 / CPU_BF16_MIN_GAIN + 1.0)
     log.info("a training step on the CPU: %.3f s in fp32, %.3f s in bf16", fp32, bf16)
     return ("bfloat16", bf16) if fp32 >= CPU_BF16_MIN_GAIN * bf16 else ("float32", fp32)
 

@@ -213,7 +213,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         plan = Plan(**ckpt["plan"])  # a resumed run keeps its schedule
     else:
         precision, timed = choose_precision(cfg, device, bool(cfg.time_budget_s or cfg.adapt),
-                                            lambda bf16: time_steps(model, loader, cfg, device, bf16=bf16))
+                                            lambda bf16, limit_s: time_steps(model, loader, cfg, device, bf16=bf16,
+                                                                             limit_s=limit_s))
         if timed is not None:  # every process plans alike (rank 0's timing and choice)
             timed = rank0_value(timed, world, device)
             precision = "bfloat16" if rank0_value(float(precision == "bfloat16"), world, device) else "float32"

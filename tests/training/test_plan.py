@@ -116,9 +116,9 @@ class Timer:
     def __init__(self, float32: float, bfloat16: float) -> None:
         self.seconds, self.asked = {False: float32, True: bfloat16}, []
 
-    def __call__(self, bf16: bool) -> float:
+    def __call__(self, bf16: bool, limit_s: float | None) -> float:
         self.asked.append(bf16)
-        return self.seconds[bf16]
+        return self.seconds[bf16] if limit_s is None or self.seconds[bf16] * 4 <= limit_s else float("inf")
 
 
 @pytest.mark.parametrize("float32, bfloat16, chosen", [(0.6, 0.3, "bfloat16"), (0.6, 0.55, "float32"),
@@ -126,9 +126,13 @@ class Timer:
 def test_a_cpu_trains_in_bfloat16_only_where_it_measured_clearly_faster(float32, bfloat16, chosen):
     cfg = recipe("auto", data="folder:/x")
     timer = Timer(float32, bfloat16)
-    precision, seconds = choose_precision(cfg, torch.device("cpu"), True, timer)
+    precision, seconds = choose_precision(cfg, torch.device("cpu"), True, timer, bf16_possible=True)
     assert precision == chosen and seconds == {"float32": float32, "bfloat16": bfloat16}[chosen]
     assert sorted(timer.asked) == [False, True]
+    # a CPU without AVX-512 (AVX2: bf16 emulated, 17x slower) is not even timed in bf16
+    timer.asked.clear()
+    assert choose_precision(cfg, torch.device("cpu"), True, timer, bf16_possible=False) == ("float32", float32)
+    assert timer.asked == [False]
     plan = make_plan(cfg, 11, 128, 1437, 360, seconds, "cpu", precision)
     assert plan.precision == chosen and f"cpu {chosen}" in plan.describe(1437)
 
