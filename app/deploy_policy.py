@@ -3,8 +3,9 @@ deploys one (`rescam train`, `rescam bootstrap --train`, `rescam export --regist
 service's jobs and its admin route). Two questions, answered here only:
 
 - may it ever serve? A version whose training diverged, or whose validation top-1 does not clear
-  chance by a clear margin, never goes live by any path (`blockers`, read off its own metrics,
-  which every card carries);
+  chance by a clear margin, never goes live by any path (`blockers`, which the promotion gate
+  applies; the gate's decision is registered with the version and ModelManager.deploy refuses
+  what it marked never deployable);
 - should this path deploy it now? `decide` applies the path's policy to the promotion gate.
 
 Making it live (the smoke test, the pointer, the audit entry) is app.model_manager.ModelManager's.
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 FLOOR_P_VALUE = 1e-3  # top-1 must beat chance at this one-sided binomial significance
-# auto: a model's first version only; gate: when the promotion gate passed; always: whenever it
-# may serve (over a failed gate: forced); never: register only
+# auto: a model's first version, or a later one that passed the promotion gate (what a job without
+# force does); gate: only when the gate passed; always: whenever it may serve (over a failed gate:
+# forced); never: register only
 POLICIES = ("auto", "gate", "always", "never")
 
 

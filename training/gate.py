@@ -47,4 +47,3 @@ def gate(new: dict[str, Any], live: dict[str, Any] | None, margin: float, new_la
     else:
         reason = "; ".join(blockers + reasons)
     return {**decision, "passed": passed, "deployable": not blockers, "reason": reason}
-

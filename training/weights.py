@@ -52,6 +52,7 @@ def download(file: str, cache: Path) -> Path:
     part = cache / f".{file}.{os.getpid()}.part"
     try:
         digest, size = hashlib.sha256(), 0
+        # a body cut short ends the reads early (read(amt) raises nothing): the length check sees it
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
             declared = response.headers.get("Content-Length")
             while chunk := response.read(1 << 20):
@@ -65,9 +66,6 @@ def download(file: str, cache: Path) -> Path:
                             f"torchvision's name says: not used; {offline}")
         os.replace(part, cache / file)
         return cache / file
-    except http.client.IncompleteRead as e:
-        raise InitError(f"{url}: the download stopped at {len(e.partial)} more bytes than it had; try again, "
-                        f"{offline}") from None
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise InitError(f"cannot download {url} ({reason}): this host may not reach it; {offline}") from None
