@@ -54,6 +54,12 @@ class ModelCard:
         return float(t) if isinstance(t, (int, float)) and 0 < t < math.inf else None
 
     @property
+    def precision(self) -> str:
+        """The graph's arithmetic: float32, float16 (GPUs) or int8 (CPUs); inputs and outputs are
+        float32 in all three."""
+        return str(self.extra.get("precision") or "float32")
+
+    @property
     def ood_spec(self) -> OodSpec | None:
         return OodSpec.from_card(self.ood)
 

@@ -113,7 +113,8 @@ class JobRunner:
             init = r["init"]  # found in the torch hub cache or downloaded by the trainer (training/weights.py)
         return JobSpec(run_dir=str(Path(job["run_dir"]).resolve()), data=data, boxes_csv=boxes, recipe=r.get("recipe"),
                        settings=settings, init=init, resume=bool(job["resume"]), registry=str(self.registry.root.resolve()),
-                       model_name=self.model_name, gate_margin=self.gate_margin)
+                       model_name=self.model_name, gate_margin=self.gate_margin,
+                       export_precision=r.get("precision") or "float32")
 
     def command(self, spec_path: Path) -> list[str]:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.processes}"] \
@@ -217,7 +218,8 @@ class JobRunner:
             else:
                 why = policy.reason
         return {"version": result.version, "deployed": deployed, "not_deployed_because": why, "gate": decision,
-                "metrics": result.metrics, "live_metrics": result.live_metrics}
+                "metrics": result.metrics, "live_metrics": result.live_metrics, "precision": result.precision,
+                **({"int8_refused": result.int8_refused} if result.int8_refused else {})}
 
     def tick(self) -> None:
         for job_id, proc in [*self.running.items(), *self.adopted.items()]:

@@ -42,6 +42,7 @@ class JobSpec:
     init: str | None = None  # a weights file to start from (training.weights resolves names)
     resume: bool = False  # continue from the run folder's checkpoint
     export: bool = True  # False: stop after training (the checkpoint is the result)
+    export_precision: str = "float32"  # float32 | int8 (kept only where it passes its parity check)
     registry: str | None = None  # None: register nothing
     model_name: str = "default"
     gate_margin: float = 0.02  # how far localization may drop below the live model's
@@ -77,6 +78,8 @@ class JobResult:
     live_version: int | None = None  # the version that was live when the job measured it
     live_metrics: dict[str, Any] | None = None  # the live model's figures on the same images
     gate: dict[str, Any] | None = None  # the promotion decision (training.gate)
+    precision: str | None = None  # the exported graph's arithmetic
+    int8_refused: str | None = None  # why an int8 export that was asked for was not kept
 
     def to_json(self) -> str:
         return json.dumps({"format": "rescam.job-result/1", **dataclasses.asdict(self)}, indent=2) + "\n"

@@ -194,7 +194,8 @@ class Predictor:
             await asyncio.get_running_loop().run_in_executor(None, self.store.put, StoredPrediction(
                 pid, engine.name, engine.version, list(engine.labels), kept, time.time(), rule))
         return PredictAnswer(
-            id=pid, model=ModelRef(name=engine.name, version=engine.version, architecture=engine.card.architecture),
+            id=pid, model=ModelRef(name=engine.name, version=engine.version,
+                                   architecture=engine.card.architecture, precision=engine.card.precision),
             cam_threshold=rule.value if rule.name == "threshold" else None,
             box_rule=BoxRuleAnswer(rule=str(rule), name=rule.name, value=rule.value, source=source),
             provider=engine.provider, results=[a for a, _ in outcomes],

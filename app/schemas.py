@@ -75,6 +75,7 @@ class ModelRef(BaseModel):
     name: str
     version: int
     architecture: str | None = None
+    precision: str = Field("float32", description="the graph's arithmetic: float32, float16 or int8")
 
 
 class BoxRuleAnswer(BaseModel):
@@ -100,6 +101,7 @@ class ModelSummary(BaseModel):
     deployed: bool
     serving: bool
     architecture: str | None = None
+    precision: str | None = Field(None, description="the graph's arithmetic: float32, float16 or int8")
     labels: list[str] | None = None
     metrics: dict[str, Any] | None = None
     created: str | None = None
@@ -187,6 +189,11 @@ class JobRequest(BaseModel):
                                   "state_dict, .pth or .safetensors, in the data root's weights/ folder) | "
                                   "torchvision:NAME (torchvision's ImageNet weights, e.g. torchvision:resnet50: "
                                   "from the torch hub cache, or downloaded with their SHA-256 checked)")
+    precision: Literal["float32", "int8"] = Field(
+        "float32", description="the served model's arithmetic: int8 is ONNX Runtime's static quantization, about 2-3x "
+                               "faster on CPUs with VNNI; kept only where it keeps >= 99% of float32's top-1, CAM "
+                               "correlation >= 0.99 and median box IoU >= 0.9 on validation images, else float32 "
+                               "serves and the result says why (training precision is options.precision)")
     deploy: bool = Field(True, description="deploy when done, if it passes the promotion gate")
     force: bool = Field(False, description="deploy even if it fails the gate (recorded in the audit log)")
     options: dict[str, Any] | None = Field(None, max_length=40,

@@ -14,6 +14,7 @@ import copy
 import datetime as dt
 import json
 import logging
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -25,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.cam import DEFAULT_RULE
+from app.cam import DEFAULT_RULE, BoxRule
 from app.preprocess import Preprocessing
 from app.registry import CARD_FILE, MODEL_FILE, WEIGHTS_FILE
 from app.scoring import OOD_FILE
 from models import ResNet
 
-from . import open_world
+from . import open_world, quantize
 from .config import TrainConfig
 from .data import load_data, preprocessing
 from .train import load_checkpoint_model
@@ -42,7 +43,7 @@ TOLERANCE = 1e-4
 # a float16 export is checked at a looser tolerance: each output within 1% of its largest magnitude,
 # and the same top-1 wherever float32's top two differ by more than that (BENCHMARKS.md, GPU)
 HALF_TOLERANCE = 1e-2
-PRECISIONS = ("float32", "float16")
+PRECISIONS = ("float32", "float16", "int8")
 CARD_KEY = "rescam.card"
 
 
@@ -195,9 +196,12 @@ def parity_inputs(cfg: TrainConfig, count: int = 32) -> np.ndarray:
     return preprocessing(cfg).normalize(images)
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: str = "float32") -> Path:
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: str = "float32",
+                      int8_fallback: bool = False) -> Path:
     """Checkpoint -> out_dir with the files a registry version holds (model, card, weights),
-    parity-checked; `precision` float16 for GPUs (see HalfCamGraph). Returns out_dir."""
+    parity-checked; `precision` float16 for GPUs (see HalfCamGraph), int8 for CPUs (see
+    training.quantize). An int8 model that fails its parity check raises QuantizationError, or
+    with `int8_fallback` leaves the float32 one in its place, the card saying why. Returns out_dir."""
     out_dir = Path(out_dir)
     model, ckpt = load_checkpoint_model(checkpoint)
     cfg = TrainConfig.from_dict(ckpt["config"])
@@ -205,14 +209,44 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
     with torch.no_grad():
         feature_size = model.forward_features(torch.zeros(1, 3, prep.crop, prep.crop)).shape[-1]
     card = make_card(ckpt, cfg, model, prep, feature_size)
-    card["precision"] = precision
+    graph_precision = "float32" if precision == "int8" else precision
+    card["precision"] = graph_precision
     onnx_path = out_dir / MODEL_FILE
-    export_onnx(model, onnx_path, prep.crop, card, precision)
-    card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg), precision)
+    export_onnx(model, onnx_path, prep.crop, card, graph_precision)
+    card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg), graph_precision)
+    if precision == "int8":
+        card["quantization"] = int8_in_place(onnx_path, cfg, prep, card, int8_fallback)
+        card["precision"] = "int8" if card["quantization"]["kept"] else "float32"
     card["calibration"], card["ood"], bank = open_world.fit(onnx_path, cfg, prep)
     (out_dir / OOD_FILE).write_bytes(bank)
     embed_card(onnx_path, card)
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)  # torchvision format: `--init` takes it
-    log.info("exported %s (parity %s)", onnx_path, card["parity"])
+    log.info("exported %s (%s, parity %s)", onnx_path, card["precision"], card["parity"])
     return out_dir
+
+
+def int8_in_place(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing, card: dict, fall_back: bool) -> dict:
+    """Quantize the float32 graph at onnx_path, calibrated on the training images, and put the int8
+    one in its place when it passes training.quantize.parity on the validation images: the card's
+    `quantization` entry (`kept`, the figures, and `refused` with the reason when it did not)."""
+    data = load_data(cfg.replace(synthetic_train=quantize.CALIBRATION_IMAGES, synthetic_val=quantize.PARITY_IMAGES))
+    train_images, _ = open_world.dataset_arrays(open_world.plain(data.train), quantize.CALIBRATION_IMAGES, cfg.seed)
+    val_images, val_labels = open_world.dataset_arrays(data.val, quantize.PARITY_IMAGES)
+    int8_path = onnx_path.with_name(f".int8-{onnx_path.name}")
+    try:
+        quantize.quantize_int8(onnx_path, int8_path, prep.normalize(train_images))
+        figures = quantize.parity(onnx_path, int8_path, prep.normalize(val_images), val_labels,
+                                  BoxRule.parse(card["cam"]["rule"]))
+    except quantize.QuantizationError as e:
+        int8_path.unlink(missing_ok=True)
+        if not fall_back:
+            raise
+        log.warning("int8 refused, float32 kept: %s", e)
+        return {"kept": False, "refused": str(e), "calibration_images": len(train_images), **e.figures}
+    except BaseException:
+        int8_path.unlink(missing_ok=True)
+        raise
+    os.replace(int8_path, onnx_path)
+    return {"kept": True, "method": "onnxruntime static, QDQ, per-channel int8 weights, uint8 activations (min-max)",
+            "calibration_images": len(train_images), **figures}

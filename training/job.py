@@ -77,9 +77,10 @@ def run_job(spec: JobSpec) -> JobResult | None:
                        list(ckpt["classes"]))
     if not result.finished or not spec.export:
         return _saved(result, run_dir)
-    export = export_checkpoint(checkpoint, run_dir / "export")
+    export = export_checkpoint(checkpoint, run_dir / "export", spec.export_precision, int8_fallback=True)
+    card = json.loads((export / CARD_FILE).read_text())
     write_report(export, cfg, run_dir / METRICS)  # registered with the version: the page shows it
-    ood = json.loads((export / CARD_FILE).read_text()).get("ood") or {}
+    ood = card.get("ood") or {}
     metrics["ood_auroc"], metrics["ood_battery"] = ood.get("battery_auroc"), ood.get("battery")
     version = live = live_metrics = None
     if spec.registry is not None:
@@ -92,7 +93,9 @@ def run_job(spec: JobSpec) -> JobResult | None:
     if spec.registry is not None:
         version = registry.register(spec.model_name, export)
     return _saved(dataclasses.replace(result, seconds=round(time.time() - start, 1), export=str(export),
-                                      version=version, live_version=live, live_metrics=live_metrics, gate=decision),
+                                      version=version, live_version=live, live_metrics=live_metrics, gate=decision,
+                                      precision=card.get("precision"),
+                                      int8_refused=(card.get("quantization") or {}).get("refused")),
                   run_dir)
 
 

@@ -117,7 +117,7 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
             gallery.append(_gallery_item(group, kept[k], data.val[k][0].numpy().transpose(1, 2, 0), card, out))
     open_world = _open_world(model, cfg, np.array(known), right, out)
     figures = {"labels": list(card.labels), "images": len(rows), "box_rule": str(card.box_rule),
-               "open_world": open_world,
+               "open_world": open_world, "precision": card.precision, "quantization": card.extra.get("quantization"),
                "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)},
                "confusion": confusion.tolist(), "localization": localization, "gallery": gallery,
                "curves": {k: len(v) for k, v in curves.items()}}
@@ -319,6 +319,26 @@ def _open_world_table(ow: dict) -> str:
             f"<th>called unknown</th></tr>{rows}</table>")
 
 
+def _precision_table(q: dict) -> str:
+    """float32 and int8 side by side, as measured when the int8 model was made (training.quantize)."""
+    e = html.escape
+    head = ("<p>int8 kept: it serves in float32's place.</p>" if q.get("kept") else
+            f"<p>int8 refused, float32 serves: {e(str(q.get('refused', '')))}</p>")
+    if "float32" not in q:
+        return head
+    f, i = q["float32"], q["int8"]
+    rows = [("validation top-1", f"{f['top1']:.1%}", f"{i['top1']:.1%}"),
+            ("file", f"{f['bytes'] / 2**20:.2f} MiB", f"{i['bytes'] / 2**20:.2f} MiB"),
+            ("ms per image (batch 8, 2 threads, the exporting machine)", f"{f['ms_per_image']:.3f}",
+             f"{i['ms_per_image']:.3f}")]
+    cells = "".join(f"<tr><th>{e(a)}</th><td>{e(b)}</td><td>{e(c)}</td></tr>" for a, b, c in rows)
+    return (f"{head}<table><tr><th></th><th>float32</th><th>int8</th></tr>{cells}</table>"
+            f"<p>On {q['images']} validation images: int8 gives float32's top-1 on {q['top1_agreement']:.1%}, "
+            f"the top class's CAM correlates at {q['cam_correlation']:.4f} (lowest {q['cam_correlation_min']:.4f}), "
+            f"its box overlaps float32's at median IoU {q['box_iou_median']:.3f} (mean {q['box_iou_mean']:.3f}); "
+            f"bounds {e(json.dumps(q['bounds']))}.</p>")
+
+
 def _html(figures: dict, folder: Path) -> str:
     e = html.escape
     m = figures["metrics"]
@@ -326,7 +346,8 @@ def _html(figures: dict, folder: Path) -> str:
                                  "max_box_acc_v2", "best_threshold", "images_with_boxes") if k in m]
     table = "".join(f"<tr><th>{e(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
                     f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in shown)
-    parts = [f"<h2>Figures</h2><table>{table}<tr><th>box rule</th><td>{e(figures['box_rule'])}</td></tr></table>"]
+    parts = [f"<h2>Figures</h2><table>{table}<tr><th>box rule</th><td>{e(figures['box_rule'])}</td></tr>"
+             f"<tr><th>precision</th><td>{e(figures.get('precision') or 'float32')}</td></tr></table>"]
     for name, heading in (("curves", "Training"), ("confusion", "Confusion"), ("localization", "Localization"),
                           ("ood", "Open world: images of none of its classes"),
                           ("reliability", "Calibration")):
@@ -334,6 +355,8 @@ def _html(figures: dict, folder: Path) -> str:
             parts.append(f"<h2>{heading}</h2><img alt='{name}' src='{_embedded(folder / f'{name}.png')}'>")
         if name == "ood" and figures.get("open_world"):
             parts.append(_open_world_table(figures["open_world"]))
+    if figures.get("quantization"):
+        parts.append(f"<h2>Precision: float32 and int8</h2>{_precision_table(figures['quantization'])}")
     groups: dict[str, list] = {}
     for item in figures["gallery"]:
         groups.setdefault(item["group"], []).append(item)

@@ -37,7 +37,8 @@ def test_predict_multipart_answers_labels_boxes_and_overlay_urls(client, tiny_mo
     r = client.post("/v1/predict?top_k=3", files={"file": ("shape.jpg", shape_jpeg(), "image/jpeg")})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == {"name": "default", "version": tiny_model.version, "architecture": "resnet8"}
+    assert body["model"] == {"name": "default", "version": tiny_model.version, "architecture": "resnet8",
+                             "precision": "float32"}
     [result] = body["results"]
     assert (result["width"], result["height"]) == (64, 64)
     preds = result["predictions"]

@@ -382,6 +382,9 @@ def test_a_job_spec_names_absolute_paths_whatever_the_settings_say(tiny_model, t
     for path in (spec.run_dir, spec.registry, spec.data.removeprefix("folder:"), spec.boxes_csv, spec.init):
         assert Path(path).is_absolute() and Path(path).resolve().is_relative_to(tmp_path.resolve()), path
     assert spec.settings == {"lr": 0.01} and spec.model_name == "default"
+    assert spec.export_precision == "float32"
+    int8 = runner.spec_for(store.create({"dataset": "pets", "precision": "int8"}, Path("data") / "runs"))
+    assert int8.export_precision == "int8"
 
 
 def test_a_trainer_outlives_a_killed_service_and_its_result_is_promoted_once(env):
@@ -465,4 +468,6 @@ def test_a_misspelt_job_field_is_named_not_ignored(env):
     with TestClient(create_app(settings.model_copy(update={"run_jobs": False}))) as c:
         r = c.post("/v1/jobs", json={"dataset": "synthetic", "settings": {"box_loss": 1.0}}, headers=AUTH)
         assert r.status_code == 422 and "settings" in r.text, r.text
+        r = c.post("/v1/jobs", json={"dataset": "synthetic", "precision": "int4"}, headers=AUTH)
+        assert r.status_code == 422 and "precision" in r.text and "int8" in r.text, r.text
         assert c.get("/v1/jobs", headers=AUTH).json()["jobs"] == []

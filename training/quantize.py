@@ -1,0 +1,133 @@
+"""int8 export: ONNX Runtime's static quantization of the float32 graph, and the parity check that
+decides whether the int8 model may serve in its place.
+
+QDQ format, per-channel int8 weights and uint8 activations, with activation ranges calibrated
+(min-max) on the training images: ONNX Runtime's recommended form for CPUs with VNNI/AMX kernels
+(`onnxruntime.quantization`). Every output is quantized with the rest: the CAM and the pooled
+features stay outputs of one int8 pass, so the served box and the open-world score are those of
+the int8 model (the OOD bank and temperature are then fitted on its own outputs, training/export.py).
+
+Parity is measured against the float32 ONNX graph on validation images, on what a user sees:
+the same top-1, the same heatmap, the same box. A version that misses any bound is not int8.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.cam import BoxRule, Geometry, class_boxes, iou
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 256  # training images the activation ranges are taken from
+PARITY_IMAGES = 1000  # validation images parity is measured on, at most
+MIN_AGREEMENT = 0.99  # share of images with float32's top-1
+MIN_CAM_CORRELATION = 0.99  # mean Pearson correlation of the top class's CAM with float32's
+MIN_BOX_IOU = 0.9  # median IoU of the top class's box with float32's
+
+
+class QuantizationError(RuntimeError):
+    """The int8 model is not close enough to the float32 one to serve in its place; `figures`
+    holds what was measured."""
+
+    def __init__(self, message: str, figures: dict | None = None) -> None:
+        super().__init__(message)
+        self.figures = figures or {}
+
+
+def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray, batch: int = 32) -> None:
+    """Write the int8 (QDQ) version of the float32 ONNX graph at float_path to out_path, its
+    activation ranges calibrated on `calibration` (normalised inputs, N x 3 x H x W)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter([{"input": calibration[i:i + batch]} for i in range(0, len(calibration), batch)])
+
+        def get_next(self):
+            return next(self.left, None)
+
+    with tempfile.TemporaryDirectory(prefix="rescam-int8-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        # folds and fuses what it can and infers shapes, as ONNX Runtime asks before quantizing
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"CalibTensorRangeSymmetric": False})
+
+
+def _outputs(path: Path, x: np.ndarray, batch: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    parts = [session.run(["logits", "cam"], {"input": x[i:i + batch]}) for i in range(0, len(x), batch)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def ms_per_image(path: Path, x: np.ndarray, batch: int = 8, rounds: int = 10) -> float:
+    """Milliseconds per image at batch 8 on this machine's CPU (two threads, as the service runs)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = x[:batch]
+    session.run(None, {"input": x})
+    started = time.perf_counter()
+    for _ in range(rounds):
+        session.run(None, {"input": x})
+    return (time.perf_counter() - started) / rounds / len(x) * 1000
+
+
+def cam_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per image, the Pearson correlation of two (n, h, w) maps (1 where both are flat)."""
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(norm > 0, (a * b).sum(axis=1) / np.maximum(norm, 1e-300), 1.0)
+
+
+def box_ious(cams_a: np.ndarray, cams_b: np.ndarray, classes: np.ndarray, rule: BoxRule, side: int) -> np.ndarray:
+    """Per image, the IoU of the served box of `classes[i]` from two sets of CAMs, on the model's
+    input square (1 where neither finds a box, 0 where one does and the other does not)."""
+    g = Geometry.full(side, side)
+    out = []
+    for ca, cb, c in zip(cams_a, cams_b, classes.tolist()):
+        a, b = (class_boxes(m, [c], g, side, side, rule)[0] for m in (ca, cb))
+        out.append(iou(a[0].as_list(), b[0].as_list()) if a and b else float(not a and not b))
+    return np.asarray(out)
+
+
+def parity(float_path: Path, int8_path: Path, inputs: np.ndarray, labels: np.ndarray, rule: BoxRule) -> dict:
+    """The int8 model against the float32 one on normalised validation inputs: top-1 agreement, CAM
+    correlation, box IoU, each one's top-1, file sizes and speed. QuantizationError when it
+    misses MIN_AGREEMENT, MIN_CAM_CORRELATION or MIN_BOX_IOU."""
+    logits_f, cams_f = _outputs(float_path, inputs)
+    logits_q, cams_q = _outputs(int8_path, inputs)
+    top = logits_f.argmax(1)
+    rows = np.arange(len(top))
+    correlation = cam_correlation(cams_f[rows, top], cams_q[rows, top])
+    ious = box_ious(cams_f, cams_q, top, rule, inputs.shape[-1])
+    result = {
+        "images": len(inputs),
+        "top1_agreement": float((logits_q.argmax(1) == top).mean()),
+        "cam_correlation": float(correlation.mean()),
+        "cam_correlation_min": float(correlation.min()),
+        "box_iou_median": float(np.median(ious)),
+        "box_iou_mean": float(ious.mean()),
+        "bounds": {"top1_agreement": MIN_AGREEMENT, "cam_correlation": MIN_CAM_CORRELATION,
+                   "box_iou_median": MIN_BOX_IOU},
+        "float32": {"top1": float((top == labels).mean()), "bytes": Path(float_path).stat().st_size,
+                    "ms_per_image": round(ms_per_image(float_path, inputs), 3)},
+        "int8": {"top1": float((logits_q.argmax(1) == labels).mean()), "bytes": Path(int8_path).stat().st_size,
+                 "ms_per_image": round(ms_per_image(int8_path, inputs), 3)},
+    }
+    missed = [f"{name} {result[name]:.4f} < {bound}" for name, bound in result["bounds"].items()
+              if result[name] < bound]
+    if missed:
+        raise QuantizationError(f"the int8 model differs from float32: {', '.join(missed)} "
+                                f"(on {len(inputs)} validation images)", result)
+    return result
