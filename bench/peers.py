@@ -1,15 +1,19 @@
 """rescam side by side with the peers, one run, one client, one model, the same images:
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python bench/peers.py [--model resnet50] [--seconds 10] [--rounds 2]
+    .venv/bin/python bench/peers.py [--model resnet50] [--seconds 10] [--rounds 2] [--no-int8]
 
 - rescam's `/v1/predict` (labels, scores and the CAM boxes of the top 5, overlays kept);
+- rescam serving the int8 version of the same model (`rescam export --precision int8`: ONNX Runtime
+  static quantization, calibrated on the benchmark's own preprocessed images): what a CPU user gets;
 - LitServe serving the same ONNX file with ONNX Runtime and its dynamic batching (labels only);
 - a plain FastAPI + ONNX Runtime endpoint in a few lines (labels only): the floor.
 
 Each server gets the same closed-loop multipart load (640x480 JPEGs) at each concurrency, the
 servers taken in turn and the order reversed every round so that drift hits them alike. Prints one
-JSON line per measurement and a table of the medians over rounds; rescam's ratios to the best peer.
+JSON line per measurement (each naming its precision) and two tables of the medians over rounds:
+the same float32 model in all three servers (the fair comparison), and rescam's int8 version
+beside the peers' float32; rescam's ratios to the best peer, and int8's to rescam's float32.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -25,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -112,11 +119,40 @@ def load(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: f
     """Throughput and p50 of a closed-loop load; with `pid`, the server's CPU time per request."""
     cpu = cpu_seconds(pid) if pid else 0.0
     times, failed, elapsed = closed_loop(port, path, bodies, concurrency, seconds, MULTIPART)
-    result = {"rps": len(times) / elapsed, "p50_ms": 1000 * statistics.median(times), "requests": len(times),
+    result = {"rps": len(times) / elapsed, "p50_ms": 1000 * statistics.median(times),
+              "p99_ms": 1000 * float(np.quantile(times, 0.99)) if times else None, "requests": len(times),
               "failed": failed}
     if pid:
         result["server_cpu_ms_per_request"] = 1000 * (cpu_seconds(pid) - cpu) / max(1, len(times))
     return result
+
+
+def int8_registry(float_registry: Path, root: Path, bodies: list[bytes]) -> Path:
+    """A registry whose version 1 is the int8 version of float_registry's, calibrated on the
+    benchmark's images as the service preprocesses them (the random-weight model has no training set)."""
+    import io
+
+    from PIL import Image
+
+    from app.card import ModelCard
+    from app.registry import CARD_FILE, MODEL_FILE, Registry
+    from training.quantize import quantize_int8
+
+    source = float_registry / "default" / "1"
+    export = root / "export-int8"
+    shutil.copytree(source, export)
+    card = ModelCard.load(source / CARD_FILE)
+    images = [card.preprocessing.crop_resize(Image.open(io.BytesIO(serving.jpeg(640, 480, seed=s))).convert("RGB"))[0]
+              for s in range(32)]
+    quantize_int8(source / MODEL_FILE, export / MODEL_FILE, card.preprocessing.normalize(np.stack(images)))
+    raw = json.loads((export / CARD_FILE).read_text())
+    (export / CARD_FILE).write_text(json.dumps({**raw, "precision": "int8"}))
+    registry = Registry(root / "registry-int8")
+    registry.deploy("default", registry.register("default", export))
+    return registry.root
+
+
+PRECISION = {"rescam": "float32", "plain": "float32", "litserve": "float32", "rescam-int8": "int8"}
 
 
 def top1(port: int, path: str, body: bytes) -> int:
@@ -137,6 +173,7 @@ def main() -> None:
     p.add_argument("--litserve-batch-timeout", type=float, default=0.005)
     p.add_argument("--rescam", nargs="*", default=[], metavar="NAME=VALUE",
                    help="settings for rescam's server, as RESCAM_NAME=VALUE (e.g. batching=false)")
+    p.add_argument("--no-int8", action="store_true", help="leave out rescam's int8 version")
     args = p.parse_args()
     bodies = [multipart(jpeg(640, 480, seed=s)) for s in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,6 +188,12 @@ def main() -> None:
             servers["plain"] = Peer("plain", model, args.providers)
             servers["litserve"] = Peer("litserve", model, args.providers, max_batch=16,
                                        batch_timeout=args.litserve_batch_timeout)
+            if not args.no_int8:
+                int8 = Server(int8_registry(registry, Path(tmp), bodies),
+                              providers=json.dumps(args.providers.split(",")),
+                              **dict(kv.split("=", 1) for kv in args.rescam))
+                int8.name, int8.path = "rescam-int8", "/v1/predict"
+                servers["rescam-int8"] = int8
             emit("same_answers", **{name: [top1(s.port, s.path, b) for b in bodies[:4]] for name, s in servers.items()})
             for s in servers.values():  # warm-up
                 load(s.port, s.path, bodies, 4, 2.0)
@@ -162,7 +205,7 @@ def main() -> None:
                         s = servers[name]
                         result = load(s.port, s.path, bodies, conc, args.seconds, s.proc.pid)
                         runs.setdefault((name, conc), []).append(result)
-                        emit("peers", server=name, concurrency=conc, round=r, **result)
+                        emit("peers", server=name, precision=PRECISION[name], concurrency=conc, round=r, **result)
         finally:
             for s in servers.values():
                 s.stop()
@@ -170,19 +213,32 @@ def main() -> None:
 
 
 def summarize(runs: dict, names: list[str], concurrency: list[int]) -> None:
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50_ms")} for k, v in runs.items()}
-    print("\n| concurrency | " + " | ".join(f"{n} rps / p50 ms" for n in names) + " | rescam / best peer (rps) |")
-    print("| --- |" + " --- |" * (len(names) + 1))
-    for c in concurrency:
-        best = max(med[(n, c)]["rps"] for n in names if n != "rescam")
-        cells = " | ".join(f"{med[(n, c)]['rps']:.2f} / {med[(n, c)]['p50_ms']:.1f}" for n in names)
-        print(f"| {c} | {cells} | {med[('rescam', c)]['rps'] / best:.2f} |")
+    metrics = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+    med = {k: {m: statistics.median(r[m] for r in v) for m in metrics} for k, v in runs.items()}
+    peers = [n for n in names if n in ("plain", "litserve")]
+
+    def table(title: str, shown: list[str], ours: str) -> None:
+        heads = " | ".join(f"{n} ({PRECISION[n]}) rps / p50 / p99 ms / CPU ms" for n in shown)
+        print(f"\n{title}\n\n| concurrency | {heads} | {ours} / best peer (rps) |")
+        print("| --- |" + " --- |" * (len(shown) + 1))
+        for c in concurrency:
+            best = max(med[(n, c)]["rps"] for n in peers)
+            cells = " | ".join(f"{med[(n, c)]['rps']:.2f} / {med[(n, c)]['p50_ms']:.1f} / {med[(n, c)]['p99_ms']:.1f}"
+                               f" / {med[(n, c)]['server_cpu_ms_per_request']:.1f}" for n in shown)
+            print(f"| {c} | {cells} | {med[(ours, c)]['rps'] / best:.2f} |")
+            emit("throughput_vs_best_peer", server=ours, precision=PRECISION[ours], concurrency=c,
+                 ratio=med[(ours, c)]["rps"] / best, target=">= 1.0")
+
+    table("The same float32 model in every server", ["rescam", *peers], "rescam")
     if 1 in concurrency:
-        emit("p50_at_1", rescam_ms=med[("rescam", 1)]["p50_ms"], plain_ms=med[("plain", 1)]["p50_ms"],
-             ratio=med[("rescam", 1)]["p50_ms"] / med[("plain", 1)]["p50_ms"], target="<= 1.05")
-    for c in concurrency:
-        best = max(med[(n, c)]["rps"] for n in names if n != "rescam")
-        emit("throughput_vs_best_peer", concurrency=c, ratio=med[("rescam", c)]["rps"] / best, target=">= 1.0")
+        emit("p50_at_1", precision="float32", rescam_ms=med[("rescam", 1)]["p50_ms"],
+             plain_ms=med[("plain", 1)]["p50_ms"], ratio=med[("rescam", 1)]["p50_ms"] / med[("plain", 1)]["p50_ms"],
+             target="<= 1.05")
+    if "rescam-int8" in names:
+        table("rescam's int8 version beside the peers' float32", ["rescam-int8", *peers], "rescam-int8")
+        for c in concurrency:
+            emit("int8_vs_float32", server="rescam", precision="int8", concurrency=c,
+                 ratio=med[("rescam-int8", c)]["rps"] / med[("rescam", c)]["rps"], target=">= 1.8")
 
 
 if __name__ == "__main__":
