@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.cam import BoxRule, Geometry, class_boxes, iou
+from app.scoring import softmax
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ PARITY_IMAGES = 1000  # validation images parity is measured on, at most
 MIN_AGREEMENT = 0.99  # share of images with float32's top-1
 MIN_CAM_CORRELATION = 0.99  # mean Pearson correlation of the top class's CAM with float32's
 MIN_BOX_IOU = 0.9  # median IoU of the top class's box with float32's
+CONFIDENT = 0.5  # float32's top softmax score above which agreement is also given on its own
 
 
 class QuantizationError(RuntimeError):
@@ -108,12 +110,17 @@ def parity(float_path: Path, int8_path: Path, inputs: np.ndarray, labels: np.nda
     logits_f, cams_f = _outputs(float_path, inputs)
     logits_q, cams_q = _outputs(int8_path, inputs)
     top = logits_f.argmax(1)
+    agree = logits_q.argmax(1) == top
+    # where float32 itself is sure (softmax >= CONFIDENT): int8's flips are among the near-ties
+    sure = softmax(logits_f).max(axis=1) >= CONFIDENT
     rows = np.arange(len(top))
     correlation = cam_correlation(cams_f[rows, top], cams_q[rows, top])
     ious = box_ious(cams_f, cams_q, top, rule, inputs.shape[-1])
     result = {
         "images": len(inputs),
-        "top1_agreement": float((logits_q.argmax(1) == top).mean()),
+        "top1_agreement": float(agree.mean()),
+        "confident_share": float(sure.mean()),
+        "top1_agreement_confident": float(agree[sure].mean()) if sure.any() else None,
         "cam_correlation": float(correlation.mean()),
         "cam_correlation_min": float(correlation.min()),
         "box_iou_median": float(np.median(ious)),

@@ -333,7 +333,9 @@ def _precision_table(q: dict) -> str:
              f"{i['ms_per_image']:.3f}")]
     cells = "".join(f"<tr><th>{e(a)}</th><td>{e(b)}</td><td>{e(c)}</td></tr>" for a, b, c in rows)
     return (f"{head}<table><tr><th></th><th>float32</th><th>int8</th></tr>{cells}</table>"
-            f"<p>On {q['images']} validation images: int8 gives float32's top-1 on {q['top1_agreement']:.1%}, "
+            f"<p>On {q['images']} validation images: int8 gives float32's top-1 on {q['top1_agreement']:.1%}"
+            + (f" ({q['top1_agreement_confident']:.1%} of the {q['confident_share']:.0%} where float32's top score "
+               f"is at least 0.5)" if q.get("top1_agreement_confident") is not None else "") + ", "
             f"the top class's CAM correlates at {q['cam_correlation']:.4f} (lowest {q['cam_correlation_min']:.4f}), "
             f"its box overlaps float32's at median IoU {q['box_iou_median']:.3f} (mean {q['box_iou_mean']:.3f}); "
             f"bounds {e(json.dumps(q['bounds']))}.</p>")

@@ -3,8 +3,12 @@ unknown or misspelt field fails), KServe's resources against the KServe SDK's mo
 manifests name checked against the app and the CLI: probe routes answer, ports match the serve
 command, every RESCAM_ variable is a setting, every rescam command parses."""
 
+import importlib
+import importlib.util
 import re
 import shlex
+import sys
+import types
 from pathlib import Path
 
 import kubernetes_validate
@@ -73,13 +77,24 @@ def test_kubernetes_resources_validate_against_the_kubernetes_schemas(doc):
     kubernetes_validate.validate(doc, kubernetes_validate.utils.latest_version(), strict=True)
 
 
+def kserve_models():
+    """The KServe SDK's generated models (`kserve.models`), without running `kserve/__init__`: that
+    starts importing KServe's model server, whose gRPC protos clash with tritonclient's (both
+    define `inference.ServerLiveRequest`) in one process."""
+    if "kserve" not in sys.modules:
+        pkg = types.ModuleType("kserve")
+        pkg.__path__ = list(importlib.util.find_spec("kserve").submodule_search_locations)
+        sys.modules["kserve"] = pkg
+    return importlib.import_module("kserve.models")
+
+
 def sdk_object(type_name: str, value):
     """`value` built as the KServe SDK's (and the kubernetes client's) model `type_name`, every key
     checked against the model's fields: an unknown key raises KeyError, a missing required one or
     a value outside an enum the model's ValueError."""
-    import kserve.models
     import kubernetes.client.models
 
+    models = kserve_models()
     # the SDK writes list[T] and dict(str, T); the kubernetes client List[T] and Dict[str, T]
     if type_name.lower().startswith("list["):
         return [sdk_object(type_name[5:-1], v) for v in value]
@@ -89,7 +104,7 @@ def sdk_object(type_name: str, value):
     if type_name in ("str", "int", "bool", "float", "object", "datetime", "ResourceQuantity", "IntOrString"):
         assert isinstance(value, (str, int, float, bool, dict, list)), (type_name, value)
         return value
-    cls = getattr(kserve.models, type_name, None) or getattr(kubernetes.client.models, type_name)
+    cls = getattr(models, type_name, None) or getattr(kubernetes.client.models, type_name)
     by_json = {v: k for k, v in cls.attribute_map.items()}
     unknown = set(value) - set(by_json)
     if unknown:
