@@ -46,11 +46,14 @@ function button(text, onclick, className = "") {
   return b;
 }
 
+// " int8" / " float16" after an architecture; nothing for float32, the usual case
+const precisionTag = (p) => (p && p !== "float32" ? ` ${p}` : "");
+
 async function loadHealth() {
   try {
     const h = await api("/healthz");
     $("model-info").textContent = h.model
-      ? `${h.model.name} v${h.model.version} · ${h.model.architecture} · ${h.provider}`
+      ? `${h.model.name} v${h.model.version} · ${h.model.architecture}${precisionTag(h.model.precision)} · ${h.provider}`
       : `no model loaded: ${h.load_error || ""}`;
   } catch (e) { $("model-info").textContent = `service unreachable: ${e.message}`; }
 }
@@ -104,7 +107,7 @@ function selectImage(i) {
   showVerdict(r);
   const m = state.answer.model;
   const rule = state.answer.box_rule;
-  $("answered").textContent = `answered by ${m.name} v${m.version} (${m.architecture}) on ${state.answer.provider}` +
+  $("answered").textContent = `answered by ${m.name} v${m.version} (${m.architecture}${precisionTag(m.precision)}) on ${state.answer.provider}` +
     (rule ? ` · boxes: ${rule.rule} (${rule.source})` : "");
   const t = r.timings;
   $("timings").textContent = `decode ${t.decode_ms} ms · queue ${t.queue_ms} ms · inference ${t.inference_ms} ms · ` +
@@ -210,7 +213,7 @@ async function loadAdmin() {
       const m = v.metrics || {};
       tr.innerHTML = `<td>v${v.version}${v.deployed ? " (live)" : ""}</td><td></td><td>${pct(m.top1)}</td>` +
         `<td>${pct(m.box_rule ? m.gt_known_loc : (m.max_box_acc ?? m.gt_known_loc))}</td><td></td><td></td>`;
-      tr.children[1].textContent = v.broken ? `broken: ${v.broken}` : (v.architecture || "");
+      tr.children[1].textContent = v.broken ? `broken: ${v.broken}` : ((v.architecture || "") + precisionTag(v.precision));
       tr.children[4].textContent = (v.created || "").replace("T", " ").slice(0, 16);
       const actions = tr.children[5];
       actions.appendChild(button("Card", () => showCard(v.version), "secondary"));
