@@ -259,5 +259,5 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,
-                "architecture": self.card.architecture, "precision": self.card.precision, "labels": list(self.labels), "input_size": self.prep.crop,
-                "open_world": self.scorer.method, "calibrated": self.scorer.calibrated}
+                "architecture": self.card.architecture, "precision": self.card.precision, "labels": list(self.labels),
+                "input_size": self.prep.crop, "open_world": self.scorer.method, "calibrated": self.scorer.calibrated}

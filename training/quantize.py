@@ -13,7 +13,6 @@ the same top-1, the same heatmap, the same box. A version that misses any bound 
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +22,6 @@ import onnxruntime as ort
 
 from app.cam import BoxRule, Geometry, class_boxes, iou
 from app.scoring import softmax
-
-log = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = 256  # training images the activation ranges are taken from
 PARITY_IMAGES = 1000  # validation images parity is measured on, at most

@@ -45,6 +45,7 @@ from .compare import Scored, scored_images  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .localization import IOU_NEEDED, IOUS_V2, LocalizationTally  # noqa: E402
 from .open_world import mean_auroc  # noqa: E402
+from .quantize import CONFIDENT  # noqa: E402
 
 CURVES_FILE = "curves.json"  # the training curves, kept so a report can be rewritten without the run
 PER_GROUP = 4  # gallery images per group
@@ -335,7 +336,7 @@ def _precision_table(q: dict) -> str:
     return (f"{head}<table><tr><th></th><th>float32</th><th>int8</th></tr>{cells}</table>"
             f"<p>On {q['images']} validation images: int8 gives float32's top-1 on {q['top1_agreement']:.1%}"
             + (f" ({q['top1_agreement_confident']:.1%} of the {q['confident_share']:.0%} where float32's top score "
-               f"is at least 0.5)" if q.get("top1_agreement_confident") is not None else "") + ", "
+               f"is at least {CONFIDENT})" if q.get("top1_agreement_confident") is not None else "") + ", "
             f"the top class's CAM correlates at {q['cam_correlation']:.4f} (lowest {q['cam_correlation_min']:.4f}), "
             f"its box overlaps float32's at median IoU {q['box_iou_median']:.3f} (mean {q['box_iou_mean']:.3f}); "
             f"bounds {e(json.dumps(q['bounds']))}.</p>")

@@ -24,8 +24,7 @@ def summary(models: ModelManager, version: int, deployed: int | None, with_card:
     except RegistryError as e:
         return ModelDetail(**base, broken=str(e))
     return ModelDetail(**base, architecture=card.architecture, precision=card.precision, labels=list(card.labels),
-                       metrics=card.metrics,
-                       created=card.created, card=card.to_dict() if with_card else None,
+                       metrics=card.metrics, created=card.created, card=card.to_dict() if with_card else None,
                        report=report_url(models, version))
 
 
