@@ -167,6 +167,7 @@ class Engine:
     # calibration and the OOD verdict (app.scoring); the logit-based fallback for older versions
     scorer: Scorer = field(default_factory=Scorer)
     outputs: tuple[str, ...] = ("logits", "cam")  # and "features" where the graph has it
+    memory_bytes: int = 0  # how much the process grew while it loaded (ModelManager measures it)
 
     @property
     def on_gpu(self) -> bool:

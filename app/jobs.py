@@ -75,13 +75,15 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
 
 class JobRunner:
     """Runs queued jobs, at most `slots` at once, each as `rescam run-job SPEC` in its own process
-    group. `deploy(version, actor, reason, **audit)` makes a version live after its smoke test and
-    raises with the reason when it cannot (app.model_manager.ModelManager.deploy)."""
+    group. `deploy(model, version, actor, reason, **audit)` makes a version live after its smoke
+    test and raises with the reason when it cannot (app.live_models.LiveModels.deploy). A job trains
+    a candidate for the model its request names (app.retraining names it), or `default_model` for a
+    job queued before jobs named their model."""
 
-    def __init__(self, store: JobStore, registry: Registry, model_name: str, data_root: Path, slots: int,
+    def __init__(self, store: JobStore, registry: Registry, default_model: str, data_root: Path, slots: int,
                  gate_margin: float, deploy: Callable[..., Any], worker: str | None = None,
                  poll_s: float = 0.5, processes: int = 1) -> None:
-        self.store, self.registry, self.model_name = store, registry, model_name
+        self.store, self.registry, self.default_model = store, registry, default_model
         # absolute: a job's process runs in its own run folder
         self.data_root, self.slots, self.gate_margin, self.deploy = Path(data_root).resolve(), slots, gate_margin, deploy
         self.worker = worker or os.uname().nodename
@@ -89,9 +91,12 @@ class JobRunner:
         self.running: dict[str, subprocess.Popen] = {}
         self.adopted: dict[str, int] = {}  # trainers started by an earlier runner on this host, by pid
 
+    def model_of(self, job: dict[str, Any]) -> str:
+        return job["request"].get("model") or self.default_model
+
     def spec_for(self, job: dict[str, Any]) -> JobSpec:
-        """The job's request as a JobSpec: its data set's folder and boxes, its starting weights."""
-        r = job["request"]
+        """The job's request as a JobSpec: its model, its data set's folder and boxes, its starting weights."""
+        r, model = job["request"], self.model_of(job)
         settings = dict(r.get("options") or {})  # allow-listed when the job was created (app.retraining)
         for key, name in (("architecture", "model"), ("epochs", "epochs"), ("batch_size", "batch_size"),
                           ("lr", "lr"), ("image_size", "image_size"), ("seed", "seed"),
@@ -103,9 +108,9 @@ class JobRunner:
             folder = self.data_root / "datasets" / r["dataset"]
             data = f"folder:{folder}"
             boxes = str(folder / BOXES_FILE) if (folder / BOXES_FILE).is_file() else None
-        init, live = None, self.registry.deployed(self.model_name)
+        init, live = None, self.registry.deployed(model)
         if r.get("init") == "live" and live is not None:
-            weights = self.registry.version_dir(self.model_name, live).resolve() / WEIGHTS_FILE
+            weights = self.registry.version_dir(model, live).resolve() / WEIGHTS_FILE
             init = str(weights) if weights.exists() else None
         elif str(r.get("init", "")).startswith("file:"):
             init = str(self.data_root / "weights" / r["init"].split(":", 1)[1])
@@ -113,7 +118,7 @@ class JobRunner:
             init = r["init"]  # found in the torch hub cache or downloaded by the trainer (training/weights.py)
         return JobSpec(run_dir=str(Path(job["run_dir"]).resolve()), data=data, boxes_csv=boxes, recipe=r.get("recipe"),
                        settings=settings, init=init, resume=bool(job["resume"]), registry=str(self.registry.root.resolve()),
-                       model_name=self.model_name, gate_margin=self.gate_margin,
+                       model_name=model, gate_margin=self.gate_margin,
                        export_precision=r.get("precision") or "float32")
 
     def command(self, spec_path: Path) -> list[str]:
@@ -210,14 +215,14 @@ class JobRunner:
             policy = decide("always" if request.get("force") else "gate", decision, result.live_version is None)
             if policy.deploy:
                 try:
-                    self.deploy(result.version, "job", policy.reason, via="POST /v1/jobs", job=job["id"],
-                                gate=decision, forced=policy.forced)
+                    self.deploy(self.model_of(job), result.version, "job", policy.reason, via="POST /v1/jobs",
+                                job=job["id"], gate=decision, forced=policy.forced)
                     deployed = True
                 except Exception as e:  # noqa: BLE001 - the version stays registered; the live one keeps serving
                     why = str(e)
             else:
                 why = policy.reason
-        return {"version": result.version, "deployed": deployed, "not_deployed_because": why, "gate": decision,
+        return {"model": self.model_of(job), "version": result.version, "deployed": deployed, "not_deployed_because": why, "gate": decision,
                 "metrics": result.metrics, "live_metrics": result.live_metrics, "precision": result.precision,
                 **({"int8_refused": result.int8_refused} if result.int8_refused else {})}
 

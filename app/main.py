@@ -1,7 +1,8 @@
 """The FastAPI application: `create_app(settings)` wires the service's parts; nothing is loaded at
 import time.
 
-    ModelManager  (app/model_manager.py)  the live model: load, swap, follow, deploy, roll back
+    LiveModels    (app/live_models.py)    the models that serve, each a ModelManager (app/model_manager.py):
+                                          load, swap, follow, deploy, roll back; a bound on loaded models
     Predictor     (app/predictor.py)      decode -> prepare -> infer -> postprocess; kept overlays
     Retraining    (app/retraining.py)     data sets, the job queue and its runner
     routes/       one thin router per resource; errors become answers through ERROR_STATUS below
@@ -26,9 +27,10 @@ from .datasets import DatasetError
 from .engine import ModelLoadError
 from .imaging import ImageError
 from .metrics import CountRequests, Metrics
-from .model_manager import ModelManager, NotDeployed
+from .live_models import LiveModels
+from .model_manager import NotDeployed
 from .predictor import NotFound, Overloaded, Predictor
-from .registry import RegistryError, UnknownVersion
+from .registry import InvalidModelName, RegistryError, UnknownVersion
 from .retraining import JobRefused, Retraining
 from .routes import admin, datasets, health, jobs, models, predict, reports, v2
 from .routes.uploads import BodyLimit
@@ -42,7 +44,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ModelLoadError: 503,  # no model can serve
     Overloaded: 504,  # no answer within the request timeout
     NotFound: 404,  # a kept prediction, image or label
-    UnknownVersion: 404,
+    UnknownVersion: 404,  # and UnknownModel, which names the models there are
+    InvalidModelName: 422,
     NotDeployed: 409,  # a deploy or rollback that changed nothing; the live version keeps serving
     RegistryError: 409,
     CardError: 409,
@@ -55,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         metrics = Metrics()
-        models_ = ModelManager(settings, metrics)
+        models_ = LiveModels(settings, metrics)
         predictor = Predictor(settings, models_, metrics)
         retraining = Retraining(settings, models_)
         app.state.settings, app.state.metrics = settings, metrics
@@ -63,8 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await predictor.start()
         await models_.start()
         await retraining.start()
-        engine = models_.engine
-        log.info("rescam serving %s", engine.describe() if engine else f"nothing yet: {models_.load_error}")
+        for m in models_.serving():
+            log.info("model %s: %s", m.name, m.engine.describe() if m.engine else f"{m.state}: {m.load_error or ''}")
         try:
             yield
         finally:

@@ -33,6 +33,13 @@ class Metrics:
         # one series per live worker in multiprocess mode (each may briefly serve another version)
         self.model_version = Gauge("rescam_model_version", "the live model version", ["model", "provider"],
                                    registry=r, multiprocess_mode="liveall")
+        self.model_memory = Gauge("rescam_model_memory_bytes", "resident memory a loaded model added to the process",
+                                  ["model", "version"], registry=r, multiprocess_mode="liveall")
+        self.loaded_models = Gauge("rescam_loaded_models", "models loaded in this process", registry=r,
+                                   multiprocess_mode="liveall")
+        # a request for a model in standby (unloaded to keep within RESCAM_MAX_LOADED_MODELS) waits this long
+        self.model_loads = Histogram("rescam_model_load_seconds", "loads of a model on demand", ["model"],
+                                     buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("rescam_images", "images answered", ["outcome"], registry=r)
         # a drift signal: answers whose image looks like none of the model's classes, per version
         self.verdicts = Counter("rescam_open_world_answers", "answered images by open-world verdict",

@@ -1,20 +1,23 @@
-"""The live model's owner: which registry version serves, and every change to that.
+"""One named model's owner: which of its registry versions serves, and every change to that.
 
 Loads a version into a fresh, smoke-tested Engine before it may serve; deploys, rolls back and
-deletes through the registry; follows the registry's DEPLOYED pointer so that every worker and
+deletes through the registry; follows the model's DEPLOYED pointer so that every worker and
 replica serves what another one deployed. A version that fails to load never serves, and the
-one serving keeps serving.
+one serving keeps serving. The set of models a service serves is app.live_models.LiveModels'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .engine import Engine, ModelLoadError, remove_stale_scratch
+from .engine import Engine, ModelLoadError
 from .metrics import Metrics
 from .registry import Registry, RegistryError
 from .settings import Settings
@@ -26,12 +29,25 @@ class NotDeployed(Exception):
     """A deploy or rollback that changed nothing; the message says why and what keeps serving."""
 
 
+ModelState = Literal["serving", "loading", "standby", "failed", "undeployed"]
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class ModelManager:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None, keep_scratch_in_data_root: bool = True
-                 ) -> None:
+    def __init__(self, settings: Settings, name: str | None = None, metrics: Metrics | None = None,
+                 keep_scratch_in_data_root: bool = True, registry: Registry | None = None,
+                 on_swap: Callable[[ModelManager], None] | None = None) -> None:
         self.settings = settings
-        self.name = settings.model_name
-        self.registry = Registry(settings.registry)
+        self.name = name or settings.default_model
+        self.registry = registry or Registry(settings.registry)
         # optimized copies of models while they load: under the service's data root, or (a one-off
         # use that should leave no folder behind) the system's temporary folder
         self.scratch = Path(settings.data_root) / "tmp" if keep_scratch_in_data_root else None
@@ -39,9 +55,23 @@ class ModelManager:
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.failed: dict[int, str] = {}  # versions that did not load, and why
-        self.watcher: asyncio.Task | None = None
+        self.unloaded = False  # let go to keep within the loaded-model bound; loads again on demand
+        self.memory_bytes = 0  # how much the process grew while the live engine loaded
+        self.last_load_ms: float | None = None
+        self.on_swap = on_swap  # LiveModels keeps its bound on loaded models through this
         # one change at a time: when a deploy call returns, this process serves what DEPLOYED names
         self.changing = threading.Lock()
+
+    @property
+    def state(self) -> ModelState:
+        engine = self.engine
+        if engine is not None:
+            return "serving" if engine.warm else "loading"
+        if self.registry.deployed(self.name) is None:
+            return "undeployed"
+        if self.unloaded:
+            return "standby"
+        return "failed" if self.load_error else "loading"
 
     def live(self) -> Engine:
         """The engine serving now; ModelLoadError (503) when none is."""
@@ -58,18 +88,43 @@ class ModelManager:
             card = self.registry.card(self.name, version)
         except RegistryError as e:
             raise ModelLoadError(str(e)) from e
-        return Engine.load(directory, card, self.name, version, s.providers, s.intra_op_threads,
-                           s.inter_op_threads, s.graph_optimization, s.lean_cpu_session, self.scratch,
-                           max_batch=s.max_batch_size if s.batching else 1, io_binding=s.io_binding)
+        before, started = resident_bytes(), time.perf_counter()
+        engine = Engine.load(directory, card, self.name, version, s.providers, s.intra_op_threads,
+                             s.inter_op_threads, s.graph_optimization, s.lean_cpu_session, self.scratch,
+                             max_batch=s.max_batch_size if s.batching else 1, io_binding=s.io_binding)
+        engine.memory_bytes = max(resident_bytes() - before, 0)  # approximate: other work may run meanwhile
+        self.last_load_ms = (time.perf_counter() - started) * 1000
+        return engine
 
     def swap(self, engine: Engine) -> None:
         """Make `engine` live. Requests already running keep the engine they started with."""
-        old, self.engine, self.load_error = self.engine, engine, None
+        old, self.engine, self.load_error, self.unloaded = self.engine, engine, None, False
+        self.memory_bytes = engine.memory_bytes
         if self.metrics is not None:
             if old is not None:
-                self.metrics.model_version.remove(old.name, old.provider)
+                self._forget(old)
             self.metrics.model_version.labels(engine.name, engine.provider).set(engine.version)
+            self.metrics.model_memory.labels(engine.name, str(engine.version)).set(self.memory_bytes)
         log.info("now serving %s v%d on %s", engine.name, engine.version, engine.provider)
+        if self.on_swap is not None:
+            self.on_swap(self)
+
+    def _forget(self, engine: Engine) -> None:
+        for gauge, labels in ((self.metrics.model_version, (engine.name, engine.provider)),
+                              (self.metrics.model_memory, (engine.name, str(engine.version)))):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+    def unload(self) -> None:
+        """Let the engine go (requests running keep it until they end); the next request loads it again."""
+        with self.changing:
+            engine, self.engine, self.unloaded, self.memory_bytes = self.engine, None, True, 0
+        if engine is not None:
+            if self.metrics is not None:
+                self._forget(engine)
+            log.info("unloaded %s v%d to keep within the loaded-model bound", engine.name, engine.version)
 
     def deploy(self, version: int, actor: str, reason: str = "", **audit: Any) -> Engine:
         """Load and smoke-test `version`, then move the live pointer and swap. NotDeployed (and no
@@ -110,13 +165,21 @@ class ModelManager:
             live = self.registry.deployed(self.name)
             raise NotDeployed(f"v{version} was not deployed, v{live} keeps serving: {e}") from None
 
+    def ensure_loaded(self) -> Engine:
+        """The live engine, loading the deployed version first where it was unloaded (a request
+        for a model in standby waits for that)."""
+        if self.engine is None and self.unloaded:
+            self.unloaded = False
+            self.follow()
+        return self.live()
+
     def follow(self) -> None:
         """Serve the registry's live version; keep the current engine if the new one fails."""
         version = self.registry.deployed(self.name)
         if version is None:
             self.load_error = f"no version of model {self.name!r} is deployed in {self.settings.registry}"
             return
-        if (self.engine is not None and self.engine.version == version) or version in self.failed:
+        if (self.engine is not None and self.engine.version == version) or version in self.failed or self.unloaded:
             return
         with self.changing:
             if self.registry.deployed(self.name) != version:
@@ -127,27 +190,6 @@ class ModelManager:
                 self.failed[version] = self.load_error = str(e)
                 log.error("model %s v%s not loaded, %s: %s", self.name, version,
                           f"still serving v{self.engine.version}" if self.engine else "serving nothing", e)
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.settings.registry_poll_s)
-            try:
-                await loop.run_in_executor(None, self.follow)
-            except Exception:  # noqa: BLE001 - keep watching whatever one look found
-                log.exception("registry check failed")
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for folder in remove_stale_scratch(self.scratch):
-            log.info("removed %s, left by a load that did not finish", folder)
-        await loop.run_in_executor(None, self.follow)
-        if self.settings.registry_poll_s > 0:
-            self.watcher = loop.create_task(self._watch())
-
-    async def stop(self) -> None:
-        await cancel(self.watcher)
-        self.watcher = None
 
 
 async def cancel(task: asyncio.Task | None) -> None:

@@ -1,8 +1,8 @@
 """Predictions, in named steps: decode -> prepare -> infer -> postprocess; the route encodes.
 
 `Predictor` owns the batcher, the kept predictions (for overlay URLs) and the prediction metrics;
-it asks the ModelManager for the live engine once per request, so a request keeps the model it
-started with across a deploy.
+it asks LiveModels for the named model's live engine once per request, so a request keeps the
+model it started with across a deploy.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from . import cam, imaging, overlay
 from .batcher import Batcher, BatchResult
 from .engine import Engine, leave_cores_to_onnxruntime
 from .metrics import Metrics
-from .model_manager import ModelManager
+from .live_models import LiveModels
 from .schemas import (
     BoxAnswer,
     BoxRuleAnswer,
@@ -89,7 +89,7 @@ def make_store(settings: Settings) -> PredictionStore:
 
 
 class Predictor:
-    def __init__(self, settings: Settings, models: ModelManager, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, models: LiveModels, metrics: Metrics) -> None:
         self.settings, self.models, self.metrics = settings, models, metrics
         self.store = make_store(settings)
         self.batcher = Batcher(settings.max_batch_size, settings.batching, on_batch=metrics.observe_batch)
@@ -176,11 +176,13 @@ class Predictor:
         d = prepared.decoded
         return answer, StoredImage(filename, d.image, prepared.window, d.width, d.height, result.cams)
 
-    async def predict(self, uploads: list[tuple[str, bytes]], opts: Options) -> PredictAnswer:
-        """Answers for each (filename, bytes) upload; with opts.cams the images and CAMs are kept for
-        overlays, each answered image numbered by `ImageAnswer.image`."""
+    async def predict(self, uploads: list[tuple[str, bytes]], opts: Options, model: str | None = None
+                      ) -> PredictAnswer:
+        """Answers of model `model` (the default one when None) for each (filename, bytes) upload;
+        with opts.cams the images and CAMs are kept for overlays, each answered image numbered by
+        `ImageAnswer.image`."""
         started = time.perf_counter()
-        engine = self.models.live()
+        engine, load_ms = await self.models.engine(model)
         rule, source = self.rule_for(engine, opts.rule)
         opts = dataclasses.replace(opts, rule=rule)
         outcomes = await asyncio.gather(*(self.predict_image(engine, f, d, opts) for f, d in uploads))
@@ -199,6 +201,7 @@ class Predictor:
             cam_threshold=rule.value if rule.name == "threshold" else None,
             box_rule=BoxRuleAnswer(rule=str(rule), name=rule.name, value=rule.value, source=source),
             provider=engine.provider, results=[a for a, _ in outcomes],
+            model_load_ms=None if load_ms is None else round(load_ms, 1),
             total_ms=round((time.perf_counter() - started) * 1000, 3))
 
     # --- kept predictions ----------------------------------------------------------------------
@@ -230,7 +233,7 @@ async def standalone(settings: Settings) -> AsyncIterator[Predictor]:
     """A started predictor on the registry's live model, without HTTP, a registry watcher or a job
     runner: for `rescam predict`, benchmarks and tests."""
     metrics = Metrics()
-    models = ModelManager(settings.model_copy(update={"registry_poll_s": 0}), metrics, keep_scratch_in_data_root=False)
+    models = LiveModels(settings.model_copy(update={"registry_poll_s": 0}), metrics, keep_scratch_in_data_root=False)
     predictor = Predictor(settings, models, metrics)
     await predictor.start()
     await models.start()

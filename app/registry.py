@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -31,6 +32,8 @@ REPORT_DIR = "report"  # optional: the version's report (training/report.py)
 GATE_FILE = "gate.json"  # optional: the promotion gate's decision when the version was trained (training/gate.py)
 POINTER = "DEPLOYED"
 AUDIT = "audit.jsonl"
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MODEL_NAME_RULE = "letters, digits, '-' and '_', at most 64 characters"
 
 
 class RegistryError(Exception):
@@ -39,6 +42,16 @@ class RegistryError(Exception):
 
 class UnknownVersion(RegistryError):
     """The model has no such version (or no such model)."""
+
+
+class InvalidModelName(RegistryError, ValueError):
+    """A model name outside MODEL_NAME_RULE (a ValueError too, so settings validation reports it)."""
+
+
+def check_model_name(name: str) -> str:
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise InvalidModelName(f"invalid model name {name!r}: use {MODEL_NAME_RULE}")
+    return name
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -55,9 +68,14 @@ class Registry:
         self.checked: dict[Path, tuple[int, int]] = {}
 
     def model_dir(self, model: str) -> Path:
-        if not model or "/" in model or model.startswith("."):
-            raise RegistryError(f"invalid model name {model!r}")
-        return self.root / model
+        return self.root / check_model_name(model)
+
+    def models(self) -> list[str]:
+        """The names of the models with at least one version, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and MODEL_NAME.fullmatch(p.name) and self.versions(p.name))
 
     def versions(self, model: str) -> list[int]:
         d = self.model_dir(model)

@@ -1,8 +1,9 @@
 """The retrain loop's owner: data sets, the job queue and the runner that works it.
 
 `create_job` checks a request against what is on disk (the data set, the starting weights, the
-allowed settings) before it is queued; the runner trains it in another process and asks the
-ModelManager to deploy what passed the promotion gate.
+allowed settings) and names the model it trains a candidate for (`target_model`) before it is
+queued; the runner trains it in another process and asks LiveModels to deploy what passed the
+promotion gate.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from models.names import TORCHVISION_WEIGHTS
 
 from .datasets import DatasetError, Datasets, check_name
 from .job_store import JobStore
+from .job_store import ACTIVE
 from .jobs import JobRunner
 from .jobspec import JOB_SETTINGS
-from .model_manager import ModelManager, cancel
+from .live_models import LiveModels
+from .model_manager import cancel
+from .registry import RegistryError, check_model_name
 from .schemas import JobRequest
 from .settings import Settings
 
@@ -35,15 +39,39 @@ class JobRefused(Exception):
 
 
 class Retraining:
-    def __init__(self, settings: Settings, models: ModelManager) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, models: LiveModels) -> None:
+        self.settings, self.models = settings, models
         self.data_root = Path(settings.data_root)
         self.datasets = Datasets(self.data_root / "datasets")
         self.jobs = JobStore(self.data_root / "jobs.sqlite")
-        self.runner = JobRunner(self.jobs, models.registry, settings.model_name, self.data_root,
+        self.runner = JobRunner(self.jobs, models.registry, settings.default_model, self.data_root,
                                 settings.max_concurrent_jobs, settings.gate_margin, models.deploy,
                                 processes=settings.train_processes)
         self.task: asyncio.Task | None = None
+
+    def target_model(self, body: JobRequest) -> str:
+        """The model a job trains a candidate for: the one it names; else the model whose live labels
+        are the data set's classes; else (labels no model has) a new model named after the data set.
+        The synthetic shapes train the default model."""
+        if body.model is not None:
+            return body.model
+        if body.dataset == "synthetic":
+            return self.models.default
+        classes = set(self.datasets.describe(body.dataset)["classes"])
+        registry = self.models.registry
+        for name in self.models.known_names():
+            live = registry.deployed(name)
+            try:
+                if live is not None and set(registry.card(name, live).labels) == classes:
+                    return name
+            except RegistryError:
+                continue  # a broken version matches nothing
+        return check_model_name(re.sub(r"[^A-Za-z0-9_-]", "-", body.dataset)[:64])
+
+    def jobs_for(self, model: str) -> list[str]:
+        """The jobs queued or training a candidate for `model`."""
+        return [j["id"] for j in self.jobs.list(1000) if j["state"] in ("queued", *ACTIVE)
+                and (j["request"].get("model") or self.models.default) == model]
 
     def create_job(self, body: JobRequest) -> dict[str, Any]:
         if body.dataset != "synthetic" and not self.datasets.path(body.dataset).is_dir():  # path() refuses bad names
@@ -57,7 +85,7 @@ class Retraining:
             raise JobRefused(422, f"options may not set {unknown}; they may set {sorted(JOB_SETTINGS)}")
         if len(json.dumps(options)) > MAX_OPTIONS_BYTES:
             raise JobRefused(413, f"options are longer than {MAX_OPTIONS_BYTES} bytes of JSON")
-        return self.jobs.create(body.model_dump(), self.data_root / "runs")
+        return self.jobs.create({**body.model_dump(), "model": self.target_model(body)}, self.data_root / "runs")
 
     def _check_init(self, init: str) -> None:
         if init in ("scratch", "live"):

@@ -93,6 +93,8 @@ class PredictAnswer(BaseModel):
     provider: str = Field(description="the ONNX Runtime provider that answered")
     results: list[ImageAnswer]
     total_ms: float
+    model_load_ms: float | None = Field(None, description="how long this request waited for its model to load "
+                                                          "(a model in standby: RESCAM_MAX_LOADED_MODELS)")
 
 
 class ModelSummary(BaseModel):
@@ -146,10 +148,37 @@ class ModelDetail(ModelSummary):
     card: dict[str, Any] | None = None
 
 
+ModelStateName = Literal["serving", "loading", "standby", "failed", "undeployed"]
+STATE_HELP = ("serving; loading; standby (unloaded to keep within RESCAM_MAX_LOADED_MODELS: loads on its next "
+              "request); failed (its deployed version does not load; `error` says why); undeployed (no version live)")
+
+
 class ModelList(BaseModel):
     name: str
+    state: ModelStateName = Field(description=STATE_HELP)
     deployed: int | None
     versions: list[ModelSummary]
+
+
+class ModelEntry(BaseModel):
+    name: str
+    default: bool = Field(description="answers requests that name no model")
+    state: ModelStateName = Field(description=STATE_HELP)
+    deployed: int | None = Field(description="the version the registry's pointer names")
+    serving: int | None = Field(description="the version this process answers with")
+    versions: int
+    architecture: str | None = None
+    precision: str | None = None
+    labels: list[str] | None = None
+    memory_bytes: int | None = Field(None, description="resident memory its loaded engine added (approximate)")
+    error: str | None = Field(None, description="why it does not serve")
+    routes: dict[str, str]
+
+
+class ModelIndex(BaseModel):
+    default: str
+    max_loaded: int | None = Field(description="RESCAM_MAX_LOADED_MODELS; None: no bound")
+    models: list[ModelEntry]
 
 
 class DeployAnswer(BaseModel):
@@ -173,6 +202,10 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(description="a data set under the server's data root, or 'synthetic'")
+    model: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                              description="the model it trains a candidate for (letters, digits, '-' and '_', at "
+                                          "most 64); default: the model whose labels are the data set's classes, "
+                                          "else a new model named after the data set (the shapes: the default model)")
     architecture: str | None = Field(None, description="e.g. resnet20, resnet50; the recipe's by default")
     recipe: Literal["auto", "demo", "paper-cifar", "paper-imagenet"] | None = Field(
         None, description="default: auto for a data set (steps, image size and augmentation chosen from the data, "
@@ -260,11 +293,13 @@ class Health(BaseModel):
     model: dict[str, Any] | None
     provider: str | None
     load_error: str | None
+    models: dict[str, dict[str, Any]] = Field({}, description="every loaded model's engine, by name")
 
 
 class Readiness(BaseModel):
     ready: bool
     reason: str | None = None
-    model: str | None = None
+    model: str | None = Field(None, description="the default model")
     version: int | None = None
     provider: str | None = None
+    models: dict[str, dict[str, Any]] = Field({}, description="each model that must serve: state, version, reason")

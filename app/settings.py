@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .cam import BoxRule
+from .registry import check_model_name
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESCAM_", protected_namespaces=())
 
     registry: Path = Path("registry")
-    model_name: str = "default"
+    # the model that answers where a request names none (POST /v1/predict, `rescam predict`)
+    default_model: str = "default"
+    # the models that must serve (RESCAM_MODELS=shapes,birds); empty: every registry model with a
+    # deployed version, the default one too
+    models: Annotated[list[str], NoDecode] = []
+    # at most this many models loaded at once (0: no bound); the least recently used is unloaded
+    # and loads again on its next request
+    max_loaded_models: int = Field(0, ge=0)
     # ONNX Runtime providers, tried in order; the one that really loaded is reported.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     # "all" is fastest on the CPU (about 20% faster than "extended" for resnet50; BENCHMARKS.md)
@@ -49,6 +57,17 @@ class Settings(BaseSettings):
     cam_threshold: float | None = Field(None, gt=0, lt=1)
     # or a whole box rule for every model: threshold:F, mass:F or otsu (app.cam.BoxRule)
     box_rule: str | None = None
+
+    @field_validator("default_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return check_model_name(value)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_names(cls, value: str | list[str]) -> list[str]:
+        names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+        return [check_model_name(n) for n in names if n]
 
     @field_validator("box_rule")
     @classmethod

@@ -1,4 +1,4 @@
-"""A Triton Inference Server model repository from a registry version: the same ONNX file,
+"""A Triton Inference Server model repository from registry versions (one model, or every model): the same ONNX file,
 a config.pbtxt that describes it, and the labels, so a user who outgrows this service can serve
 the same model on Triton (`tritonserver --model-repository=DIR`)."""
 
@@ -49,3 +49,11 @@ def export_triton(registry: Registry, model: str, version: int | None, out: Path
     (target / "labels.txt").write_text("\n".join(card.labels) + "\n")
     (target / "config.pbtxt").write_text(config_pbtxt(name, card, max_batch_size))
     return target
+
+
+def export_all(registry: Registry, out: Path, max_batch_size: int = 64) -> list[Path]:
+    """Every model with a deployed version, each at that version, into one Triton repository."""
+    models = [m for m in registry.models() if registry.deployed(m) is not None]
+    if not models:
+        raise ValueError(f"no model in {registry.root} has a deployed version")
+    return [export_triton(registry, m, None, out, max_batch_size=max_batch_size) for m in models]

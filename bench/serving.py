@@ -254,7 +254,7 @@ def in_process_open_world_cost(registry: Path, body: bytes, rounds: int = 60) ->
     from app.scoring import Scorer
 
     async def work(predictor) -> tuple[float, float]:
-        engine = predictor.models.live()
+        engine = predictor.models.live()  # the default model
         full, off = engine.scorer, Scorer()
         times: tuple[list[float], list[float]] = ([], [])
         for _ in range(rounds):

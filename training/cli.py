@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 DEFAULT_REGISTRY = os.environ.get("RESCAM_REGISTRY", "registry")
-DEFAULT_NAME = os.environ.get("RESCAM_MODEL_NAME", "default")
+DEFAULT_NAME = os.environ.get("RESCAM_DEFAULT_MODEL", "default")
 
 
 TRAIN_FLAGS = ("model", "epochs", "batch_size", "lr", "image_size", "device", "seed", "workers", "max_steps",
@@ -67,7 +67,7 @@ def apply_deploy_policy(registry_root: str, name: str, version: int, policy: str
     from app.settings import Settings
 
     decision = decide(policy, gate, first)
-    manager = ModelManager(Settings(registry=registry_root, model_name=name), keep_scratch_in_data_root=False)
+    manager = ModelManager(Settings(registry=registry_root), name, keep_scratch_in_data_root=False)
     if decision.deploy:
         try:
             manager.deploy(version, actor="cli", reason=decision.reason, via=via, forced=decision.forced,
@@ -184,7 +184,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     shipped = shipped_model_dir()
     if not args.train and shipped is not None:
         version = registry.register(args.name, shipped)
-        ModelManager(Settings(registry=args.registry, model_name=args.name), keep_scratch_in_data_root=False).deploy(
+        ModelManager(Settings(registry=args.registry), args.name, keep_scratch_in_data_root=False).deploy(
             version, actor="bootstrap", reason="the default model shipped with rescam", via="rescam bootstrap")
         print(f"registered and deployed the shipped default model as {args.name} v{version} in {args.registry}",
               file=sys.stderr)
@@ -209,7 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     os.environ["RESCAM_REGISTRY"] = args.registry
-    os.environ["RESCAM_MODEL_NAME"] = args.name
+    os.environ["RESCAM_DEFAULT_MODEL"] = args.name
     if args.workers > 1:  # an overlay URL, and a scrape, may reach any worker
         os.environ.setdefault("RESCAM_PREDICTION_STORE", "shared")
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a fresh folder: no counts from an earlier run
@@ -222,17 +222,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_export_triton(args: argparse.Namespace) -> None:
     from app.registry import Registry
-    from app.triton import export_triton
+    from app.triton import export_all, export_triton
 
-    target = export_triton(Registry(args.registry), args.name, args.version, Path(args.out), args.triton_name,
-                           args.max_batch_size)
-    print(f"wrote {target}: tritonserver --model-repository={Path(args.out).resolve()}")
+    if args.name is None:
+        if args.version is not None or args.triton_name:
+            raise UserError("--version and --triton-name need --name: one model")
+        targets = export_all(Registry(args.registry), Path(args.out), args.max_batch_size)
+    else:
+        targets = [export_triton(Registry(args.registry), args.name, args.version, Path(args.out), args.triton_name,
+                                 args.max_batch_size)]
+    print(f"wrote {', '.join(str(t) for t in targets)}: tritonserver --model-repository={Path(args.out).resolve()}")
 
 
 def settings_for(args: argparse.Namespace, **fields):
     from app.settings import Settings
 
-    return Settings(registry=Path(args.registry), model_name=args.name, **fields)
+    return Settings(registry=Path(args.registry), default_model=args.name, **fields)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -240,11 +245,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
     start the API with RESCAM_RUN_JOBS=false then."""
     import asyncio
 
-    from app.model_manager import ModelManager
+    from app.live_models import LiveModels
     from app.retraining import Retraining
 
     settings = settings_for(args, registry_poll_s=0)
-    retraining = Retraining(settings, ModelManager(settings))
+    retraining = Retraining(settings, LiveModels(settings))
     print(f"rescam worker: jobs from {retraining.jobs.path}, registry {args.registry}", file=sys.stderr)
     try:
         asyncio.run(retraining.runner.run())
@@ -278,17 +283,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    """The registry's versions: list, show a card, deploy (after a smoke test), roll back, delete."""
-    from app.model_manager import ModelManager
+    """The registry's models and versions: list, show a card, deploy (after a smoke test), roll back,
+    delete."""
+    from app.live_models import LiveModels
 
-    models = ModelManager(settings_for(args, registry_poll_s=0))
-    registry, name = models.registry, args.name
+    models = LiveModels(settings_for(args, registry_poll_s=0), keep_scratch_in_data_root=False)
+    registry = models.registry
+    if args.action == "list" and args.model is None:
+        names = registry.models()
+        if not names:
+            print(f"no models in {args.registry}; `rescam bootstrap` registers the default model")
+        for name in names:
+            live = registry.deployed(name)
+            print(f"{'*' if name == models.default else ' '} {name:<24} {len(registry.versions(name))} version(s), "
+                  f"{f'v{live} live' if live else 'none live'}")
+        return
+    if args.model is None:
+        raise UserError(f"rescam models {args.action} needs a model name: rescam models list shows them")
+    name = args.model
+    manager = models.manager(name)
     if args.action == "list":
         live = registry.deployed(name)
-        versions = registry.versions(name)
-        if not versions:
-            print(f"no versions of {name!r} in {args.registry}; `rescam bootstrap` registers the default model")
-        for v in versions:
+        for v in registry.versions(name):
             try:
                 card = registry.card(name, v)
                 m = card.metrics
@@ -299,18 +315,18 @@ def cmd_models(args: argparse.Namespace) -> None:
             print(f"{'*' if v == live else ' '} v{v:<4} {line}")
         return
     if args.action == "rollback":
-        version, left = models.rollback(actor="cli", reason=args.reason)
+        version, left = manager.rollback(actor="cli", reason=args.reason)
         print(f"{name}: v{version} is live again (rolled back from v{left})")
         return
     if args.version is None:
-        raise UserError(f"rescam models {args.action} needs a version, e.g. rescam models {args.action} 2")
+        raise UserError(f"rescam models {args.action} needs a version, e.g. rescam models {args.action} {name} 2")
     if args.action == "show":
         print(registry.card(name, args.version).to_json(), end="")
     elif args.action == "deploy":
-        engine = models.deploy(args.version, actor="cli", reason=args.reason, via="rescam models deploy")
+        engine = manager.deploy(args.version, actor="cli", reason=args.reason, via="rescam models deploy")
         print(f"{name}: v{args.version} is live ({engine.provider}, smoke-tested in {engine.load_ms:.0f} ms)")
     elif args.action == "delete":
-        models.delete(args.version, actor="cli")
+        manager.delete(args.version, actor="cli")
         print(f"{name}: v{args.version} deleted")
 
 
@@ -415,12 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     registry_args(s)
     s.set_defaults(func=cmd_serve)
 
-    tr = sub.add_parser("export-triton", help="write a Triton model repository from a registry version")
+    tr = sub.add_parser("export-triton", help="write a Triton model repository: every model's deployed version, "
+                                              "or one model's (--name)")
     tr.add_argument("--out", required=True, help="the Triton model repository folder")
-    tr.add_argument("--version", type=int, help="default: the deployed version")
-    tr.add_argument("--triton-name", help="the model's name in Triton (default: its registry name)")
+    tr.add_argument("--name", help="only this model (default: every model with a deployed version)")
+    tr.add_argument("--version", type=int, help="with --name; default: the deployed version")
+    tr.add_argument("--triton-name", help="with --name: the model's name in Triton (default: its registry name)")
     tr.add_argument("--max-batch-size", type=int, default=64, help="default %(default)s")
-    registry_args(tr)
+    tr.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry root (default %(default)s)")
     tr.set_defaults(func=cmd_export_triton)
 
     w = sub.add_parser("worker", help="run retrain jobs apart from the API process")
@@ -435,11 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     registry_args(pr)
     pr.set_defaults(func=cmd_predict)
 
-    m = sub.add_parser("models", help="the registry's versions: list, show, deploy, rollback, delete")
+    m = sub.add_parser("models", help="the registry's models and their versions: list [NAME], show NAME VERSION, "
+                                      "deploy NAME VERSION, rollback NAME, delete NAME VERSION")
     m.add_argument("action", choices=("list", "show", "deploy", "rollback", "delete"), help="what to do")
+    m.add_argument("model", nargs="?", metavar="NAME", help="the model (list without it: every model)")
     m.add_argument("version", type=int, nargs="?", help="the version, for show, deploy and delete")
     m.add_argument("--reason", default="", help="recorded in the audit log (deploy, rollback)")
-    registry_args(m)
+    m.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry root (default %(default)s)")
+    m.set_defaults(name=DEFAULT_NAME)
     m.set_defaults(func=cmd_models)
     return p
 

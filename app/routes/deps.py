@@ -12,8 +12,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from pydantic import SecretStr
 
-from ..engine import Engine
-from ..model_manager import ModelManager
+from ..live_models import LiveModels
 from ..predictor import Predictor
 from ..retraining import Retraining
 from ..settings import Settings
@@ -23,7 +22,7 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_models(request: Request) -> ModelManager:
+async def get_models(request: Request) -> LiveModels:
     return request.app.state.models
 
 
@@ -35,15 +34,10 @@ async def get_retraining(request: Request) -> Retraining:
     return request.app.state.retraining
 
 
-async def get_engine(models: Annotated[ModelManager, Depends(get_models)]) -> Engine:
-    return models.live()  # ModelLoadError: 503 (app.main's table)
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ModelsDep = Annotated[ModelManager, Depends(get_models)]
+ModelsDep = Annotated[LiveModels, Depends(get_models)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 RetrainingDep = Annotated[Retraining, Depends(get_retraining)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 def check_bearer(request: Request, expected: SecretStr, what: str) -> None:

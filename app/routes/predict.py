@@ -32,11 +32,7 @@ def request_rule(threshold: float | None, box_rule: str | None) -> BoxRule | Non
         raise HTTPException(422, str(e)) from None
 
 
-@router.post("/v1/predict", response_model=PredictAnswer, responses=ERRORS, openapi_extra=IMAGE_BODY)
-async def predict(
-    request: Request,
-    predictor: PredictorDep,
-    settings: SettingsDep,
+def predict_options(
     top_k: Annotated[int, Query(ge=1, le=1000, description="labels to return")] = 5,
     cam: Annotated[bool, Query(description="keep CAMs for overlay URLs")] = True,
     boxes: Annotated[bool, Query(description="CAM boxes per label")] = True,
@@ -45,13 +41,34 @@ async def predict(
                                           "holding F of the CAM's heat) or otsu; default: the model's rule")] = None,
     all_boxes: Annotated[bool, Query(description="every component, not only the largest")] = False,
     min_area: Annotated[float, Query(ge=0, le=1, description="smallest component kept, a fraction of the image")] = 0.0,
-):
+) -> Options:
+    return Options(top_k=top_k, cams=cam, boxes=boxes, rule=request_rule(threshold, box_rule), all_boxes=all_boxes,
+                   min_area=min_area)
+
+
+OptionsDep = Annotated[Options, Depends(predict_options)]
+MODEL_NAME = Query(max_length=64, description="the model that answers (GET /v1/models); default: the service's "
+                                              "default model")
+
+
+@router.post("/v1/predict", response_model=PredictAnswer, responses=ERRORS, openapi_extra=IMAGE_BODY)
+async def predict(request: Request, predictor: PredictorDep, settings: SettingsDep, opts: OptionsDep,
+                  model: Annotated[str | None, MODEL_NAME] = None):
     """Multipart `file` (one or several) or a raw image body. Answers labels, scores, CAM boxes
     and overlay URLs for each image; top_k beyond the label count returns every label."""
+    return await answer_uploads(request, predictor, settings, opts, model)
+
+
+@router.post("/v1/models/{name}/predict", response_model=PredictAnswer, responses=ERRORS, openapi_extra=IMAGE_BODY)
+async def predict_with(name: str, request: Request, predictor: PredictorDep, settings: SettingsDep, opts: OptionsDep):
+    """POST /v1/predict, answered by model `name`."""
+    return await answer_uploads(request, predictor, settings, opts, name)
+
+
+async def answer_uploads(request: Request, predictor, settings, opts: Options, model: str | None):
+    predictor.models.manager(model)  # an unknown model is a 404 before the upload is read
     uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_files)
-    opts = Options(top_k=top_k, cams=cam, boxes=boxes, rule=request_rule(threshold, box_rule), all_boxes=all_boxes,
-                   min_area=min_area)
-    answer = await predictor.predict(uploads, opts)
+    answer = await predictor.predict(uploads, opts, model)
     errors = [r.error for r in answer.results if r.error is not None]
     if errors and len(errors) == len(answer.results):  # nothing answered: the first image's error
         return JSONResponse({"error": errors[0].message, "status": errors[0].status,

@@ -1,9 +1,10 @@
 """Open Inference Protocol v2 (KServe / Triton HTTP), so their clients work unchanged.
 
-The model takes `input` (FP32, [-1, 3, H, W]), already normalised as its card says, and returns
-`logits` and `cam`, `features` where its graph has them, and the open-world verdict of each image
-(app.scoring): `ood_score` (FP32 [-1]) and `unknown` (BOOL [-1]; only for a version with a fitted
-threshold).
+Every model the service has answers at /v2/models/{name} (one in standby loads on the request);
+`POST /v2/repository/index` lists them. A model takes `input` (FP32, [-1, 3, H, W]), already
+normalised as its card says, and returns `logits` and `cam`, `features` where its graph has them,
+and the open-world verdict of each image (app.scoring): `ood_score` (FP32 [-1]) and `unknown`
+(BOOL [-1]; only for a version with a fitted threshold).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
 from .. import oip
 from ..schemas import ErrorAnswer
-from .deps import EngineDep, ModelsDep, SettingsDep, require_predict_token
+from ..engine import Engine
+from ..live_models import LiveModels
+from .deps import ModelsDep, SettingsDep, require_predict_token
 from .uploads import read_limited
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"],
@@ -83,16 +86,41 @@ def live() -> dict:
 
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
 def ready(models: ModelsDep) -> JSONResponse:
-    ok = models.engine is not None and models.engine.warm
+    ok, _ = models.readiness()
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-def _model(name: str, version: str | None, engine) -> None:
-    """The live model answers by its name, and by its version when one is named."""
-    if name != engine.name:
-        raise HTTPException(404, f"model {name!r} is not served here; this server serves {engine.name!r}")
+class RepositoryModel(BaseModel):
+    name: str
+    version: str | None
+    state: str = Field(description="READY or UNAVAILABLE (Triton's repository index)")
+    reason: str = ""
+
+
+class RepositoryIndex(RootModel[list[RepositoryModel]]):
+    """A bare list, as Triton answers it."""
+
+
+@router.post("/repository/index", response_model=RepositoryIndex, dependencies=TOKEN)
+def repository_index(models: ModelsDep) -> list[dict]:
+    """Every model and the version that answers it (Triton's model repository extension)."""
+    index = []
+    for name in models.known_names():
+        manager = models.manager(name)
+        engine, version = manager.engine, manager.registry.deployed(name)
+        ready = engine is not None or manager.state == "standby"
+        index.append({"name": name, "version": str(engine.version if engine else version) if version else None,
+                      "state": "READY" if ready else "UNAVAILABLE",
+                      "reason": "" if ready else (manager.load_error or manager.state)})
+    return index
+
+
+async def _model(models: LiveModels, name: str, version: str | None) -> Engine:
+    """The model's live engine (loaded on demand), by its name, and by its version when one is named."""
+    engine, _ = await models.engine(name)
     if version is not None and version != str(engine.version):
         raise HTTPException(404, f"{name} version {version} is not loaded; version {engine.version} serves")
+    return engine
 
 
 def output_shapes(engine) -> dict[str, tuple[str, list[int]]]:
@@ -115,27 +143,23 @@ def metadata(engine) -> dict:
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, dependencies=TOKEN)
-def model_metadata(name: str, engine: EngineDep) -> dict:
-    _model(name, None, engine)
-    return metadata(engine)
+async def model_metadata(name: str, models: ModelsDep) -> dict:
+    return metadata(await _model(models, name, None))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, dependencies=TOKEN)
-def version_metadata(name: str, version: str, engine: EngineDep) -> dict:
-    _model(name, version, engine)
-    return metadata(engine)
+async def version_metadata(name: str, version: str, models: ModelsDep) -> dict:
+    return metadata(await _model(models, name, version))
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, dependencies=TOKEN)
-def model_ready(name: str, engine: EngineDep) -> dict:
-    _model(name, None, engine)
-    return {"name": name, "ready": engine.warm}
+async def model_ready(name: str, models: ModelsDep) -> dict:
+    return {"name": name, "ready": (await _model(models, name, None)).warm}
 
 
 @router.get("/models/{name}/versions/{version}/ready", response_model=ModelReady, dependencies=TOKEN)
-def version_ready(name: str, version: str, engine: EngineDep) -> dict:
-    _model(name, version, engine)
-    return {"name": name, "ready": engine.warm}
+async def version_ready(name: str, version: str, models: ModelsDep) -> dict:
+    return {"name": name, "ready": (await _model(models, name, version)).warm}
 
 
 INFER = {"dependencies": TOKEN, "response_model": InferResponse, "openapi_extra": {"requestBody": {
@@ -146,17 +170,16 @@ INFER = {"dependencies": TOKEN, "response_model": InferResponse, "openapi_extra"
 
 
 @router.post("/models/{name}/infer", **INFER)
-async def infer(name: str, request: Request, engine: EngineDep, settings: SettingsDep):
-    return await run_inference(name, None, request, engine, settings)
+async def infer(name: str, request: Request, models: ModelsDep, settings: SettingsDep):
+    return await run_inference(await _model(models, name, None), request, settings)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **INFER)
-async def infer_version(name: str, version: str, request: Request, engine: EngineDep, settings: SettingsDep):
-    return await run_inference(name, version, request, engine, settings)
+async def infer_version(name: str, version: str, request: Request, models: ModelsDep, settings: SettingsDep):
+    return await run_inference(await _model(models, name, version), request, settings)
 
 
-async def run_inference(name: str, version: str | None, request: Request, engine, settings) -> Response:
-    _model(name, version, engine)
+async def run_inference(engine: Engine, request: Request, settings) -> Response:
     body = await read_limited(request.stream(), settings.max_upload_bytes * settings.max_files)
     try:
         parsed, arrays = oip.parse(body, request.headers.get(oip.HEADER_LENGTH))

@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  answer: null, image: 0, label: null, overlayUrl: null, live: null, watching: null,
+  answer: null, image: 0, label: null, overlayUrl: null, live: null, watching: null, model: null, models: [],
   token: sessionStorage.getItem("rescam-token") || "",
   predictToken: sessionStorage.getItem("rescam-predict-token") || "",
 };
@@ -49,14 +49,40 @@ function button(text, onclick, className = "") {
 // " int8" / " float16" after an architecture; nothing for float32, the usual case
 const precisionTag = (p) => (p && p !== "float32" ? ` ${p}` : "");
 
+// every route of the model the picker names
+const modelPath = (rest = "") => `/v1/models/${encodeURIComponent(state.model)}${rest}`;
+
+// the model picker: every model the service has; the header describes the one picked
 async function loadHealth() {
   try {
-    const h = await api("/healthz");
-    $("model-info").textContent = h.model
-      ? `${h.model.name} v${h.model.version} · ${h.model.architecture}${precisionTag(h.model.precision)} · ${h.provider}`
-      : `no model loaded: ${h.load_error || ""}`;
+    const index = await api("/v1/models");
+    state.models = index.models;
+    if (!state.model || !index.models.some((m) => m.name === state.model)) state.model = index.default;
+    const pick = $("model-pick");
+    pick.innerHTML = "";
+    for (const m of index.models) {
+      const o = document.createElement("option");
+      o.value = m.name;
+      o.textContent = `${m.name}${m.default ? " (default)" : ""}${m.state === "serving" ? "" : ` · ${m.state}`}`;
+      pick.appendChild(o);
+    }
+    pick.value = state.model;
+    pick.hidden = index.models.length < 2;
+    const m = index.models.find((x) => x.name === state.model);
+    $("model-info").textContent = !m ? "no model" : m.serving !== null || m.state === "standby"
+      ? `${m.name} v${m.serving ?? m.deployed} · ${m.architecture}${precisionTag(m.precision)} · ${m.state}` +
+        ` · ${m.labels ? m.labels.length : "?"} labels`
+      : `${m.name}: ${m.state}${m.error ? `: ${m.error}` : ""}`;
   } catch (e) { $("model-info").textContent = `service unreachable: ${e.message}`; }
 }
+
+$("model-pick").addEventListener("change", (e) => {
+  state.model = e.target.value;
+  $("compare").hidden = true;
+  $("card").hidden = true;
+  loadHealth();
+  if (state.token) loadAdmin();
+});
 
 // --- predictions -------------------------------------------------------------------------------
 
@@ -65,7 +91,7 @@ async function predict(files) {
   const form = new FormData();
   for (const f of files) form.append("file", f, f.name);
   try {
-    const answer = await api("/v1/predict?top_k=5", { method: "POST", body: form }, "predict");
+    const answer = await api(modelPath("/predict?top_k=5"), { method: "POST", body: form }, "predict");
     state.answer = answer;
     const firstGood = answer.results.findIndex((r) => !r.error);
     const problems = answer.results.filter((r) => r.error).map((r) => `${r.filename}: ${r.error.message}`);
@@ -204,7 +230,9 @@ drop.addEventListener("drop", (e) => {
 async function loadAdmin() {
   show($("admin-error"), "");
   try {
-    const [models, datasets] = await Promise.all([api("/v1/models"), api("/v1/datasets", {}, "admin")]);
+    if (!state.model) await loadHealth();
+    const [models, datasets] = await Promise.all([api(modelPath("/versions")), api("/v1/datasets", {}, "admin")]);
+    $("versions-title").textContent = `Versions of ${models.name}`;
     state.live = models.deployed;
     const body = $("versions").querySelector("tbody");
     body.innerHTML = "";
@@ -221,7 +249,7 @@ async function loadAdmin() {
       if (!v.deployed && state.live !== null) {
         actions.appendChild(button(`Compare with v${state.live}`, () => compareVersions(state.live, v.version), "secondary"));
       }
-      if (!v.deployed && !v.broken) actions.appendChild(button("Deploy", () => adminAction(`/v1/models/${v.version}/deploy`)));
+      if (!v.deployed && !v.broken) actions.appendChild(button("Deploy", () => adminAction(modelPath(`/versions/${v.version}/deploy`))));
       body.appendChild(tr);
     }
     const select = $("dataset");
@@ -243,7 +271,7 @@ async function loadAdmin() {
 
 // The retrain form shows what the live model uses; what is left empty, the data decide.
 async function liveDefaults(version) {
-  const detail = await api(`/v1/models/${version}`);
+  const detail = await api(modelPath(`/versions/${version}`));
   const card = detail.card || {};
   const side = card.preprocessing && card.preprocessing.crop;
   $("arch").placeholder = `auto (live model: ${detail.architecture || "?"})`;
@@ -252,7 +280,7 @@ async function liveDefaults(version) {
 
 async function showCard(version) {
   try {
-    const detail = await api(`/v1/models/${version}`);
+    const detail = await api(modelPath(`/versions/${version}`));
     $("card").textContent = `v${version} card\n` + JSON.stringify(detail.card, null, 2);
     $("card").hidden = false;
   } catch (e) { show($("admin-error"), e.message); }
@@ -260,7 +288,7 @@ async function showCard(version) {
 
 async function openReport(version) {
   try {
-    const url = await blobUrl(`/v1/models/${version}/report/index.html`, "admin");
+    const url = await blobUrl(modelPath(`/versions/${version}/report/index.html`), "admin");
     window.open(url, "_blank");
   } catch (e) { show($("admin-error"), e.message); }
 }
@@ -291,7 +319,7 @@ async function reportFigures(column, f) {
       const img = document.createElement("img");
       img.alt = `v${f.version} ${name}`;
       img.className = "figure";
-      img.src = await blobUrl(`/v1/models/${f.version}/report/${name}.png`, "admin");
+      img.src = await blobUrl(modelPath(`/versions/${f.version}/report/${name}.png`), "admin");
       column.appendChild(img);
     } catch (e) { /* a report without boxes has no localization figure */ }
   }
@@ -300,7 +328,7 @@ async function reportFigures(column, f) {
 async function compareVersions(a, b) {
   show($("admin-error"), "");
   try {
-    const c = await api(`/v1/models/${a}/compare/${b}`, {}, "admin");
+    const c = await api(modelPath(`/compare/${a}/${b}`), {}, "admin");
     $("compare").hidden = false;
     $("compare-title").textContent = `v${a}${a === state.live ? " (live)" : ""} and v${b}${b === state.live ? " (live)" : ""}, side by side`;
     for (const [side, f] of [["a", c.a], ["b", c.b]]) {
@@ -313,7 +341,7 @@ async function compareVersions(a, b) {
     const actions = $("compare-actions");
     actions.innerHTML = "";
     const candidate = b === state.live ? a : b;
-    actions.appendChild(button(`Deploy v${candidate}`, async () => { await adminAction(`/v1/models/${candidate}/deploy`); compareVersions(a, b); }));
+    actions.appendChild(button(`Deploy v${candidate}`, async () => { await adminAction(modelPath(`/versions/${candidate}/deploy`)); compareVersions(a, b); }));
     if (b === state.live || a === state.live) actions.appendChild(document.createTextNode(` v${state.live} serves now.`));
     const body = $("compare-images").querySelector("tbody");
     body.innerHTML = "";
@@ -350,7 +378,7 @@ $("token-form").addEventListener("submit", (e) => {
   sessionStorage.setItem("rescam-predict-token", state.predictToken);
   loadAdmin();
 });
-$("rollback").addEventListener("click", () => adminAction("/v1/models/rollback"));
+$("rollback").addEventListener("click", () => adminAction(modelPath("/rollback")));
 
 // --- jobs --------------------------------------------------------------------------------------
 
@@ -369,7 +397,7 @@ $("job-form").addEventListener("submit", async (e) => {
       method: "POST", headers: { "Content-Type": "application/json" },
       // what the user leaves empty, the data decide (the auto recipe: size from the images, the steps)
       body: JSON.stringify(Object.fromEntries(Object.entries({
-        dataset, architecture: $("arch").value || null, image_size: Number($("size").value) || null,
+        dataset, model: $("job-model").value || null, architecture: $("arch").value || null, image_size: Number($("size").value) || null,
         epochs: Number($("epochs").value) || null, deploy: $("deploy").checked,
       }).filter(([, v]) => v !== null))),
     }, "admin");
@@ -384,7 +412,7 @@ async function loadJobs() {
   for (const job of jobs) {
     const tr = body.insertRow();
     const r = job.result;
-    for (const text of [job.id, job.state, job.request.dataset,
+    for (const text of [job.id, job.state, job.request.model || "default", job.request.dataset,
       new Date(1000 * (job.started || job.created)).toLocaleString(),
       r ? `v${r.version} ${r.deployed ? "deployed" : "not deployed"}` : (job.error || "").slice(0, 80)]) {
       tr.insertCell().textContent = text;
@@ -450,7 +478,7 @@ async function watchJob(id) {
     if (done) {
       const r = job.result;
       $("job-result").textContent = !r ? (job.error || job.state)
-        : r.deployed ? `v${r.version} · gate passed (${r.gate.reason}) · deployed`
+        : r.deployed ? `v${r.version}${r.model ? ` of ${r.model}` : ""} · gate passed (${r.gate.reason}) · deployed`
         : `v${r.version} · gate ${r.gate && r.gate.passed ? "passed" : "failed"} · not deployed: ${r.not_deployed_because}`;
       loadAdmin();
       loadHealth();

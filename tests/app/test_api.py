@@ -78,12 +78,15 @@ def test_cam_of_any_label_by_name_or_index_and_formats(client):
 
 
 def test_models_list_and_card(client, tiny_model):
-    listing = client.get("/v1/models").json()
-    assert listing["deployed"] == tiny_model.version
+    index = client.get("/v1/models").json()
+    assert index["default"] == "default" and [m["name"] for m in index["models"]] == ["default"]
+    assert index["models"][0]["state"] == "serving" and index["models"][0]["labels"][0] == "circle"
+    listing = client.get("/v1/models/default/versions").json()
+    assert listing["deployed"] == tiny_model.version and listing["state"] == "serving"
     assert listing["versions"][0]["serving"] is True
-    card = client.get(f"/v1/models/{tiny_model.version}").json()["card"]
+    card = client.get(f"/v1/models/default/versions/{tiny_model.version}").json()["card"]
     assert card["labels"][0] == "circle"
-    assert client.get("/v1/models/99").status_code == 404
+    assert client.get("/v1/models/default/versions/99").status_code == 404
 
 
 def test_open_inference_protocol_v2(client):

@@ -59,16 +59,16 @@ def predict(client, data):
 
 def test_admin_endpoints_need_the_token_and_do_nothing_without_it(registry):
     with client_for(registry) as c:
-        assert c.post("/v1/models/2/deploy").status_code == 401
-        assert c.post("/v1/models/2/deploy", headers={"Authorization": "Bearer nope"}).status_code == 403
-        assert c.post("/v1/models/rollback", headers={"Authorization": "Basic x"}).status_code == 401
-        assert c.delete("/v1/models/2", headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert c.post("/v1/models/default/versions/2/deploy").status_code == 401
+        assert c.post("/v1/models/default/versions/2/deploy", headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert c.post("/v1/models/default/rollback", headers={"Authorization": "Basic x"}).status_code == 401
+        assert c.delete("/v1/models/default/versions/2", headers={"Authorization": "Bearer nope"}).status_code == 403
         assert registry.deployed("default") == 1 and registry.versions("default") == [1, 2, 3]
     with client_for(registry, admin_token=None) as c:
-        r = c.post("/v1/models/2/deploy", headers=AUTH)
+        r = c.post("/v1/models/default/versions/2/deploy", headers=AUTH)
         assert r.status_code == 403 and "RESCAM_ADMIN_TOKEN" in r.json()["error"]
     with client_for(registry, admin_token=None, open_admin_for_local_development=True) as c:
-        assert c.post("/v1/models/2/deploy").status_code == 200
+        assert c.post("/v1/models/default/versions/2/deploy").status_code == 200
 
 
 def test_deploy_rollback_and_delete(registry):
@@ -76,14 +76,14 @@ def test_deploy_rollback_and_delete(registry):
     with client_for(registry) as c:
         v, scores_v1 = predict(c, image)
         assert v == 1
-        r = c.post("/v1/models/2/deploy", headers=AUTH, json={"reason": "better"})
+        r = c.post("/v1/models/default/versions/2/deploy", headers=AUTH, json={"reason": "better"})
         assert r.status_code == 200 and r.json()["deployed"] == 2
         v, scores_v2 = predict(c, image)
         assert v == 2 and scores_v2 != scores_v1
-        assert c.delete("/v1/models/2", headers=AUTH).status_code == 409  # live
-        assert c.post("/v1/models/rollback", headers=AUTH).json()["deployed"] == 1
+        assert c.delete("/v1/models/default/versions/2", headers=AUTH).status_code == 409  # live
+        assert c.post("/v1/models/default/rollback", headers=AUTH).json()["deployed"] == 1
         assert predict(c, image) == (1, scores_v1)
-        assert c.delete("/v1/models/2", headers=AUTH).status_code == 200
+        assert c.delete("/v1/models/default/versions/2", headers=AUTH).status_code == 200
         assert registry.versions("default") == [1, 3]
         audit = registry.audit_log("default")
         assert [e["action"] for e in audit] == ["deploy", "deploy", "rollback", "delete"]
@@ -93,7 +93,7 @@ def test_deploy_rollback_and_delete(registry):
 
 def test_a_version_that_fails_to_load_never_goes_live(registry):
     with client_for(registry) as c:
-        r = c.post("/v1/models/3/deploy", headers=AUTH)
+        r = c.post("/v1/models/default/versions/3/deploy", headers=AUTH)
         assert r.status_code == 409 and "v1 keeps serving" in r.json()["error"]
         assert registry.deployed("default") == 1
         assert predict(c, shape_jpeg())[0] == 1
@@ -122,9 +122,9 @@ def test_zero_failed_requests_across_deploys_and_rollbacks_under_traffic(registr
     image = shape_jpeg(index=4)
     with client_for(registry) as c:
         _, expected_v1 = predict(c, image)
-        c.post("/v1/models/2/deploy", headers=AUTH)
+        c.post("/v1/models/default/versions/2/deploy", headers=AUTH)
         _, expected_v2 = predict(c, image)
-        c.post("/v1/models/rollback", headers=AUTH)
+        c.post("/v1/models/default/rollback", headers=AUTH)
         expected = {1: expected_v1, 2: expected_v2}
         answers, errors = [], []
         stop = threading.Event()
@@ -143,9 +143,9 @@ def test_zero_failed_requests_across_deploys_and_rollbacks_under_traffic(registr
 
         for _ in range(4):
             time.sleep(0.15)
-            assert c.post("/v1/models/2/deploy", headers=AUTH).status_code == 200
+            assert c.post("/v1/models/default/versions/2/deploy", headers=AUTH).status_code == 200
             time.sleep(0.15)
-            assert c.post("/v1/models/rollback", headers=AUTH).status_code == 200
+            assert c.post("/v1/models/default/rollback", headers=AUTH).status_code == 200
         deadline = time.time() + 120
         while len(answers) < 300 and time.time() < deadline and not errors:
             time.sleep(0.05)

@@ -13,7 +13,8 @@ from app.settings import Settings
 from tests.conftest import shape_jpeg
 
 ADMIN, PREDICT = "admin-secret", "predict-secret"
-PUBLIC = {("get", p) for p in ("/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/{version}",
+PUBLIC = {("get", p) for p in ("/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/{name}",
+                                "/v1/models/{name}/versions", "/v1/models/{name}/versions/{version}",
                                 "/v2/health/live", "/v2/health/ready", "/v2")}
 
 
@@ -77,11 +78,11 @@ def test_a_damaged_version_is_listed_as_broken(client):
     (root / "registry" / "default" / "7").mkdir()
     (root / "registry" / "default" / "7" / "model.onnx").write_bytes(b"not a model")
     (root / "registry" / "default" / "7" / "card.json").write_text("{damaged")
-    r = c.get("/v1/models")
+    r = c.get("/v1/models/default/versions")
     assert r.status_code == 200
     broken = [v for v in r.json()["versions"] if v["version"] == 7]
     assert broken and "broken card" in broken[0]["broken"]
-    assert c.get("/v1/models/7").json()["broken"]
+    assert c.get("/v1/models/default/versions/7").json()["broken"]
     shutil.rmtree(root / "registry" / "default" / "7")
 
 
@@ -100,7 +101,7 @@ def test_one_auth_rule_on_every_route(client):
                 continue
             checked += 1
             assert r.status_code == 401, (method, path, r.status_code, r.text)
-            inference = path.startswith(("/v1/predict", "/v2"))
+            inference = path.startswith(("/v1/predict", "/v2")) or path.endswith("/predict")
             wrong = c.request(method.upper(), url, headers={"authorization": f"Bearer {ADMIN if inference else PREDICT}"})
             assert wrong.status_code == 403, (method, path, wrong.status_code)  # the other token does not do
     assert checked >= 18
@@ -116,6 +117,6 @@ def test_admin_bodies_are_bounded_as_they_arrive(client):
     chunked = c.post("/v1/jobs", content=iter([huge[i:i + 65536] for i in range(0, len(huge), 65536)]),
                      headers=admin)
     assert chunked.status_code == 413, chunked.text
-    reason = c.post("/v1/models/1/deploy", json={"reason": "r" * 5000}, headers=admin)
+    reason = c.post("/v1/models/default/versions/1/deploy", json={"reason": "r" * 5000}, headers=admin)
     assert reason.status_code == 422  # a reason is at most 2,000 characters
     assert c.get("/v1/jobs", headers=admin).json()["jobs"] == []

@@ -128,7 +128,7 @@ def test_oip_v2_gives_the_ood_score_and_the_verdict(registry):
 
 def test_an_older_version_keeps_serving_and_says_it_cannot_tell(registry):
     with client_for(registry) as c:
-        assert c.post("/v1/models/2/deploy", headers=AUTH).status_code == 200
+        assert c.post("/v1/models/default/versions/2/deploy", headers=AUTH).status_code == 200
         body = c.post("/v1/predict", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
         assert body["model"]["version"] == 2
         ow = body["results"][0]["open_world"]
@@ -142,13 +142,13 @@ def test_an_older_version_keeps_serving_and_says_it_cannot_tell(registry):
 
 def test_a_version_with_a_damaged_or_missing_ood_file_is_broken_and_never_loads(registry):
     with client_for(registry) as c:
-        listed = {v["version"]: v for v in c.get("/v1/models").json()["versions"]}
+        listed = {v["version"]: v for v in c.get("/v1/models/default/versions").json()["versions"]}
         assert listed[1]["broken"] is None
         assert "OOD file ood.npz is not the one its card names" in listed[3]["broken"]
         assert "OOD file ood.npz cannot be read" in listed[4]["broken"]
         for v in (3, 4):
-            r = c.post(f"/v1/models/{v}/deploy", headers=AUTH)
+            r = c.post(f"/v1/models/default/versions/{v}/deploy", headers=AUTH)
             assert r.status_code == 409 and "v1 keeps serving" in r.json()["error"]
         ok = c.post("/v1/predict", content=shape_jpeg(), headers={"content-type": "image/jpeg"})
         assert ok.status_code == 200 and ok.json()["model"]["version"] == 1
-        assert c.get("/v1/models/3").status_code == 200  # shown, as broken, not a 500
+        assert c.get("/v1/models/default/versions/3").status_code == 200  # shown, as broken, not a 500

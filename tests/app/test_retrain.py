@@ -91,10 +91,10 @@ def predict_version(client):
     return body["model"]["version"], [p["label"] for p in body["results"][0]["predictions"]]
 
 
-def test_other_labels_are_a_new_task_deployed_only_when_forced(env):
-    """Scenario 1 of issue 12: a data set whose labels differ from the live model's, retrained: the
-    candidate is registered but not deployed (the live model scored 0 on labels it does not know,
-    which made the old gate wave it through); force deploys it, and the audit log says so."""
+def test_new_labels_make_a_new_model_and_replacing_a_models_labels_needs_force(env):
+    """A data set whose labels no model has becomes a new model, live beside the shapes model
+    with no force (issue 24); naming the shapes model makes it a new task for that model, registered
+    but not deployed (issue 12), and force replaces its labels, which the audit log says."""
     registry, settings = env
     with TestClient(create_app(settings)) as c:
         upload = c.post("/v1/datasets?name=shapes", content=dataset_zip(60, val_per_class=50, boxes=True,
@@ -105,7 +105,7 @@ def test_other_labels_are_a_new_task_deployed_only_when_forced(env):
         assert described["classes"] == {"circle": 110, "square": 110} and described["boxed_images"] == 220
         assert described["splits"]["val"]["classes"]["circle"] == {"images": 50, "boxed": 50}
         job = c.post("/v1/jobs", json={"dataset": "shapes", **AUTO_JOB}, headers=AUTH)
-        assert job.status_code == 202, job.text
+        assert job.status_code == 202 and job.json()["request"]["model"] == "shapes", job.text
         done, progressed = wait_for(c, job.json()["id"], ("succeeded", "failed"))
         assert done["state"] == "succeeded", done["error"]
         assert progressed and done["progress"]["step"] == done["progress"]["total_steps"]
@@ -113,24 +113,34 @@ def test_other_labels_are_a_new_task_deployed_only_when_forced(env):
         assert plan["steps"] == done["progress"]["total_steps"] and plan["image_size"] == 32, plan
         assert plan["augment"].startswith("shift-scale") and plan["steps"] >= 60  # the floor, or 30 epochs if more
         result = done["result"]
-        assert result["version"] == 2 and not result["deployed"] and registry.deployed("default") == 1
-        assert "new task" in result["not_deployed_because"] and result["gate"]["deployable"], result
+        assert result["model"] == "shapes" and result["version"] == 1 and result["deployed"], result
+        assert registry.deployed("shapes") == 1 and registry.deployed("default") == 1
         assert result["metrics"]["images"] == 100 and result["metrics"]["images_with_boxes"] == 100
         m = result["metrics"]  # the rule calibrated on its 100 boxes: the best fixed or per-image one
         assert m["gt_known_loc"] == max(m["max_box_acc"], *m["gt_known_by_rule"].values()), m
+        both = c.post("/v1/models/shapes/predict?top_k=2", content=shape_jpeg(), headers={"content-type": "image/jpeg"})
+        assert both.json()["model"]["name"] == "shapes" and both.json()["model"]["version"] == 1
+        assert {p["label"] for p in both.json()["results"][0]["predictions"]} == {"circle", "square"}
+        assert predict_version(c)[0] == 1 and len(c.get("/v1/models").json()["models"]) == 2  # the shapes model
 
-        forced, _ = wait_for(c, c.post("/v1/jobs", json={"dataset": "shapes", **AUTO_JOB, "force": True},
-                                       headers=AUTH).json()["id"],
+        replace = {"dataset": "shapes", "model": "default", **AUTO_JOB}
+        refused, _ = wait_for(c, c.post("/v1/jobs", json=replace, headers=AUTH).json()["id"], ("succeeded", "failed"))
+        result = refused["result"]
+        assert result["model"] == "default" and result["version"] == 2 and not result["deployed"], result
+        assert "new task" in result["not_deployed_because"] and result["gate"]["deployable"], result
+        assert registry.deployed("default") == 1
+
+        forced, _ = wait_for(c, c.post("/v1/jobs", json={**replace, "force": True}, headers=AUTH).json()["id"],
                              ("succeeded", "failed"))
         assert forced["result"]["deployed"] and registry.deployed("default") == 3, forced["result"]
         entry = registry.audit_log("default")[-1]
         assert entry["forced"] is True and entry["job"] == forced["id"] and "new task" in entry["reason"]
         version, labels = predict_version(c)
         assert version == 3 and set(labels) == {"circle", "square"}
-        card = c.get("/v1/models/3").json()
+        card = c.get("/v1/models/default/versions/3").json()
         assert card["card"]["cam"]["rule"] == forced["result"]["metrics"]["box_rule"]
         assert "registered" not in c.get(f"/v1/jobs/{forced['id']}/logs", headers=AUTH).text  # the runner registers
-        assert c.post("/v1/models/rollback", headers=AUTH).status_code == 200
+        assert c.post("/v1/models/default/rollback", headers=AUTH).status_code == 200
         assert predict_version(c)[0] == 1
 
 
@@ -144,10 +154,12 @@ def test_a_model_at_chance_never_deploys_even_forced(env):
                headers={**AUTH, "content-type": "application/zip"})
         done, _ = wait_for(c, c.post("/v1/jobs", json={"dataset": "noise", **SMALL_JOB, "force": True},
                                      headers=AUTH).json()["id"], ("succeeded", "failed"))
-        result = done["result"]
-        assert not result["deployed"] and not result["gate"]["deployable"], result
+        result = done["result"]  # its labels are no model's: the first version of a new model, "noise"
+        assert result["model"] == "noise" and not result["deployed"] and not result["gate"]["deployable"], result
         assert "does not clear chance" in result["not_deployed_because"]
-        assert registry.deployed("default") == 1 and registry.versions("default") == [1, 2]
+        assert registry.versions("noise") == [1] and registry.deployed("noise") is None
+        assert registry.deployed("default") == 1 and registry.versions("default") == [1]
+        assert c.get("/v1/models/noise/versions").json()["state"] == "undeployed"
 
 
 def test_cancelled_and_failed_jobs_leave_the_registry_untouched(env):
@@ -327,11 +339,12 @@ def test_a_separate_worker_process_runs_the_jobs(env):
             worker.terminate()
             worker.wait(20)
         assert done["state"] == "succeeded", done["error"]
-        assert registry.versions("default") == [1, 2]
-        deadline = time.time() + 10  # the API follows the worker's deploy through the registry
-        while predict_version(c)[0] != registry.deployed("default"):
-            assert time.time() < deadline
-            time.sleep(0.2)
+        assert done["result"]["model"] == "shapes" and registry.versions("shapes") == [1]
+        if done["result"]["deployed"]:  # the API follows the worker's deploy through the registry
+            deadline = time.time() + 10
+            while c.get("/v1/models/shapes/versions").json()["state"] != "serving":
+                assert time.time() < deadline
+                time.sleep(0.2)
 
 
 def test_a_job_can_start_from_a_torchvision_format_file(env):
@@ -400,7 +413,7 @@ def test_a_trainer_outlives_a_killed_service_and_its_result_is_promoted_once(env
 
     def runner():
         return JobRunner(store, registry, "default", settings.data_root, 1, 0.5,
-                         lambda version, *a, **k: deployed.append(version), poll_s=0.1)
+                         lambda model, version, *a, **k: deployed.append(version), poll_s=0.1)
 
     from app.datasets import Datasets, Limits
 
@@ -447,7 +460,7 @@ def test_a_result_written_while_no_service_ran_is_promoted_at_the_next_start(env
 
     def runner():
         return JobRunner(store, registry, "default", settings.data_root, 1, 0.5,
-                         lambda version, *a, **k: deployed.append(version))
+                         lambda model, version, *a, **k: deployed.append(version))
 
     first = runner()
     first.tick()

@@ -126,13 +126,13 @@ def test_a_starting_service_removes_the_scratch_of_loads_that_never_finished(tin
         if folder != fresh:
             os.utime(folder, (time.time() - 3600,) * 2)
 
-    from app.model_manager import ModelManager
+    from app.live_models import LiveModels
     from app.settings import Settings
 
     async def start() -> int:
-        models = ModelManager(Settings(registry=tiny_model.registry, data_root=data_root, registry_poll_s=0))
+        models = LiveModels(Settings(registry=tiny_model.registry, data_root=data_root, registry_poll_s=0))
         await models.start()
-        return models.engine.version
+        return models.live().version
 
     assert run(start()) == 1
     assert not any(f.exists() for f in stale) and fresh.exists()  # another worker's load is left alone

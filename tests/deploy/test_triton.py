@@ -37,3 +37,23 @@ def test_triton_repository_matches_the_onnx_graph(tiny_model, tmp_path):
     outputs = session.run(None, {"input": np.zeros((3, *config.input[0].dims), dtype=np.float32)})
     assert [o.shape for o in outputs] == [(3, *d.dims) for d in config.output]
     assert [d.name for d in config.output] == ["logits", "cam", "features"]
+
+
+def test_every_model_goes_into_one_repository(tiny_model, tmp_path):
+    import shutil
+
+    from app.registry import Registry
+
+    shutil.copytree(tiny_model.registry, tmp_path / "registry")
+    registry = Registry(tmp_path / "registry")
+    registry.register("birds", tiny_model.export)
+    registry.register("birds", tiny_model.export)
+    registry.deploy("birds", 2)
+    registry.register("drafts", tiny_model.export)  # nothing deployed: left out
+    out = subprocess.run([sys.executable, "-m", "training.cli", "export-triton", "--registry", str(tmp_path / "registry"),
+                          "--out", str(tmp_path / "triton")], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "triton").iterdir()) == ["birds", "default"]
+    assert (tmp_path / "triton" / "birds" / "2" / "model.onnx").is_file()
+    assert 'name: "birds"' in (tmp_path / "triton" / "birds" / "config.pbtxt").read_text()

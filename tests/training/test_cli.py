@@ -40,7 +40,10 @@ def test_version_and_choices():
 def test_user_mistakes_are_one_line_errors(tmp_path):
     one_line_error(rescam("eval", str(tmp_path / "missing.pth")), 1, "missing.pth")
     one_line_error(rescam("predict", str(tmp_path / "missing.jpg"), "--registry", str(tmp_path)), 1, "no such file")
-    one_line_error(rescam("models", "deploy", "3", "--registry", str(tmp_path)), 1, "has no version 3")
+    one_line_error(rescam("models", "deploy", "default", "3", "--registry", str(tmp_path)), 1,
+                   "has no version 3")
+    one_line_error(rescam("models", "show", "birds", "1", "--registry", str(tmp_path)), 1, "no model 'birds' here")
+    one_line_error(rescam("models", "deploy", "bad/name", "1", "--registry", str(tmp_path)), 1, "invalid model name")
     one_line_error(rescam("train", "--init", "resnet50", "--registry", str(tmp_path),
                           env={"TORCH_HOME": str(tmp_path / "hub"), "RESCAM_WEIGHTS_URL": "http://127.0.0.1:9/"}),
                    1, "cannot download http://127.0.0.1:9/resnet50-0676ba61.pth")
@@ -52,15 +55,20 @@ def test_models_commands_on_the_registry(tiny_model, tmp_path):
     registry = Registry(tmp_path / "registry")
     registry.register("default", tiny_model.export)
     reg = ("--registry", str(tmp_path / "registry"))
-    listed = rescam("models", "list", *reg)
+    shutil.copytree(tmp_path / "registry" / "default", tmp_path / "registry" / "birds")
+    every = rescam("models", "list", *reg).stdout.splitlines()
+    assert every[0].split()[:2] == ["birds", "2"] and "v1 live" in every[0], every
+    assert every[1].split()[:3] == ["*", "default", "2"] and "v1 live" in every[1], every  # * the default model
+    listed = rescam("models", "list", "default", *reg)
     assert listed.returncode == 0 and listed.stdout.splitlines()[0].startswith("* v1")
     assert listed.stdout.splitlines()[1].startswith("  v2") and "resnet8" in listed.stdout
-    assert json.loads(rescam("models", "show", "2", *reg).stdout)["labels"][0] == "circle"
-    assert rescam("models", "deploy", "2", "--reason", "try", *reg).returncode == 0
+    assert json.loads(rescam("models", "show", "default", "2", *reg).stdout)["labels"][0] == "circle"
+    assert rescam("models", "deploy", "default", "2", "--reason", "try", *reg).returncode == 0
     assert registry.deployed("default") == 2 and registry.audit_log("default")[-1]["reason"] == "try"
-    one_line_error(rescam("models", "delete", "2", *reg), 1, "is live")
-    assert rescam("models", "rollback", *reg).returncode == 0 and registry.deployed("default") == 1
-    assert rescam("models", "delete", "2", *reg).returncode == 0 and registry.versions("default") == [1]
+    one_line_error(rescam("models", "delete", "default", "2", *reg), 1, "is live")
+    assert registry.deployed("birds") == 1  # another model's versions are its own
+    assert rescam("models", "rollback", "default", *reg).returncode == 0 and registry.deployed("default") == 1
+    assert rescam("models", "delete", "default", "2", *reg).returncode == 0 and registry.versions("default") == [1]
 
 
 def test_a_one_off_predict_starts_no_job_runner_and_writes_no_database(tiny_model, tmp_path):
@@ -126,7 +134,7 @@ def test_a_chance_level_model_goes_live_by_no_cli_path(tiny_model, tmp_path):
     assert registry.versions("default") == [live, live + 1] and registry.deployed("default") == live
     assert "never deployed, by any policy" in out.stderr and "does not clear chance" in out.stderr
     # the same version through the models command: refused by the same rule, nothing changes
-    refused = rescam("models", "deploy", str(live + 1), "--registry", str(tmp_path / "registry"))
+    refused = rescam("models", "deploy", "default", str(live + 1), "--registry", str(tmp_path / "registry"))
     assert refused.returncode == 1 and "never deployed" in refused.stderr and registry.deployed("default") == live
     assert registry.gate("default", live + 1)["deployable"] is False
     assert all(e["version"] != live + 1 for e in registry.audit_log("default") if e["action"] == "deploy")

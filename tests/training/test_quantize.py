@@ -73,7 +73,7 @@ def test_the_shipped_model_in_int8_keeps_its_labels_cams_and_boxes_and_serves(tm
         top = body["results"][0]["predictions"][0]
         assert top["label"] == synthetic.CLASSES[synthetic.render(7, "test", 3, 96).label]
         assert top["boxes"] and body["results"][0]["open_world"]["unknown"] is not None
-        listed = client.get("/v1/models").json()["versions"]
+        listed = client.get("/v1/models/default/versions").json()["versions"]
         assert [v["precision"] for v in listed] == ["int8"]
 
 
