@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .engine import Engine, ModelLoadError
+from .imaging import release_freed_memory
 from .metrics import Metrics
 from .registry import Registry, RegistryError
 from .settings import Settings
@@ -125,6 +126,8 @@ class ModelManager:
             if self.metrics is not None:
                 self._forget(engine)
             log.info("unloaded %s v%d to keep within the loaded-model bound", engine.name, engine.version)
+            del engine  # its session goes with the last request that holds it; this may be the last
+            release_freed_memory()  # else glibc keeps the freed weights, and a bound would not bound memory
 
     def deploy(self, version: int, actor: str, reason: str = "", **audit: Any) -> Engine:
         """Load and smoke-test `version`, then move the live pointer and swap. NotDeployed (and no
