@@ -23,18 +23,26 @@ CREATE TABLE IF NOT EXISTS jobs (
 )"""
 
 
-class JobStore:
-    def __init__(self, path: str | Path) -> None:
+class SqliteFile:
+    """One SQLite file that several processes share: WAL, autocommit, rows as mappings."""
+
+    def __init__(self, path: str | Path, *schema: str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(SCHEMA)
+            for statement in schema:
+                db.execute(statement)
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         return db
+
+
+class JobStore(SqliteFile):
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, SCHEMA)
 
     @staticmethod
     def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:

@@ -85,7 +85,8 @@ class JobRunner:
                  poll_s: float = 0.5, processes: int = 1) -> None:
         self.store, self.registry, self.default_model = store, registry, default_model
         # absolute: a job's process runs in its own run folder
-        self.data_root, self.slots, self.gate_margin, self.deploy = Path(data_root).resolve(), slots, gate_margin, deploy
+        self.data_root, self.slots = Path(data_root).resolve(), slots
+        self.gate_margin, self.deploy = gate_margin, deploy
         self.worker = worker or os.uname().nodename
         self.poll_s, self.processes = poll_s, processes
         self.running: dict[str, subprocess.Popen] = {}
@@ -116,8 +117,9 @@ class JobRunner:
             init = str(self.data_root / "weights" / r["init"].split(":", 1)[1])
         elif str(r.get("init", "")).startswith("torchvision:"):
             init = r["init"]  # found in the torch hub cache or downloaded by the trainer (training/weights.py)
-        return JobSpec(run_dir=str(Path(job["run_dir"]).resolve()), data=data, boxes_csv=boxes, recipe=r.get("recipe"),
-                       settings=settings, init=init, resume=bool(job["resume"]), registry=str(self.registry.root.resolve()),
+        return JobSpec(run_dir=str(Path(job["run_dir"]).resolve()), data=data, boxes_csv=boxes,
+                       recipe=r.get("recipe"), settings=settings, init=init, resume=bool(job["resume"]),
+                       registry=str(self.registry.root.resolve()),
                        model_name=model, gate_margin=self.gate_margin,
                        export_precision=r.get("precision") or "float32")
 
@@ -222,7 +224,8 @@ class JobRunner:
                     why = str(e)
             else:
                 why = policy.reason
-        return {"model": self.model_of(job), "version": result.version, "deployed": deployed, "not_deployed_because": why, "gate": decision,
+        return {"model": self.model_of(job), "version": result.version, "deployed": deployed,
+                "not_deployed_because": why, "gate": decision,
                 "metrics": result.metrics, "live_metrics": result.live_metrics, "precision": result.precision,
                 **({"int8_refused": result.int8_refused} if result.int8_refused else {})}
 

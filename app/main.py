@@ -5,6 +5,7 @@ import time.
                                           load, swap, follow, deploy, roll back; a bound on loaded models
     Predictor     (app/predictor.py)      decode -> prepare -> infer -> postprocess; kept overlays
     Retraining    (app/retraining.py)     data sets, the job queue and its runner
+    ShadowTrials  (app/shadow.py)         a candidate version answering a share of live requests beside the live one
     routes/       one thin router per resource; errors become answers through ERROR_STATUS below
 """
 
@@ -26,15 +27,17 @@ from .card import CardError
 from .datasets import DatasetError
 from .engine import ModelLoadError
 from .imaging import ImageError
-from .metrics import CountRequests, Metrics
 from .live_models import LiveModels
+from .metrics import CountRequests, Metrics
 from .model_manager import NotDeployed
 from .predictor import NotFound, Overloaded, Predictor
 from .registry import InvalidModelName, RegistryError, UnknownVersion
 from .retraining import JobRefused, Retraining
 from .routes import admin, datasets, health, jobs, models, predict, reports, v2
+from .routes import trials as trial_routes
 from .routes.uploads import BodyLimit
 from .settings import Settings
+from .shadow import ShadowTrials, TrialRefused
 
 log = logging.getLogger("rescam")
 
@@ -47,6 +50,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     UnknownVersion: 404,  # and UnknownModel, which names the models there are
     InvalidModelName: 422,
     NotDeployed: 409,  # a deploy or rollback that changed nothing; the live version keeps serving
+    TrialRefused: 409,  # a shadow trial that cannot start, stop or promote as asked
     RegistryError: 409,
     CardError: 409,
 }
@@ -61,8 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models_ = LiveModels(settings, metrics)
         predictor = Predictor(settings, models_, metrics)
         retraining = Retraining(settings, models_)
+        predictor.shadow = trials = ShadowTrials(settings, models_, metrics)
         app.state.settings, app.state.metrics = settings, metrics
         app.state.models, app.state.predictor, app.state.retraining = models_, predictor, retraining
+        app.state.trials = trials
         await predictor.start()
         await models_.start()
         await retraining.start()
@@ -72,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await retraining.stop()
+            await trials.stop()
             await models_.stop()
             await predictor.stop()
             metrics.process_ended()
@@ -125,6 +132,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(static / "index.html")
 
     for router in (health.router, predict.router, models.router, reports.router, admin.router, datasets.router,
-                   jobs.router, v2.router):
+                   jobs.router, trial_routes.router, v2.router):
         app.include_router(router)
     return app

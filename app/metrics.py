@@ -45,6 +45,10 @@ class Metrics:
         self.verdicts = Counter("rescam_open_world_answers", "answered images by open-world verdict",
                                 ["model", "version", "verdict"], registry=r)
 
+        # a shadow trial's candidate beside the live version: agree / differ (top-1), failed, skipped (busy)
+        self.shadow_images = Counter("rescam_shadow_images", "images a trial's candidate also answered",
+                                     ["model", "version", "outcome"], registry=r)
+
     def count_verdict(self, model: str, version: int, unknown: bool | None) -> None:
         verdict = "unscored" if unknown is None else "unknown" if unknown else "known"
         self.verdicts.labels(model, str(version), verdict).inc()

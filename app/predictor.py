@@ -14,14 +14,15 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import cam, imaging, overlay
 from .batcher import Batcher, BatchResult
 from .engine import Engine, leave_cores_to_onnxruntime
-from .metrics import Metrics
 from .live_models import LiveModels
+from .metrics import Metrics
 from .schemas import (
     BoxAnswer,
     BoxRuleAnswer,
@@ -35,6 +36,9 @@ from .schemas import (
 from .scoring import Scorer, Verdict
 from .settings import Settings
 from .store import PredictionStore, SharedPredictionStore, StoredImage, StoredPrediction
+
+if TYPE_CHECKING:
+    from .shadow import ShadowTrials
 
 # how long a batch waits for company on a GPU when RESCAM_MAX_BATCH_WAIT_MS is unset: a GPU runs a
 # batch of 8 in little more time than one image; on the CPU batches are greedy (wait 0)
@@ -95,6 +99,7 @@ class Predictor:
         self.batcher = Batcher(settings.max_batch_size, settings.batching, on_batch=metrics.observe_batch)
         self.configured_rule = settings.configured_rule()
         self.decode_memory = imaging.MemoryBudget(settings.decode_memory_mb * 2**20, settings.request_timeout_s)
+        self.shadow: ShadowTrials | None = None  # a running trial's candidate sees some answered requests
 
     async def start(self) -> None:
         leave_cores_to_onnxruntime()
@@ -116,7 +121,8 @@ class Predictor:
     async def infer(self, engine: Engine, x: np.ndarray) -> BatchResult:
         timeout = self.settings.request_timeout_s
         try:
-            result = await self.batcher.submit(engine.run, x, timeout, batch_wait_s(self.settings.max_batch_wait_ms, engine))
+            wait = batch_wait_s(self.settings.max_batch_wait_ms, engine)
+            result = await self.batcher.submit(engine.run, x, timeout, wait)
         except asyncio.TimeoutError:
             raise Overloaded(f"no answer within {timeout} s; the service is overloaded") from None
         self.metrics.queue.observe(result.queue_ms / 1000)
@@ -192,6 +198,8 @@ class Predictor:
             if image is not None and opts.cams:
                 answer.image = len(kept)
                 kept.append(image)
+        if self.shadow is not None:  # after the answer is made; it never waits for the candidate
+            self.shadow.offer(engine, [(a, image) for a, image in outcomes if image is not None])
         if kept:  # off the event loop: the shared store writes files
             await asyncio.get_running_loop().run_in_executor(None, self.store.put, StoredPrediction(
                 pid, engine.name, engine.version, list(engine.labels), kept, time.time(), rule))

@@ -17,8 +17,7 @@ from typing import Any
 from models.names import TORCHVISION_WEIGHTS
 
 from .datasets import DatasetError, Datasets, check_name
-from .job_store import JobStore
-from .job_store import ACTIVE
+from .job_store import ACTIVE, JobStore
 from .jobs import JobRunner
 from .jobspec import JOB_SETTINGS
 from .live_models import LiveModels

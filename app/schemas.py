@@ -303,3 +303,47 @@ class Readiness(BaseModel):
     version: int | None = None
     provider: str | None = None
     models: dict[str, dict[str, Any]] = Field({}, description="each model that must serve: state, version, reason")
+
+
+class TrialRequest(BaseModel):
+    version: int = Field(ge=1, description="the candidate: a registered version that is not live")
+    share: float = Field(0.1, gt=0, le=1, description="the share of the model's live requests it also answers")
+    samples: int = Field(500, ge=1, le=100_000, description="images to compare; the trial is complete then")
+    reason: str = Field("", max_length=2000, description="recorded with the trial and, on promotion, the audit log")
+
+
+class TrialFigures(BaseModel):
+    images: int  # images both versions answered
+    failed: int  # images the candidate failed on
+    top1_agreement: float | None
+    box_iou_median: float | None  # the two boxes of the label the live answer gave
+    box_iou_at_least_half: float | None
+    boxes_compared: int
+    live_ms_p50: float | None  # inference per image
+    candidate_ms_p50: float | None
+    candidate_ms_p95: float | None
+    live_unknown_rate: float | None  # answers "not one of this model's classes"
+    candidate_unknown_rate: float | None
+    last_error: str | None
+
+
+class TrialAnswer(BaseModel):
+    id: str
+    model: str
+    version: int
+    live_version: int | None  # live when the trial started
+    share: float
+    target: int
+    state: str  # running | complete | stopped | promoted | failed
+    started: float
+    ended: float | None
+    started_by: str | None
+    reason: str | None
+    note: str | None
+    skipped: int  # drawn requests not tried because the candidate was busy
+    figures: TrialFigures
+
+
+class TrialList(BaseModel):
+    model: str
+    trials: list[TrialAnswer]  # newest first

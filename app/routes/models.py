@@ -43,7 +43,8 @@ def entry(manager: ModelManager, default: str) -> ModelEntry:
                       architecture=card.architecture if card else None, precision=card.precision if card else None,
                       labels=list(card.labels) if card else None,
                       memory_bytes=manager.memory_bytes if engine else None, error=error,
-                      routes={"predict": f"{router.prefix}/{name}/predict", "versions": f"{router.prefix}/{name}/versions",
+                      routes={"predict": f"{router.prefix}/{name}/predict",
+                              "versions": f"{router.prefix}/{name}/versions",
                               "oip": f"/v2/models/{name}"})
 
 

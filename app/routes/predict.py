@@ -36,7 +36,8 @@ def predict_options(
     top_k: Annotated[int, Query(ge=1, le=1000, description="labels to return")] = 5,
     cam: Annotated[bool, Query(description="keep CAMs for overlay URLs")] = True,
     boxes: Annotated[bool, Query(description="CAM boxes per label")] = True,
-    threshold: Annotated[float | None, Query(gt=0, lt=1, description="box threshold, a fraction of the CAM's max")] = None,
+    threshold: Annotated[float | None, Query(gt=0, lt=1,
+                                             description="box threshold, a fraction of the CAM's max")] = None,
     box_rule: Annotated[str | None, Query(max_length=32, description="threshold:F, mass:F (the smallest region "
                                           "holding F of the CAM's heat) or otsu; default: the model's rule")] = None,
     all_boxes: Annotated[bool, Query(description="every component, not only the largest")] = False,

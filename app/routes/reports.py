@@ -16,7 +16,8 @@ from ..registry import REPORT_DIR
 from ..schemas import Comparison, ErrorAnswer
 from .deps import AdminDep, ModelsDep
 
-router = APIRouter(prefix="/v1/models", tags=["reports"], responses={s: {"model": ErrorAnswer} for s in (401, 403, 404)})
+router = APIRouter(prefix="/v1/models", tags=["reports"],
+                   responses={s: {"model": ErrorAnswer} for s in (401, 403, 404)})
 MEDIA = {".html": "text/html", ".png": "image/png", ".json": "application/json"}
 
 

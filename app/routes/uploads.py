@@ -60,7 +60,8 @@ class BodyLimit:
             body = json.dumps({"error": f"the request body is larger than the limit of {limit} bytes",
                                "status": 413}).encode()
             await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
             return await send({"type": "http.response.body", "body": body})
         received = 0
 

@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, RootModel
 
 from .. import oip
-from ..schemas import ErrorAnswer
 from ..engine import Engine
 from ..live_models import LiveModels
+from ..schemas import ErrorAnswer
 from .deps import ModelsDep, SettingsDep, require_predict_token
 from .uploads import read_limited
 

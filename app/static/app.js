@@ -249,9 +249,13 @@ async function loadAdmin() {
       if (!v.deployed && state.live !== null) {
         actions.appendChild(button(`Compare with v${state.live}`, () => compareVersions(state.live, v.version), "secondary"));
       }
-      if (!v.deployed && !v.broken) actions.appendChild(button("Deploy", () => adminAction(modelPath(`/versions/${v.version}/deploy`))));
+      if (!v.deployed && !v.broken) {
+        actions.appendChild(button("Shadow", () => startTrial(v.version), "secondary"));
+        actions.appendChild(button("Deploy", () => adminAction(modelPath(`/versions/${v.version}/deploy`))));
+      }
       body.appendChild(tr);
     }
+    await loadTrials();
     const select = $("dataset");
     select.innerHTML = `<option value="synthetic">synthetic (embedded)</option>`;
     for (const d of datasets.datasets) {
@@ -360,6 +364,48 @@ async function compareVersions(a, b) {
     }
     if (!c.images.length) body.innerHTML = "<tr><td colspan='3'>neither version has a report with validation images</td></tr>";
     $("compare").scrollIntoView();
+  } catch (e) { show($("admin-error"), e.message); }
+}
+
+// --- shadow trials -------------------------------------------------------------------------------
+
+function ms(x) { return typeof x === "number" ? x.toFixed(1) : "–"; }
+
+async function loadTrials() {
+  const { trials } = await api(modelPath("/trials"), {}, "admin");
+  const body = $("trials").querySelector("tbody");
+  body.innerHTML = "";
+  for (const t of trials) {
+    const f = t.figures, tr = document.createElement("tr");
+    tr.innerHTML = `<td>v${t.version} beside v${t.live_version ?? "–"} (${pct(t.share)})</td><td></td>` +
+      `<td>${f.images} / ${t.target}${f.failed ? `, ${f.failed} failed` : ""}${t.skipped ? `, ${t.skipped} skipped` : ""}</td>` +
+      `<td>${pct(f.top1_agreement)}</td><td>${f.box_iou_median === null ? "–" : f.box_iou_median.toFixed(2)}</td>` +
+      `<td>${ms(f.live_ms_p50)} / ${ms(f.candidate_ms_p50)}</td>` +
+      `<td>${pct(f.live_unknown_rate)} / ${pct(f.candidate_unknown_rate)}</td><td></td>`;
+    tr.children[1].textContent = t.state + (t.note ? `: ${t.note}` : "");
+    tr.children[1].title = f.last_error || "";
+    const actions = tr.children[7];
+    if (t.state !== "promoted") {
+      actions.appendChild(button(`Promote v${t.version}`, () => adminAction(modelPath(`/trials/${t.id}/promote`))));
+    }
+    if (t.state === "running" || t.state === "complete") {
+      actions.appendChild(button("Stop", () => adminAction(modelPath(`/trials/${t.id}/stop`)), "secondary"));
+    }
+    body.appendChild(tr);
+  }
+  if (!trials.length) body.innerHTML = "<tr><td colspan='8'>no trials of this model yet</td></tr>";
+  clearTimeout(state.trialTimer);  // a running trial's figures grow with live traffic
+  if (trials.some((t) => t.state === "running")) state.trialTimer = setTimeout(() => loadTrials().catch(() => {}), 3000);
+}
+
+async function startTrial(version) {
+  show($("admin-error"), "");
+  try {
+    await api(modelPath("/trials"), {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ version, share: Number($("trial-share").value), samples: Number($("trial-samples").value) }),
+    }, "admin");
+    await loadTrials();
   } catch (e) { show($("admin-error"), e.message); }
 }
 

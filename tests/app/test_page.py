@@ -212,3 +212,34 @@ def test_a_report_and_two_versions_side_by_side(guarded, browser):
     page.wait_for_function("[...document.querySelectorAll('#compare img.figure')].every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator("#compare img.figure").count() == 6  # curves, confusion, localization of each
     assert page.is_visible("#compare-actions >> text=Deploy v2")
+
+
+@pytest.fixture(scope="module")
+def trial_server(two_versions, tmp_path_factory):
+    """v1 live and v2 registered, for a shadow trial from the page (which promotes v2)."""
+    root = tmp_path_factory.mktemp("trial")
+    shutil.copytree(two_versions / "registry", root / "registry")
+    env = {"RESCAM_ADMIN_TOKEN": TOKEN, "RESCAM_DATA_ROOT": str(root / "data")}
+    with live_server(root / "registry", env=env) as url:
+        yield url
+
+
+def test_a_shadow_trial_on_live_traffic_shows_its_figures_and_promotes_from_the_page(trial_server, browser):
+    import urllib.request
+
+    page = signed_in(browser, trial_server)
+    page.fill("#trial-share", "1")
+    page.fill("#trial-samples", "6")
+    page.locator("#versions tbody tr", has_text="v2").locator("text=Shadow").click()
+    page.wait_for_selector("#trials tbody tr >> text=running")
+    for i in range(6):  # live traffic from another client; the page watches the trial fill
+        request = urllib.request.Request(f"{trial_server}/v1/predict", data=shape_jpeg(index=i),
+                                         headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200
+    page.wait_for_selector("#trials tbody tr >> text=complete", timeout=30_000)
+    row = page.locator("#trials tbody tr").first
+    assert "6 / 6" in row.text_content() and "100.0%" in row.text_content()  # the same weights agree
+    row.locator("text=Promote v2").click()
+    page.wait_for_selector("#versions tbody tr >> text=v2 (live)")
+    page.wait_for_selector("#trials tbody tr >> text=promoted")
