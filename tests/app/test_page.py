@@ -225,6 +225,8 @@ def trial_server(two_versions, tmp_path_factory):
 
 
 def test_a_shadow_trial_on_live_traffic_shows_its_figures_and_promotes_from_the_page(trial_server, browser):
+    import json
+    import time
     import urllib.request
 
     page = signed_in(browser, trial_server)
@@ -232,7 +234,17 @@ def test_a_shadow_trial_on_live_traffic_shows_its_figures_and_promotes_from_the_
     page.fill("#trial-samples", "6")
     page.locator("#versions tbody tr", has_text="v2").locator("text=Shadow").click()
     page.wait_for_selector("#trials tbody tr >> text=running")
+    def tried() -> int:
+        ask = urllib.request.Request(f"{trial_server}/v1/models/default/trials",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(ask, timeout=30) as r:
+            return json.loads(r.read())["trials"][0]["figures"]["images"]
+
     for i in range(6):  # live traffic from another client; the page watches the trial fill
+        deadline = time.monotonic() + 30
+        while tried() < i:  # one at a time, so that none is skipped for the candidate being busy
+            assert time.monotonic() < deadline, f"the candidate tried {tried()} of {i} images"
+            time.sleep(0.05)
         request = urllib.request.Request(f"{trial_server}/v1/predict", data=shape_jpeg(index=i),
                                          headers={"Content-Type": "image/jpeg"})
         with urllib.request.urlopen(request, timeout=30) as r:
