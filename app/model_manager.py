@@ -81,8 +81,9 @@ class ModelManager:
             raise ModelLoadError(self.load_error or "no model is loaded yet")
         return engine
 
-    def load_version(self, version: int) -> Engine:
-        """A fresh, smoke-tested engine for `version`; raises ModelLoadError with the reason."""
+    def load_version(self, version: int, intra_op_threads: int | None = None) -> Engine:
+        """A fresh, smoke-tested engine for `version` (ONNX Runtime's threads as the settings say
+        unless given); raises ModelLoadError with the reason."""
         s = self.settings
         try:
             directory = self.registry.version_dir(self.name, version)
@@ -90,7 +91,8 @@ class ModelManager:
         except RegistryError as e:
             raise ModelLoadError(str(e)) from e
         before, started = resident_bytes(), time.perf_counter()
-        engine = Engine.load(directory, card, self.name, version, s.providers, s.intra_op_threads,
+        threads = s.intra_op_threads if intra_op_threads is None else intra_op_threads
+        engine = Engine.load(directory, card, self.name, version, s.providers, threads,
                              s.inter_op_threads, s.graph_optimization, s.lean_cpu_session, self.scratch,
                              max_batch=s.max_batch_size if s.batching else 1, io_binding=s.io_binding)
         engine.memory_bytes = max(resident_bytes() - before, 0)  # approximate: other work may run meanwhile

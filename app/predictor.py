@@ -189,7 +189,8 @@ class Predictor:
         `ImageAnswer.image`."""
         started = time.perf_counter()
         engine, load_ms = await self.models.engine(model)
-        rule, source = self.rule_for(engine, opts.rule)
+        asked = opts.rule
+        rule, source = self.rule_for(engine, asked)
         opts = dataclasses.replace(opts, rule=rule)
         outcomes = await asyncio.gather(*(self.predict_image(engine, f, d, opts) for f, d in uploads))
         pid = uuid.uuid4().hex
@@ -199,7 +200,7 @@ class Predictor:
                 answer.image = len(kept)
                 kept.append(image)
         if self.shadow is not None:  # after the answer is made; it never waits for the candidate
-            self.shadow.offer(engine, [(a, image) for a, image in outcomes if image is not None])
+            self.shadow.offer(engine, [(a, image) for a, image in outcomes if image is not None], asked)
         if kept:  # off the event loop: the shared store writes files
             await asyncio.get_running_loop().run_in_executor(None, self.store.put, StoredPrediction(
                 pid, engine.name, engine.version, list(engine.labels), kept, time.time(), rule))

@@ -40,6 +40,9 @@ class TrialRefused(Exception):
 
 
 MAX_PENDING = 2  # requests the candidate may be answering at once, per worker
+# the candidate's ONNX Runtime session runs on one thread: beside the live session's pool it takes
+# a core at most, not a share of every core the live answers run on (BENCHMARKS.md, shadow trials)
+CANDIDATE_THREADS = 1
 LOOK_EVERY_S = 1.0  # how stale this worker's view of a model's running trial may be
 
 
@@ -90,7 +93,7 @@ class ShadowTrials:
         with self.lock:
             engine = self.candidates.get(trial["id"])
         if engine is None:
-            engine = self.models.manager(trial["model"]).load_version(trial["version"])
+            engine = self.models.manager(trial["model"]).load_version(trial["version"], CANDIDATE_THREADS)
             with self.lock:
                 self.candidates[trial["id"]] = engine
         return engine
@@ -107,7 +110,7 @@ class ShadowTrials:
         if version == live:
             raise TrialRefused(f"v{version} is the live version of {manager.name!r}; a trial needs another")
         try:
-            engine = manager.load_version(version)
+            engine = manager.load_version(version, CANDIDATE_THREADS)
         except ModelLoadError as e:
             raise TrialRefused(f"v{version} cannot be tried: {e}") from None
         trial = self.store.create(manager.name, version, live, share, target, actor, reason)
@@ -147,13 +150,16 @@ class ShadowTrials:
         self.forget(model)
         return self.store.get(trial_id)
 
-    def rule(self, engine: Engine) -> cam.BoxRule:
-        """The rule each side's boxes are found with: the one it answers with by default."""
-        return self.configured_rule or engine.card.box_rule
+    def rule(self, engine: Engine, asked: cam.BoxRule | None = None) -> cam.BoxRule:
+        """The rule a version answers a request with: the request's, the settings', its card's."""
+        return asked or self.configured_rule or engine.card.box_rule
 
     # --- on the live path: only a draw and a task ----------------------------------------------
 
-    def offer(self, live: Engine, answered: list[tuple[ImageAnswer, StoredImage]]) -> None:
+    def offer(self, live: Engine, answered: list[tuple[ImageAnswer, StoredImage]],
+              asked: cam.BoxRule | None = None) -> None:
+        """After a live answer: maybe hand its images to the trial's candidate (`asked`: the box
+        rule the request named, which the candidate answers with too)."""
         trial = self.running(live.name)
         if trial is None or not answered or self.rng.random() >= trial["share"]:
             return
@@ -165,15 +171,15 @@ class ShadowTrials:
             self.store.skip(trial["id"])
             self._count(trial, "skipped", len(answered))
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(trial, live, answered))
+        task = asyncio.get_running_loop().create_task(self._shadow(trial, live, answered, asked))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _shadow(self, trial: dict[str, Any], live: Engine, answered: list[tuple[ImageAnswer, StoredImage]]
-                      ) -> None:
+    async def _shadow(self, trial: dict[str, Any], live: Engine, answered: list[tuple[ImageAnswer, StoredImage]],
+                      asked: cam.BoxRule | None) -> None:
         loop = asyncio.get_running_loop()
         try:
-            samples = await loop.run_in_executor(None, self.compare, trial, live, answered)
+            samples = await loop.run_in_executor(None, self.compare, trial, live, answered, asked)
             await loop.run_in_executor(None, self.store.add, trial["id"], samples)
         except ModelLoadError as e:
             log.error("shadow trial %s: v%d does not load: %s", trial["id"], trial["version"], e)
@@ -184,15 +190,15 @@ class ShadowTrials:
 
     # --- off the live path -----------------------------------------------------------------------
 
-    def compare(self, trial: dict[str, Any], live: Engine, answered: list[tuple[ImageAnswer, StoredImage]]
-                ) -> list[dict[str, Any]]:
+    def compare(self, trial: dict[str, Any], live: Engine, answered: list[tuple[ImageAnswer, StoredImage]],
+                asked: cam.BoxRule | None = None) -> list[dict[str, Any]]:
         """The candidate's answer to each image, compared with the live one's."""
         candidate = self.candidate(trial)
         samples = []
         for answer, image in answered:
             sample: dict[str, Any] = {"live_version": live.version}
             try:
-                sample.update(self.compare_one(live, candidate, answer, image))
+                sample.update(self.compare_one(live, candidate, answer, image, asked))
                 self._count(trial, "agree" if sample["agree"] else "differ")
             except Exception as e:  # noqa: BLE001 - recorded: a candidate that fails on real input
                 sample["error"] = f"{type(e).__name__}: {e}"[:500]
@@ -200,8 +206,8 @@ class ShadowTrials:
             samples.append(sample)
         return samples
 
-    def compare_one(self, live: Engine, candidate: Engine, answer: ImageAnswer, image: StoredImage
-                    ) -> dict[str, Any]:
+    def compare_one(self, live: Engine, candidate: Engine, answer: ImageAnswer, image: StoredImage,
+                    asked: cam.BoxRule | None = None) -> dict[str, Any]:
         array, window = candidate.prep.crop_resize(image.image)
         x = candidate.prep.normalize(array[None])
         started = time.perf_counter()
@@ -212,9 +218,12 @@ class ShadowTrials:
         agree = candidate.labels[verdict.predicted] == live_top.label
         iou = None
         if live_top.label in candidate.labels:  # both sides' box of the label the user was given
-            mine = first_box(image.cams, live_top.index, image, image.geometry, self.rule(live))
+            if live_top.boxes is not None:  # the box the user was given
+                mine = live_top.boxes[0] if live_top.boxes else None
+            else:  # the request asked for no boxes: the one it would have had
+                mine = first_box(image.cams, live_top.index, image, image.geometry, self.rule(live, asked))
             theirs = first_box(cams[0], candidate.labels.index(live_top.label), image, window,
-                              self.rule(candidate))
+                              self.rule(candidate, asked))
             if mine is not None and theirs is not None:
                 iou = cam.iou([mine.x0, mine.y0, mine.x1, mine.y1], [theirs.x0, theirs.y0, theirs.x1, theirs.y1])
         t = answer.timings

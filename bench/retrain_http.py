@@ -80,7 +80,7 @@ def retrain(client: httpx.Client, name: str, upload: bytes, settings: dict) -> d
     return {"job_s": round(time.time() - started, 1), "plan": plan, "steps_trained": steps, "result": job["result"]}
 
 
-def held_out(client: httpx.Client, root: Path, split: str = "test") -> dict:
+def held_out(client: httpx.Client, root: Path, split: str = "test", route: str = "/v1/predict") -> dict:
     right = found = count = unknown = 0
     rules = set()
     confidence: dict[str, list[float]] = {"score": [], "raw_score": []}
@@ -88,7 +88,7 @@ def held_out(client: httpx.Client, root: Path, split: str = "test") -> dict:
     for path, (label, box) in read_set_boxes(root).items():
         if not path.startswith(f"{split}/"):
             continue
-        answer = client.post("/v1/predict?top_k=10&cam=false", content=(root / path).read_bytes(),
+        answer = client.post(f"{route}?top_k=10&cam=false", content=(root / path).read_bytes(),
                              headers={"content-type": "image/png"}).json()
         rules.add(answer["box_rule"]["rule"])
         predictions = answer["results"][0]["predictions"]
