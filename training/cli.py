@@ -349,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for any other --data")
     t.add_argument("--data", help="synthetic | folder:PATH | cifar10:PATH | cifar100:PATH (default synthetic)")
     t.add_argument("--boxes-csv", help="path,label,x0,y0,x1,y1 for localization metrics on folders")
-    t.add_argument("--model", choices=list_models(), metavar="ARCH",
-                   help="architecture: resnet18/34/50/101/152, resnet8/20/32/44/56/110/1202 (CIFAR), plainN "
+    # "model" is a registry name everywhere else (--name, the API); --model stays for old scripts
+    t.add_argument("--architecture", "--model", dest="model", choices=list_models(), metavar="ARCH",
+                   help="resnet18/34/50/101/152, resnet8/20/32/44/56/110/1202 (CIFAR), plainN "
                         "(no shortcuts); default: the recipe's")
     t.add_argument("--epochs", type=int, help="passes over the training set (default: the recipe's)")
     t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")

@@ -115,6 +115,11 @@ def test_init_from_safetensors_loads_the_same_weights(tmp_path):
         load_init(target, str(tmp_path / "bad.safetensors"))
 
 
+def test_the_architecture_is_named_as_such_and_the_old_flag_still_works():
+    for flag in ("--architecture", "--model"):
+        assert _config(build_parser().parse_args(["train", flag, "resnet32"])).model == "resnet32"
+
+
 def test_an_unknown_training_setting_is_named():
     out = rescam("train", "--set", "learning_rate=0.1", "--no-register")
     one_line_error(out, 1, "unknown training settings ['learning_rate']")
