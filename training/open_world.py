@@ -45,13 +45,19 @@ def session_outputs(path: Path) -> tuple[ort.InferenceSession, list[str]]:
     return session, [n for n in ("logits", "cam", "features") if n in names]
 
 
+def batched_outputs(session: ort.InferenceSession, wanted: list[str], x: np.ndarray, batch: int = 128
+                    ) -> list[np.ndarray]:
+    """The outputs `wanted` of normalised inputs, run `batch` at a time, each joined whole."""
+    parts = [session.run(wanted, {"input": x[i:i + batch]}) for i in range(0, len(x), batch)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(wanted))]
+
+
 def run_batches(session: ort.InferenceSession, names: list[str], x: np.ndarray, batch: int = 128
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Logits and pooled features (None for a graph without them) of normalised inputs."""
     wanted = [n for n in ("logits", "features") if n in names]
-    parts = [session.run(wanted, {"input": x[i:i + batch]}) for i in range(0, len(x), batch)]
-    logits = np.concatenate([p[0] for p in parts])
-    return logits, np.concatenate([p[1] for p in parts]) if len(wanted) > 1 else None
+    out = batched_outputs(session, wanted, x, batch)
+    return out[0], out[1] if len(out) > 1 else None
 
 
 def dataset_arrays(dataset: Dataset, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -63,9 +63,11 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray, bat
 
 
 def _outputs(path: Path, x: np.ndarray, batch: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    from .open_world import batched_outputs
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    parts = [session.run(["logits", "cam"], {"input": x[i:i + batch]}) for i in range(0, len(x), batch)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    logits, cams = batched_outputs(session, ["logits", "cam"], x, batch)
+    return logits, cams
 
 
 def ms_per_image(path: Path, x: np.ndarray, batch: int = 8, rounds: int = 10) -> float:
