@@ -143,3 +143,28 @@ def test_a_chance_level_model_goes_live_by_no_cli_path(tiny_model, tmp_path):
     assert refused.returncode == 1 and "never deployed" in refused.stderr and registry.deployed("default") == live
     assert registry.gate("default", live + 1)["deployable"] is False
     assert all(e["version"] != live + 1 for e in registry.audit_log("default") if e["action"] == "deploy")
+
+
+def test_bootstrap_train_never_deploys_a_first_version_the_gate_marked_never_deployable(tiny_model, tmp_path,
+                                                                                       monkeypatch):
+    """`rescam bootstrap --train` on an empty registry: its trained first version goes live only
+    through the one policy, which refuses a chance-level version even with nothing else live. The
+    training is stood in for (a registered version and its gate, as run_job leaves them); the
+    deploy path after it is the real one."""
+    from types import SimpleNamespace
+
+    import training.job
+    from training.cli import main
+
+    never = {"passed": False, "deployable": False, "reason": "top-1 0.12 does not clear chance"}
+    staged = tmp_path / "export"
+    shutil.copytree(tiny_model.export, staged)
+    (staged / "gate.json").write_text(json.dumps(never))
+    registry = Registry(tmp_path / "registry")
+
+    def trained(spec):
+        return SimpleNamespace(version=registry.register(spec.model_name, staged), live_version=None, gate=never)
+
+    monkeypatch.setattr(training.job, "run_job", trained)
+    main(["bootstrap", "--train", "--registry", str(tmp_path / "registry"), "--out", str(tmp_path / "run")])
+    assert registry.versions("default") == [1] and registry.deployed("default") is None
