@@ -91,7 +91,9 @@ async function predict(files) {
   const form = new FormData();
   for (const f of files) form.append("file", f, f.name);
   try {
-    const answer = await api(modelPath("/predict?top_k=5"), { method: "POST", body: form }, "predict");
+    // before the health check has named the models, the service's default model answers
+    const path = state.model ? modelPath("/predict?top_k=5") : "/v1/predict?top_k=5";
+    const answer = await api(path, { method: "POST", body: form }, "predict");
     state.answer = answer;
     const firstGood = answer.results.findIndex((r) => !r.error);
     const problems = answer.results.filter((r) => r.error).map((r) => `${r.filename}: ${r.error.message}`);
