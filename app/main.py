@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models_ = LiveModels(settings, metrics)
         predictor = Predictor(settings, models_, metrics)
         retraining = Retraining(settings, models_)
-        predictor.shadow = trials = ShadowTrials(settings, models_, metrics)
+        predictor.shadow = trials = ShadowTrials(settings, models_, predictor.rule_for, metrics)
         app.state.settings, app.state.metrics = settings, metrics
         app.state.models, app.state.predictor, app.state.retraining = models_, predictor, retraining
         app.state.trials = trials

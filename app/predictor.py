@@ -114,8 +114,7 @@ class Predictor:
         """Decode (ImageError for a bad upload) and crop, resize and normalise as the card says."""
         t0 = time.perf_counter()
         decoded = imaging.decode(data, self.settings.max_pixels, self.settings.work_max_side, self.decode_memory)
-        array, window = engine.prep.crop_resize(decoded.image)
-        x = engine.prep.normalize(array[None])[0]
+        x, window = engine.prep.network_input(decoded.image)
         return Prepared(decoded, x, window, (time.perf_counter() - t0) * 1000)
 
     async def infer(self, engine: Engine, x: np.ndarray) -> BatchResult:

@@ -45,6 +45,11 @@ class Preprocessing:
                            reducing_gap=None if max(g.width, g.height) < 3 * self.crop else 2.0)
         return np.asarray(out, dtype=np.uint8), g
 
+    def network_input(self, image: Image.Image) -> tuple[np.ndarray, Geometry]:
+        """float32 (3, crop, crop) of one image, cropped, resized and normalised, and its window."""
+        array, window = self.crop_resize(image)
+        return self.normalize(array[None])[0], window
+
     def normalize(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, 3, H, W)."""
         scale = np.float32(1 / 255)

@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,12 +54,13 @@ def first_box(cams: np.ndarray, index: int, image: StoredImage, window: cam.Geom
 
 
 class ShadowTrials:
-    def __init__(self, settings: Settings, models: LiveModels, metrics: Metrics | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, settings: Settings, models: LiveModels, rule_for: Callable[..., tuple[cam.BoxRule, str]],
+                 metrics: Metrics | None = None, rng: random.Random | None = None) -> None:
         self.settings, self.models, self.metrics = settings, models, metrics
         self.store = TrialStore(settings.data_root / "trials.sqlite")
-        self.configured_rule = settings.configured_rule()
+        self.rule_for = rule_for  # Predictor.rule_for: each version's boxes by the rule it answers with
         self.rng = rng or random.Random()
+        self.skipped: dict[str, int] = {}  # trial id -> drawn requests skipped, not yet written
         self.seen: dict[str, tuple[float, dict[str, Any] | None]] = {}  # model -> (when looked, running trial)
         self.candidates: dict[str, Engine] = {}  # trial id -> the candidate's engine in this worker
         self.pending: set[asyncio.Task] = set()
@@ -150,10 +152,6 @@ class ShadowTrials:
         self.forget(model)
         return self.store.get(trial_id)
 
-    def rule(self, engine: Engine, asked: cam.BoxRule | None = None) -> cam.BoxRule:
-        """The rule a version answers a request with: the request's, the settings', its card's."""
-        return asked or self.configured_rule or engine.card.box_rule
-
     # --- on the live path: only a draw and a task ----------------------------------------------
 
     def offer(self, live: Engine, answered: list[tuple[ImageAnswer, StoredImage]],
@@ -167,8 +165,8 @@ class ShadowTrials:
             self.store.end(trial["id"], "stopped", f"v{live.version} went live outside the trial")
             self.forget(live.name)
             return
-        if len(self.pending) >= MAX_PENDING:
-            self.store.skip(trial["id"])
+        if len(self.pending) >= MAX_PENDING:  # counted here, written with a pending task's samples
+            self.skipped[trial["id"]] = self.skipped.get(trial["id"], 0) + 1
             self._count(trial, "skipped", len(answered))
             return
         task = asyncio.get_running_loop().create_task(self._shadow(trial, live, answered, asked))
@@ -180,7 +178,8 @@ class ShadowTrials:
         loop = asyncio.get_running_loop()
         try:
             samples = await loop.run_in_executor(None, self.compare, trial, live, answered, asked)
-            await loop.run_in_executor(None, self.store.add, trial["id"], samples)
+            skipped, self.skipped = self.skipped, {}  # every trial's skips since the last write
+            await loop.run_in_executor(None, self.store.add, trial["id"], samples, skipped)
         except ModelLoadError as e:
             log.error("shadow trial %s: v%d does not load: %s", trial["id"], trial["version"], e)
             self.store.end(trial["id"], "failed", f"the candidate does not load: {e}")
@@ -208,10 +207,9 @@ class ShadowTrials:
 
     def compare_one(self, live: Engine, candidate: Engine, answer: ImageAnswer, image: StoredImage,
                     asked: cam.BoxRule | None = None) -> dict[str, Any]:
-        array, window = candidate.prep.crop_resize(image.image)
-        x = candidate.prep.normalize(array[None])
+        x, window = candidate.prep.network_input(image.image)
         started = time.perf_counter()
-        logits, cams, features = candidate.run(x)
+        logits, cams, features = candidate.run(x[None])
         candidate_ms = (time.perf_counter() - started) * 1000
         verdict = candidate.scorer.verdict(logits[0], None if features is None else features[0])
         live_top = answer.predictions[0]
@@ -221,9 +219,9 @@ class ShadowTrials:
             if live_top.boxes is not None:  # the box the user was given
                 mine = live_top.boxes[0] if live_top.boxes else None
             else:  # the request asked for no boxes: the one it would have had
-                mine = first_box(image.cams, live_top.index, image, image.geometry, self.rule(live, asked))
+                mine = first_box(image.cams, live_top.index, image, image.geometry, self.rule_for(live, asked)[0])
             theirs = first_box(cams[0], candidate.labels.index(live_top.label), image, window,
-                              self.rule(candidate, asked))
+                              self.rule_for(candidate, asked)[0])
             if mine is not None and theirs is not None:
                 iou = cam.iou([mine.x0, mine.y0, mine.x1, mine.y1], [theirs.x0, theirs.y0, theirs.x1, theirs.y1])
         t = answer.timings

@@ -74,14 +74,13 @@ class TrialStore(SqliteFile):
                               f"WHERE id = ? AND state IN ({marks})",
                               (state, time.time(), note, trial_id, *from_states)).rowcount == 1
 
-    def skip(self, trial_id: str) -> None:
-        with self._db() as db:
-            db.execute("UPDATE trials SET skipped = skipped + 1 WHERE id = ?", (trial_id,))
-
-    def add(self, trial_id: str, samples: list[dict[str, Any]]) -> None:
-        """Record samples of a running trial; it is complete once it holds its target."""
+    def add(self, trial_id: str, samples: list[dict[str, Any]], skipped: dict[str, int] | None = None) -> None:
+        """Record samples of a running trial, and the drawn requests trials skipped ({trial id:
+        count}); a trial is complete once it holds its target."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
+            db.executemany("UPDATE trials SET skipped = skipped + ? WHERE id = ?",
+                           [(n, t) for t, n in (skipped or {}).items()])
             trial = db.execute("SELECT target, state FROM trials WHERE id = ?", (trial_id,)).fetchone()
             if trial is None or trial["state"] != "running":
                 db.execute("COMMIT")
