@@ -28,6 +28,9 @@ class TrainConfig:
     # shift, contrast: for small data sets of any kind) | shift-scale-colour (also channels permuted and
     # images inverted: where colour is a nuisance; `auto` chooses it when colour does not tell classes apart)
     augment: str = "none"
+    # shift-scale*: half of the images mirrored left to right as well (photographs of things; not for
+    # glyphs such as digits and text, which mirroring changes)
+    flip: bool = False
     # optimisation
     epochs: int = 6
     max_steps: int | None = None  # stop after this many optimizer steps (the paper counts iterations)

@@ -251,16 +251,19 @@ def cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def shift_scale_augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.15,
                         scale: tuple[float, float] = (0.8, 1.25), jitter: float = 0.25, erase: bool = False,
-                        colour: bool = False, masks: torch.Tensor | None = None):
+                        colour: bool = False, masks: torch.Tensor | None = None, flip: bool = False):
     """For small data sets of any kind: each image zoomed by a factor in `scale` and moved by up to
     `shift` of its side (what lies outside becomes the mean colour, 0 after normalisation), and its
-    contrast and brightness jittered by up to `jitter`. No flips: they change digits and text.
+    contrast and brightness jittered by up to `jitter`; with `flip`, half of them mirrored left to
+    right (off by default: mirroring changes digits and text).
     x: normalised (N, C, H, W). With `masks` (N, 1, H, W), returns (images, masks moved alike)."""
     n = x.shape[0]
     zoom = torch.empty(n).uniform_(*scale, generator=generator)
     move = torch.empty(n, 2).uniform_(-shift, shift, generator=generator) * 2  # grid units span [-1, 1]
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    if flip:  # a mirror is a negative x scale in the same sampling grid, so masks follow it
+        theta[:, 0, 0] *= torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     theta[:, :, 2] = move
     grid = torch.nn.functional.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

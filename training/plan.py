@@ -217,8 +217,10 @@ def choose_precision(cfg: TrainConfig, device: torch.device, timed: bool, timer,
 MASKED_AUGMENTATIONS = ("none", "shift-scale", "shift-scale-colour")  # those that move box masks along
 
 
-def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator, masks: torch.Tensor | None = None):
-    """The batch augmented; with `masks` (only for MASKED_AUGMENTATIONS), (images, masks moved alike)."""
+def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator, masks: torch.Tensor | None = None,
+                  flip: bool = False):
+    """The batch augmented; with `masks` (only for MASKED_AUGMENTATIONS), (images, masks moved alike);
+    `flip` mirrors half of the images too (shift-scale augmentations)."""
     from .data import cifar_augment, shift_scale_augment
 
     if masks is not None and augment not in MASKED_AUGMENTATIONS:
@@ -226,11 +228,11 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator, mas
     if augment == "cifar":
         return cifar_augment(x, generator)
     if augment == "shift-scale":
-        return shift_scale_augment(x, generator, masks=masks)
+        return shift_scale_augment(x, generator, masks=masks, flip=flip)
     if augment == "shift-scale-colour":
-        return shift_scale_augment(x, generator, colour=True, masks=masks)
+        return shift_scale_augment(x, generator, colour=True, masks=masks, flip=flip)
     if augment == "shift-scale-erase":
-        return shift_scale_augment(x, generator, erase=True)
+        return shift_scale_augment(x, generator, erase=True, flip=flip)
     return x if masks is None else (x, masks)
 
 

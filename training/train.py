@@ -283,9 +283,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             x = normalize_batch(images.to(device, non_blocking=True), mean, std)
             masks = None
             if fit_boxes and torch.isfinite(boxes).all(dim=1).any():
-                x, masks = augment_batch(x, cfg.augment, aug_gen, box_masks(boxes, windows, x.shape[-1]).to(device))
+                x, masks = augment_batch(x, cfg.augment, aug_gen, box_masks(boxes, windows, x.shape[-1]).to(device), cfg.flip)
             else:
-                x = augment_batch(x, cfg.augment, aug_gen)
+                x = augment_batch(x, cfg.augment, aug_gen, flip=cfg.flip)
             x = x.contiguous(memory_format=memory_format)
             y = labels.to(device, non_blocking=True)
             if cfg.outlier_exposure:
