@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# a batch's logits, CAMs and pooled features (None for a graph without them)
-RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+# a batch's outputs (app.engine.Outputs: logits, CAMs, and the optional features and foreground)
+RunFn = Callable[[np.ndarray], tuple[np.ndarray | None, ...]]
 
 
 @dataclass
@@ -33,9 +33,15 @@ class BatchResult:
     logits: np.ndarray  # (classes,)
     cams: np.ndarray  # (classes, h, w)
     features: np.ndarray | None  # (channels,) pooled; None for a graph exported without them
+    foreground: np.ndarray | None  # (h, w) the pc1 map; None for a graph exported without it
     queue_ms: float
     inference_ms: float
     batch_size: int
+
+
+def _row(outputs, k: int) -> tuple:
+    """Item k of each of a batch's outputs (app.engine.Outputs), None where the graph has none."""
+    return tuple(None if o is None else o[k] for o in outputs)
 
 
 class Batcher:
@@ -70,12 +76,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if not self.enabled:
             start = time.perf_counter()
-            logits, cams, features = await asyncio.wait_for(loop.run_in_executor(self.executor, run, x[None]),
-                                                            timeout)
+            outputs = await asyncio.wait_for(loop.run_in_executor(self.executor, run, x[None]), timeout)
             ms = (time.perf_counter() - start) * 1000
             if self.on_batch:
                 self.on_batch(1, ms)
-            return BatchResult(logits[0], cams[0], None if features is None else features[0], 0.0, ms, 1)
+            return BatchResult(*_row(outputs, 0), 0.0, ms, 1)
         item = _Item(np.ascontiguousarray(x), run, loop.create_future(), wait_s)
         assert self.queue is not None, "Batcher.start() was not called"
         await self.queue.put(item)
@@ -112,7 +117,7 @@ class Batcher:
                 continue
             started = time.perf_counter()
             try:
-                logits, cams, features = await loop.run_in_executor(self.executor, run, np.stack([i.x for i in batch]))
+                outputs = await loop.run_in_executor(self.executor, run, np.stack([i.x for i in batch]))
             except Exception as e:  # the model failed: every request of this batch gets the error
                 for i in batch:
                     if not i.future.done():
@@ -123,5 +128,4 @@ class Batcher:
                 self.on_batch(len(batch), ms)
             for k, i in enumerate(batch):
                 if not i.future.done():
-                    i.future.set_result(BatchResult(logits[k], cams[k], None if features is None else features[k],
-                                                    (started - i.enqueued) * 1000, ms, len(batch)))
+                    i.future.set_result(BatchResult(*_row(outputs, k), (started - i.enqueued) * 1000, ms, len(batch)))

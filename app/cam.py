@@ -165,32 +165,54 @@ class BoxRule:
       positive heat (the smallest set of pixels with that share of the evidence). Needs no boxes and
       adapts to how spread out each map is.
     - `otsu`: per image, Otsu's (1979) threshold on the map's histogram (no parameter).
+
+    and in which map they cut (`source`): `cam`, the class's own CAM, or `pc1`, the graph's
+    `foreground` output, the last feature map projected on its first principal component over the
+    training images (see FOREGROUND_RULE). Written `pc1:mass:0.7`; a rule without a prefix cuts the CAM.
     """
 
     name: str
     value: float | None = None
+    source: str = "cam"
 
     KINDS = ("threshold", "mass", "otsu")
+    SOURCES = ("cam", "pc1")
 
     def __post_init__(self) -> None:
         if self.name not in self.KINDS:
-            raise ValueError(f"unknown box rule {self.name!r}: use threshold:F, mass:F or otsu")
+            raise ValueError(f"unknown box rule {self.name!r}: use threshold:F, mass:F or otsu, "
+                             "each optionally after pc1:")
         if self.name != "otsu" and not (self.value is not None and 0 < self.value < 1):
             raise ValueError(f"box rule {self.name} needs a value between 0 and 1, e.g. {self.name}:0.5")
+        if self.source not in self.SOURCES:
+            raise ValueError(f"unknown map {self.source!r} for a box rule: use {' or '.join(self.SOURCES)}")
 
     @classmethod
     def parse(cls, text: str) -> BoxRule:
-        """`threshold:0.35`, `mass:0.5`, `otsu`, or a bare number (a threshold)."""
+        """`threshold:0.35`, `mass:0.5`, `otsu`, or a bare number (a threshold); any of them after
+        `pc1:` to cut the foreground map instead of the CAM."""
+        source, _, rest = text.strip().partition(":")
+        if source in cls.SOURCES and not rest:
+            raise ValueError(f"box rule {text!r} names a map and no rule: e.g. {source}:mass:0.7")
+        if source in cls.SOURCES:
+            text = rest
+        else:
+            source = "cam"
         name, _, value = text.strip().partition(":")
         try:
             if not value and name not in cls.KINDS:
-                return cls("threshold", float(name))
-            return cls(name, float(value) if value else None)
+                return cls("threshold", float(name), source)
+            return cls(name, float(value) if value else None, source)
         except ValueError as e:
             raise ValueError(str(e) if "rule" in str(e) else f"box rule {text!r}: {e}") from None
 
     def __str__(self) -> str:
-        return self.name if self.value is None else f"{self.name}:{self.value:g}"
+        rule = self.name if self.value is None else f"{self.name}:{self.value:g}"
+        return rule if self.source == "cam" else f"{self.source}:{rule}"
+
+    @property
+    def on_foreground(self) -> bool:
+        return self.source == "pc1"
 
     def threshold_for(self, heat: np.ndarray) -> float:
         """The fraction of heat.max() at which this rule cuts `heat` (normalised, see `normalize`)."""
@@ -209,6 +231,10 @@ class BoxRule:
 # The card says which (app.card.ModelCard.box_rule).
 CALIBRATION_MIN_IMAGES = 20
 DEFAULT_RULE = BoxRule("mass", 0.5)
+# a version whose graph has the `foreground` output and no calibration: the box-free rule that beat
+# DEFAULT_RULE on every set it was measured on, by 1-15 points of GT-known (BENCHMARKS.md,
+# "Box-free: the feature map's first principal component")
+FOREGROUND_RULE = BoxRule("mass", 0.7, "pc1")
 
 
 MASS_BINS = 256
@@ -294,13 +320,27 @@ def iou(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
 BOX_GRID = 160  # boxes are found on a heatmap at most this long, then scaled to the picture's pixels
 
 
+class NoForeground(ValueError):
+    """A `pc1:` rule asked of a version whose graph has no foreground output."""
+
+
 def class_boxes(cams: np.ndarray, indices: list[int], g: Geometry, width: int, height: int, rule: BoxRule,
-                all_components: bool = False, min_area: float = 0.0) -> list[list[Box]]:
+                all_components: bool = False, min_area: float = 0.0, foreground: np.ndarray | None = None
+                ) -> list[list[Box]]:
     """CAM boxes of each class in `indices`, found on a heatmap at most BOX_GRID long and scaled to
     a width x height picture of g's image: the original for the JSON answer, the overlay for the
-    drawing, so both show the same boxes. `Box.area` stays in BOX_GRID cells (see `grid_pixels`)."""
+    drawing, so both show the same boxes. `Box.area` stays in BOX_GRID cells (see `grid_pixels`).
+    A `pc1:` rule cuts the (h, w) `foreground` map instead, one box set shared by every class (the
+    map says where an object is, not which)."""
     grid = g.fitted(BOX_GRID)
     sx, sy = width / grid.image_width, height / grid.image_height
+    if rule.on_foreground:
+        if foreground is None:
+            raise NoForeground("this version's graph has no foreground map (it was exported before pc1 rules); "
+                               "use a CAM rule such as mass:0.5")
+        found = [b.scaled(sx, sy) for b in boxes_from_heatmap(heatmaps(foreground[None], grid)[0], rule,
+                                                              all_components, min_area)]
+        return [list(found) for _ in indices]
     return [[b.scaled(sx, sy) for b in boxes_from_heatmap(heat, rule, all_components, min_area)]
             for heat in heatmaps(cams[indices], grid)]
 

@@ -114,7 +114,7 @@ class ModelCard:
     @property
     def default_threshold(self) -> float | None:
         """The box threshold the card's rule cuts at, when its rule is a fixed threshold."""
-        return self.box_rule.value if self.box_rule.name == "threshold" else None
+        return self.box_rule.value if self.box_rule.name == "threshold" and not self.box_rule.on_foreground else None
 
     @property
     def calibrated(self) -> bool:
@@ -125,6 +125,8 @@ class ModelCard:
         """Where the card's rule comes from, in the words an answer gives."""
         if self.calibrated:
             return f"calibrated on {self.calibration_images} boxed validation images"
+        if self.box_rule.on_foreground:
+            return "default rule for models without boxes, on the foreground map"
         return "default rule for models without boxes"
 
 

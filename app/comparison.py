@@ -35,11 +35,11 @@ def report_images(models: ModelManager, version: int) -> list[dict[str, Any]]:
 def answer(engine: Engine, image: Image.Image, true_box: list[float] | None) -> dict[str, Any]:
     """One version's answer on one image: the label, its score, its box and the drawing."""
     array, window = engine.prep.crop_resize(image)
-    logits, cams, features = engine.run(engine.prep.normalize(array[None]))
-    verdict = engine.scorer.verdict(logits[0], None if features is None else features[0])
+    out = engine.run(engine.prep.normalize(array[None]))
+    verdict = engine.scorer.verdict(out.logits[0], None if out.features is None else out.features[0])
     said = verdict.predicted
-    drawn, box = overlay.answer_picture(image, cams[0], said, window, engine.card.box_rule, engine.labels[said],
-                                        true_box, SHOWN_SIDE)
+    drawn, box = overlay.answer_picture(image, out.cams[0], said, window, engine.card.box_rule, engine.labels[said],
+                                        true_box, SHOWN_SIDE, None if out.foreground is None else out.foreground[0])
     png, _ = overlay.encode(drawn, "png")
     return {"said": engine.labels[said], "score": round(float(verdict.probs[said]), 4), "unknown": verdict.unknown,
             "box": [round(v, 1) for v in box] if box else None,

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -153,6 +153,19 @@ def open_session(model: Path, providers: list[str], graph_optimization: str = "a
     return session
 
 
+class Outputs(NamedTuple):
+    """A batch of n through the graph. `features` and `foreground` are None for a graph exported
+    without them (before the open-world verdict, before pc1 box rules)."""
+
+    logits: np.ndarray  # (n, classes)
+    cams: np.ndarray  # (n, classes, h, w)
+    features: np.ndarray | None  # (n, channels) every stage pooled, unit length
+    foreground: np.ndarray | None  # (n, h, w) the last feature map on its first principal component
+
+
+OPTIONAL_OUTPUTS = ("features", "foreground")
+
+
 @dataclass
 class Engine:
     name: str
@@ -166,7 +179,7 @@ class Engine:
     io_binding: bool = True  # on a GPU: inputs and outputs through an I/O binding
     # calibration and the OOD verdict (app.scoring); the logit-based fallback for older versions
     scorer: Scorer = field(default_factory=Scorer)
-    outputs: tuple[str, ...] = ("logits", "cam")  # and "features" where the graph has it
+    outputs: tuple[str, ...] = ("logits", "cam")  # and those of OPTIONAL_OUTPUTS the graph has
     memory_bytes: int = 0  # how much the process grew while it loaded (ModelManager measures it)
 
     @property
@@ -191,7 +204,7 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many kinds; all mean "does not load"
             raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
         present = {o.name for o in session.get_outputs()}
-        outputs = ("logits", "cam", "features") if "features" in present else ("logits", "cam")
+        outputs = ("logits", "cam", *(o for o in OPTIONAL_OUTPUTS if o in present))
         engine = cls(name, version, card, session, session.get_providers()[0], 0.0, max_batch=max_batch,
                      io_binding=io_binding, scorer=scorer, outputs=outputs)
         engine.check()
@@ -220,8 +233,8 @@ class Engine:
         shape's cuDNN search happens here, not in a request), the right shapes, finite numbers."""
         try:
             for size in self.batch_shapes():
-                logits, cams, features = self.run(np.zeros((size, 3, self.prep.crop, self.prep.crop),
-                                                           dtype=np.float32))
+                logits, cams, features, foreground = self.run(np.zeros((size, 3, self.prep.crop, self.prep.crop),
+                                                                       dtype=np.float32))
         except Exception as e:  # noqa: BLE001 - a graph that does not run is a model that does not load
             raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: {e}") from e
         logits, cams = logits[:1], cams[:1]
@@ -233,11 +246,16 @@ class Engine:
         if wanted is not None and (features is None or features.shape[1:] != (wanted,)):
             raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: its OOD bank holds "
                                  f"{wanted} features, the graph gives {None if features is None else features.shape}")
+        if self.card.box_rule.on_foreground and foreground is None:
+            raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: its card's box rule "
+                                 f"{self.card.box_rule} needs a foreground output the graph does not have")
+        if foreground is not None and foreground.shape[1:] != cams.shape[2:]:
+            raise ModelLoadError(f"{self.name} v{self.version} fails its smoke test: its foreground map is "
+                                 f"{foreground.shape[1:]}, its CAMs {cams.shape[2:]}")
         self.warm = True
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Logits (n, classes), CAMs (n, classes, h, w) and pooled features (n, channels; None for a
-        graph exported without them) of a batch of n normalised inputs."""
+    def run(self, batch: np.ndarray) -> Outputs:
+        """The graph's outputs for a batch of n normalised inputs."""
         n = len(batch)
         if not self.on_gpu:
             return self._unpacked(self.session.run(list(self.outputs), {"input": batch}), n)
@@ -253,10 +271,10 @@ class Engine:
             return self._unpacked(binding.copy_outputs_to_cpu(), n)
         return self._unpacked(self.session.run(list(self.outputs), {"input": batch}), n)
 
-    @staticmethod
-    def _unpacked(outputs: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        logits, cams, *rest = outputs
-        return logits[:n], cams[:n], rest[0][:n] if rest else None
+    def _unpacked(self, outputs: list[np.ndarray], n: int) -> Outputs:
+        named = dict(zip(self.outputs, outputs))
+        return Outputs(named["logits"][:n], named["cam"][:n],
+                       *(named[o][:n] if o in named else None for o in OPTIONAL_OUTPUTS))
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,

@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .cam import NoForeground
 from .card import CardError
 from .datasets import DatasetError
 from .engine import ModelLoadError
@@ -49,6 +50,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     NotFound: 404,  # a kept prediction, image or label
     UnknownVersion: 404,  # and UnknownModel, which names the models there are
     InvalidModelName: 422,
+    NoForeground: 422,  # a pc1 box rule asked of a version without the foreground map
     NotDeployed: 409,  # a deploy or rollback that changed nothing; the live version keeps serving
     TrialRefused: 409,  # a shadow trial that cannot start, stop or promote as asked
     RegistryError: 409,

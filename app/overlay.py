@@ -94,12 +94,13 @@ def draw_true_box(image: Image.Image, box: list[float]) -> Image.Image:
 
 
 def answer_picture(image: Image.Image, cams: np.ndarray, index: int, window: cam.Geometry, rule: BoxRule, label: str,
-                   true_box: list[float] | None = None, min_side: int = 224) -> tuple[Image.Image, list[float] | None]:
+                   true_box: list[float] | None = None, min_side: int = 224, foreground: np.ndarray | None = None
+                   ) -> tuple[Image.Image, list[float] | None]:
     """One answer drawn on `image` (the picture `window` maps the model's input into): the CAM of
     class `index`, its box under `rule` with `label`, and the true box (in `image`'s pixels) in
     green; enlarged to at least `min_side` so that small inputs can be read. Returns the drawing
     and the box in `image`'s pixels (None when the map has no region)."""
-    found = cam.class_boxes(cams, [index], window, image.width, image.height, rule)[0]
+    found = cam.class_boxes(cams, [index], window, image.width, image.height, rule, foreground=foreground)[0]
     box = found[0].as_list() if found else None
     scale = max(1.0, min_side / max(image.size))
     size = (round(image.width * scale), round(image.height * scale))
@@ -127,7 +128,8 @@ def cam_picture(item: StoredImage, index: int, label: str, fmt: str, rule: BoxRu
     if image.size != (g.image_width, g.image_height):
         image = image.resize((g.image_width, g.image_height), Image.Resampling.BILINEAR)
     heat = cam.heatmap(item.cams[index], g)
-    boxes = cam.class_boxes(item.cams, [index], item.geometry, g.image_width, g.image_height, rule)[0]
+    boxes = cam.class_boxes(item.cams, [index], item.geometry, g.image_width, g.image_height, rule,
+                            foreground=item.foreground)[0]
     return encode(render(image, heat, [b.as_list() for b in boxes], label, alpha=alpha, cmap=cmap), fmt)
 
 

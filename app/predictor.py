@@ -133,7 +133,7 @@ class Predictor:
         t0 = time.perf_counter()
         verdict = engine.scorer.verdict(result.logits, result.features)
         top = verdict.top(opts.top_k)
-        boxes = self.boxes(result.cams, top, p, opts) if opts.boxes else [None] * len(top)
+        boxes = self.boxes(result.cams, top, p, opts, result.foreground) if opts.boxes else [None] * len(top)
         predictions = [LabelAnswer(label=engine.labels[i], index=i, score=round(float(verdict.probs[i]), 6),
                                    raw_score=round(float(verdict.raw[i]), 6), boxes=b) for i, b in zip(top, boxes)]
         self.metrics.count_verdict(engine.name, engine.version, verdict.unknown)
@@ -147,21 +147,30 @@ class Predictor:
                            open_world=open_world_answer(engine.scorer, verdict), timings=timings)
 
     @staticmethod
-    def boxes(cams: np.ndarray, indices: list[int], p: Prepared, opts: Options) -> list[list[BoxAnswer]]:
+    def boxes(cams: np.ndarray, indices: list[int], p: Prepared, opts: Options,
+              foreground: np.ndarray | None = None) -> list[list[BoxAnswer]]:
         w, h = p.decoded.width, p.decoded.height
         pixels = cam.grid_pixels(p.window)
         return [[BoxAnswer(x0=round(b.x0, 1), y0=round(b.y0, 1), x1=round(b.x1, 1), y1=round(b.y1, 1),
                            area_fraction=round(b.area / pixels, 4), peak=round(b.peak, 4),
                            threshold=round(b.threshold, 4)) for b in found]
-                for found in cam.class_boxes(cams, indices, p.window, w, h, opts.rule, opts.all_boxes, opts.min_area)]
+                for found in cam.class_boxes(cams, indices, p.window, w, h, opts.rule, opts.all_boxes, opts.min_area,
+                                             foreground)]
 
     # --- one request ---------------------------------------------------------------------------
 
     def rule_for(self, engine: Engine, asked: cam.BoxRule | None) -> tuple[cam.BoxRule, str]:
-        """The box rule of a request and where it came from: the request's, the settings', the card's."""
+        """The box rule of a request and where it came from: the request's, the settings', the card's.
+        A `pc1:` rule asked of a version without the foreground map is refused (cam.NoForeground);
+        configured for the service, it applies to the versions that have the map."""
+        has_map = "foreground" in engine.outputs
         if asked is not None:
+            if asked.on_foreground and not has_map:
+                raise cam.NoForeground(f"model {engine.name} v{engine.version} has no foreground map (exported "
+                                       f"before pc1 rules), so box rule {asked} cannot apply; use a CAM rule "
+                                       "such as mass:0.5")
             return asked, "request"
-        if self.configured_rule is not None:
+        if self.configured_rule is not None and (has_map or not self.configured_rule.on_foreground):
             return self.configured_rule, "settings"
         return engine.card.box_rule, engine.card.rule_source
 
@@ -179,7 +188,8 @@ class Predictor:
         answer = await loop.run_in_executor(None, self.postprocess, engine, filename, prepared, result, opts)
         self.metrics.images.labels("answered").inc()
         d = prepared.decoded
-        return answer, StoredImage(filename, d.image, prepared.window, d.width, d.height, result.cams)
+        return answer, StoredImage(filename, d.image, prepared.window, d.width, d.height, result.cams,
+                                   result.foreground)
 
     async def predict(self, uploads: list[tuple[str, bytes]], opts: Options, model: str | None = None
                       ) -> PredictAnswer:
@@ -206,8 +216,8 @@ class Predictor:
         return PredictAnswer(
             id=pid, model=ModelRef(name=engine.name, version=engine.version,
                                    architecture=engine.card.architecture, precision=engine.card.precision),
-            cam_threshold=rule.value if rule.name == "threshold" else None,
-            box_rule=BoxRuleAnswer(rule=str(rule), name=rule.name, value=rule.value, source=source),
+            cam_threshold=rule.value if rule.name == "threshold" and not rule.on_foreground else None,
+            box_rule=BoxRuleAnswer(rule=str(rule), name=rule.name, value=rule.value, map=rule.source, source=source),
             provider=engine.provider, results=[a for a, _ in outcomes],
             model_load_ms=None if load_ms is None else round(load_ms, 1),
             total_ms=round((time.perf_counter() - started) * 1000, 3))

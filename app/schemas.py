@@ -79,9 +79,11 @@ class ModelRef(BaseModel):
 
 
 class BoxRuleAnswer(BaseModel):
-    rule: str = Field(description="threshold:F, mass:F or otsu")
+    rule: str = Field(description="threshold:F, mass:F or otsu, after pc1: when it cuts the foreground map")
     name: Literal["threshold", "mass", "otsu"]
     value: float | None = None
+    map: Literal["cam", "pc1"] = Field("cam", description="cam: each label's own CAM; pc1: the foreground map "
+                                       "(the last feature map's first principal component), one box for every label")
     source: str = Field(description="request, settings, or where the model card's rule comes from")
 
 

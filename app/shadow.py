@@ -47,9 +47,9 @@ CANDIDATE_THREADS = 1
 LOOK_EVERY_S = 1.0  # how stale this worker's view of a model's running trial may be
 
 
-def first_box(cams: np.ndarray, index: int, image: StoredImage, window: cam.Geometry, rule: cam.BoxRule
-              ) -> cam.Box | None:
-    found = cam.class_boxes(cams, [index], window, image.width, image.height, rule)[0]
+def first_box(cams: np.ndarray, index: int, image: StoredImage, window: cam.Geometry, rule: cam.BoxRule,
+              foreground: np.ndarray | None = None) -> cam.Box | None:
+    found = cam.class_boxes(cams, [index], window, image.width, image.height, rule, foreground=foreground)[0]
     return found[0] if found else None
 
 
@@ -209,9 +209,9 @@ class ShadowTrials:
                     asked: cam.BoxRule | None = None) -> dict[str, Any]:
         x, window = candidate.prep.network_input(image.image)
         started = time.perf_counter()
-        logits, cams, features = candidate.run(x[None])
+        out = candidate.run(x[None])
         candidate_ms = (time.perf_counter() - started) * 1000
-        verdict = candidate.scorer.verdict(logits[0], None if features is None else features[0])
+        verdict = candidate.scorer.verdict(out.logits[0], None if out.features is None else out.features[0])
         live_top = answer.predictions[0]
         agree = candidate.labels[verdict.predicted] == live_top.label
         iou = None
@@ -219,9 +219,10 @@ class ShadowTrials:
             if live_top.boxes is not None:  # the box the user was given
                 mine = live_top.boxes[0] if live_top.boxes else None
             else:  # the request asked for no boxes: the one it would have had
-                mine = first_box(image.cams, live_top.index, image, image.geometry, self.rule_for(live, asked)[0])
-            theirs = first_box(cams[0], candidate.labels.index(live_top.label), image, window,
-                              self.rule_for(candidate, asked)[0])
+                mine = first_box(image.cams, live_top.index, image, image.geometry, self.rule_for(live, asked)[0],
+                                 image.foreground)
+            theirs = first_box(out.cams[0], candidate.labels.index(live_top.label), image, window,
+                              self.rule_for(candidate, asked)[0], None if out.foreground is None else out.foreground[0])
             if mine is not None and theirs is not None:
                 iou = cam.iou([mine.x0, mine.y0, mine.x1, mine.y1], [theirs.x0, theirs.y0, theirs.x1, theirs.y1])
         t = answer.timings

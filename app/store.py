@@ -26,10 +26,12 @@ class StoredImage:
     width: int  # the original's size
     height: int
     cams: np.ndarray  # (classes, h, w) float32
+    foreground: np.ndarray | None = None  # (h, w) the pc1 map, where the graph gives one
 
     @property
     def nbytes(self) -> int:
-        return self.image.width * self.image.height * 4 + self.cams.nbytes  # Pillow keeps RGB in 4 bytes
+        extra = 0 if self.foreground is None else self.foreground.nbytes
+        return self.image.width * self.image.height * 4 + self.cams.nbytes + extra  # Pillow keeps RGB in 4 bytes
 
 
 @dataclass
@@ -95,6 +97,8 @@ class SharedPredictionStore(PredictionStore):
         for k, i in enumerate(p.images):
             np.save(tmp / f"{k}.image.npy", np.asarray(i.image))
             np.save(tmp / f"{k}.cams.npy", i.cams)
+            if i.foreground is not None:
+                np.save(tmp / f"{k}.foreground.npy", i.foreground)
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, self.root / p.id)  # appears whole
         self.puts += 1
@@ -113,7 +117,8 @@ class SharedPredictionStore(PredictionStore):
         if time.time() - meta["created"] > self.ttl:
             return None
         images = [StoredImage(m["filename"], Image.fromarray(np.load(folder / f"{k}.image.npy")),
-                              Geometry(**m["geometry"]), m["width"], m["height"], np.load(folder / f"{k}.cams.npy"))
+                              Geometry(**m["geometry"]), m["width"], m["height"], np.load(folder / f"{k}.cams.npy"),
+                              _optional(folder / f"{k}.foreground.npy"))
                   for k, m in enumerate(meta["images"])]
         return StoredPrediction(meta["id"], meta["model"], meta["version"], meta["labels"], images, meta["created"],
                                 BoxRule.parse(meta["rule"]))
@@ -137,3 +142,7 @@ class SharedPredictionStore(PredictionStore):
                 break
             shutil.rmtree(folder, ignore_errors=True)
             total -= size
+
+
+def _optional(path: Path) -> np.ndarray | None:
+    return np.load(path) if path.exists() else None

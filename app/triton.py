@@ -18,6 +18,8 @@ def config_pbtxt(name: str, card: ModelCard, max_batch_size: int = 64, queue_del
     h, w = card.cam_size
     width = (card.ood or {}).get("features")  # the pooled features, in graphs exported with them
     features = f',\n  {{ name: "features" data_type: TYPE_FP32 dims: [ {width} ] }}' if width else ""
+    if card.extra.get("foreground"):  # the pc1 map, in graphs exported with it
+        features += f',\n  {{ name: "foreground" data_type: TYPE_FP32 dims: [ {h}, {w} ] }}'
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}

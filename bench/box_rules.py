@@ -1,5 +1,6 @@
 """Which box rule fits, measured: GT-known localization (IoU >= 0.5 between the true box and the
-box drawn from the true class's CAM) under every box-free rule, with MaxBoxAcc and MaxBoxAccV2
+box drawn from the true class's CAM, or from the foreground map for `pc1:` rules, where the model
+has one) under every box-free rule, with MaxBoxAcc and MaxBoxAccV2
 (Choe et al. 2020: the best fixed threshold, found with the boxes) as the ceiling, per model and
 data set, through ONNX Runtime and the service's own box code (app.cam).
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from training.compare import evaluate_onnx
 from training.config import TrainConfig
-from training.localization import MEASURED_RULES
+from training.localization import FOREGROUND_RULES, MEASURED_RULES
 
 
 def measure(model_dir: str, data: str) -> dict:
@@ -29,11 +30,12 @@ def measure(model_dir: str, data: str) -> dict:
 
 def table(results: dict[str, dict]) -> str:
     names = list(results)
-    rules = [str(rule) for rule in MEASURED_RULES]  # every model has these; its own served rule differs
+    # every model has the CAM's rules, one with a foreground map the pc1 ones; its served rule differs
+    rules = [str(rule) for rule in (*MEASURED_RULES, *FOREGROUND_RULES)]
     lines = ["| rule | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for rule in rules:
         cells = [f"{r['gt_known_by_rule'][rule]:.1%} ({r['box_area_ratio_by_rule'][rule]:.1f}x)"
-                 for r in results.values()]
+                 if rule in r["gt_known_by_rule"] else "-" for r in results.values()]
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     lines.append("| MaxBoxAcc (best threshold, needs boxes) | " + " | ".join(
         f"{r['max_box_acc']:.1%} at {r['best_threshold']:g}" for r in results.values()) + " |")

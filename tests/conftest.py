@@ -71,6 +71,17 @@ def image_bytes(fmt: str = "PNG", size=(64, 48), mode: str = "RGB", seed: int = 
     return buf.getvalue()
 
 
+def client_for(registry: Registry, token: str):
+    """A test client of the service on `registry` (CPU, no watcher), `token` its admin token."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    return TestClient(create_app(Settings(registry=registry.root, admin_token=token, registry_poll_s=0,
+                                          providers=["CPUExecutionProvider"])))
+
+
 def shape_jpeg(tmp: Path | None = None, index: int = 0, size: int = 64) -> bytes:
     """A real JPEG of one synthetic shape."""
     from training.synthetic import render

@@ -35,6 +35,7 @@ class Scored:
     verdict: Verdict  # calibrated scores and the open-world verdict (app.scoring)
     box: np.ndarray  # the true box in the original image's pixels; NaN when none
     window: Geometry
+    foreground: np.ndarray | None = None  # (h, w), where the graph has the map
 
 
 @dataclass
@@ -54,6 +55,10 @@ class OnnxModel:
         session, names = session_outputs(model_dir / MODEL_FILE)
         return cls(card, session, names, Scorer.load(model_dir, card.temperature, card.ood_spec))
 
+    @property
+    def has_foreground(self) -> bool:
+        return any(o.name == "foreground" for o in self.session.get_outputs())
+
     def battery(self, cfg: TrainConfig, known: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
         """training.open_world.battery_figures of this model against the `known` OOD scores."""
         return battery_figures(self.scorer, self.session, self.names, cfg, self.card.preprocessing, known)
@@ -70,16 +75,19 @@ def scored_images(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64,
                                  synthetic_train=0))
     index = {label: i for i, label in enumerate(card.labels)}
 
+    wanted = [*names, *(["foreground"] if model.has_foreground else [])]
+
     def images() -> Iterator[Scored]:
         k = 0
         loader = DataLoader(data.val, batch_size=batch_size)
         for images, labels, boxes, windows in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
             x = prep.normalize(images.numpy().transpose(0, 2, 3, 1))
-            logits, cams, *features = session.run(names, {"input": x})
-            verdicts = scorer.verdicts(logits, features[0] if features else None)
+            out = dict(zip(wanted, session.run(wanted, {"input": x})))
+            logits, cams, features, foreground = out["logits"], out["cam"], out.get("features"), out.get("foreground")
+            verdicts = scorer.verdicts(logits, features)
             for i, label in enumerate(labels.tolist()):
                 yield Scored(k, index.get(data.classes[label]), logits[i], cams[i], verdicts[i], boxes[i].numpy(),
-                             geometry_from_vector(windows[i]))
+                             geometry_from_vector(windows[i]), None if foreground is None else foreground[i])
                 k += 1
 
     return model, data, images()
@@ -92,7 +100,7 @@ def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64)
     model, _, images = scored_images(model_dir, cfg, batch_size, desc="the live model")
     card = model.card
     correct = count = 0
-    tally = LocalizationTally(served=card.box_rule)
+    tally = LocalizationTally(served=card.box_rule, foreground=model.has_foreground)
     known = []
     for s in images:
         right = s.truth is not None and s.verdict.predicted == s.truth
@@ -100,7 +108,7 @@ def evaluate_onnx(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64)
         count += 1
         known.append(s.verdict.ood_score)
         if s.truth is not None and np.isfinite(s.box).all():
-            tally.add(s.cams[s.truth], right, s.box, s.window)
+            tally.add(s.cams[s.truth], right, s.box, s.window, s.foreground)
     battery, _ = model.battery(cfg, np.array(known))
     return {"images": count, "top1": correct / max(count, 1), "labels": list(card.labels), **tally.result(),
             "ood_battery": battery, "ood_auroc": mean_auroc(battery)}

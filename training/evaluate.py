@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from app.cam import DEFAULT_RULE, FOREGROUND_RULE
 from models import ResNet
 
 from .data import geometry_from_vector
+from .foreground import Foreground
 from .localization import LocalizationTally
 
 
@@ -27,12 +29,17 @@ def channel_stats(cfg, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(model: ResNet, dataset: Dataset, cfg, device: torch.device, num_classes: int,
-             localization: bool = True, batch_size: int = 256) -> dict:
+             localization: bool = True, batch_size: int = 256, foreground: Foreground | None = None) -> dict:
+    """Top-1/top-5 and loss on `dataset`; with `localization`, the CAM box figures of its boxed
+    images (and those of the pc1 rules, with a fitted `foreground`)."""
     model.eval()
     mean, std = channel_stats(cfg, device)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     top5 = loss_sum = count = 0
-    tally = LocalizationTally()  # served rule: calibrated on these boxes if enough, else the default
+    # served rule: calibrated on these boxes if enough, else the box-free default
+    tally = LocalizationTally(fallback=FOREGROUND_RULE if foreground else DEFAULT_RULE,
+                              foreground=foreground is not None)
+    direction = None if foreground is None else torch.from_numpy(foreground.direction).to(device).view(1, -1, 1, 1)
     batches = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.workers)
     for images, labels, boxes, windows in tqdm(batches, desc="evaluating", unit="batch", leave=False, disable=None):
         x = normalize_batch(images.to(device), mean, std)
@@ -49,9 +56,11 @@ def evaluate(model: ResNet, dataset: Dataset, cfg, device: torch.device, num_cla
         has_box = torch.isfinite(boxes).all(dim=1)
         if localization and has_box.any():
             cams = model.forward_cam(features).float().cpu().numpy()
+            maps = None if direction is None else \
+                ((features.float() * direction).sum(dim=1) + foreground.offset).cpu().numpy()
             for i in torch.nonzero(has_box).flatten().tolist():
                 tally.add(cams[i, truth[i]], bool(pred[i] == truth[i]), boxes[i].numpy(),
-                          geometry_from_vector(windows[i]))
+                          geometry_from_vector(windows[i]), None if maps is None else maps[i])
     result = {"images": count, "loss": loss_sum / max(count, 1), "top1": float(np.trace(confusion)) / max(count, 1),
               "top5": top5 / max(count, 1), "confusion": confusion.tolist(),
               # what always answering the most common class would score: the gate's floor

@@ -1,11 +1,12 @@
 """ONNX export with a self-describing card, and the parity check that guards every export.
 
-The graph has one input, `input` (N, 3, H, W) float32, normalised as the card says, and three
+The graph has one input, `input` (N, 3, H, W) float32, normalised as the card says, and four
 outputs: `logits` (N, classes), `cam` (N, classes, h, w), the class-activation map of every
-class at feature resolution, and `features` (N, channels of all stages), each stage's output
+class at feature resolution, `features` (N, channels of all stages), each stage's output
 pooled and scaled to unit length (the open-world score compares them with the training images';
-app.scoring). The server needs no
-weights of its own to draw any class's CAM.
+app.scoring), and `foreground` (N, h, w), the last feature map on its first principal component
+(training/foreground.py; `pc1:` box rules cut it). The server needs no weights of its own to draw
+any class's CAM or box.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.cam import DEFAULT_RULE, BoxRule
+from app.cam import DEFAULT_RULE, FOREGROUND_RULE, BoxRule
 from app.preprocess import Preprocessing
 from app.registry import CARD_FILE, MODEL_FILE, WEIGHTS_FILE
 from app.scoring import OOD_FILE
 from models import ResNet
 
+from . import foreground as pc1
 from . import open_world, quantize
 from .config import TrainConfig
 from .data import load_data, preprocessing
+from .foreground import Foreground
 from .train import load_checkpoint_model
 
 log = logging.getLogger(__name__)
@@ -51,54 +54,68 @@ class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree about the exported model."""
 
 
-OUTPUTS = ("logits", "cam", "features")
+OUTPUTS = ("logits", "cam", "features", "foreground")
 
 
 class CamGraph(nn.Module):
-    """What is exported, from one pass: logits, the CAMs of all classes, and the features the
-    open-world score compares: every stage's output pooled and scaled to unit length, side by side.
-    The earlier stages' colours and textures tell photographs from handwriting where the last
-    stage alone cannot (AUROC 0.91 -> 0.97 on a digits model; BENCHMARKS.md, "Open world")."""
+    """What is exported, from one pass: logits, the CAMs of all classes, the features the
+    open-world score compares (every stage's output pooled and scaled to unit length, side by side:
+    the earlier stages' colours and textures tell photographs from handwriting where the last
+    stage alone cannot, AUROC 0.91 -> 0.97 on a digits model; BENCHMARKS.md, "Open world"), and,
+    with a fitted `foreground`, the last feature map on its first principal component."""
 
-    def __init__(self, model: ResNet) -> None:
+    def __init__(self, model: ResNet, foreground: Foreground | None = None) -> None:
         super().__init__()
         self.model = model
+        self.has_foreground = foreground is not None
+        if foreground is not None:
+            self.register_buffer("direction", torch.from_numpy(foreground.direction).float().view(1, -1, 1, 1))
+            self.register_buffer("offset", torch.tensor(foreground.offset, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         maps = self.model.forward_stages(x)
         features = maps[-1]
         pooled = torch.cat([F.normalize(m.mean(dim=(2, 3)), dim=1) for m in maps], dim=1)
-        return self.model.forward_head(features), self.model.forward_cam(features), pooled
+        outputs = (self.model.forward_head(features), self.model.forward_cam(features), pooled)
+        if self.has_foreground:
+            outputs += ((features * self.direction.to(features.dtype)).sum(dim=1) + self.offset.to(features.dtype),)
+        return outputs
+
+
+def output_names(foreground: Foreground | None) -> list[str]:
+    return list(OUTPUTS if foreground is not None else OUTPUTS[:3])
 
 
 class HalfCamGraph(nn.Module):
     """CamGraph with float16 weights and arithmetic behind float32 input and outputs, so the service
     feeds and reads it as any other export (for GPUs, whose tensor cores run float16)."""
 
-    def __init__(self, model: ResNet) -> None:
+    def __init__(self, model: ResNet, foreground: Foreground | None = None) -> None:
         super().__init__()
-        self.graph = CamGraph(copy.deepcopy(model).half())
+        self.graph = CamGraph(copy.deepcopy(model).half(), foreground)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(t.float() for t in self.graph(x.half()))
 
 
 def export_onnx(model: ResNet, path: Path, image_size: int, card: dict | None = None,
-                precision: str = "float32") -> None:
+                precision: str = "float32", foreground: Foreground | None = None) -> None:
     """Export the model as it is (the caller chooses eval mode), with a dynamic batch axis; its
-    arithmetic in `precision` (PRECISIONS), its input and outputs float32 either way."""
+    arithmetic in `precision` (PRECISIONS), its input and outputs float32 either way; the
+    `foreground` output where one is given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, model.conv1.in_channels, image_size, image_size)
-    graph = HalfCamGraph(model) if precision == "float16" else CamGraph(model)
+    graph = HalfCamGraph(model, foreground) if precision == "float16" else CamGraph(model, foreground)
+    names = output_names(foreground)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=list(OUTPUTS),
-                          dynamic_axes={name: {0: "batch"} for name in ("input", *OUTPUTS)},
+                          input_names=["input"], output_names=names,
+                          dynamic_axes={name: {0: "batch"} for name in ("input", *names)},
                           training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
     proto = onnx.load(str(path))
     with torch.no_grad():  # declare the static dims the exporter left symbolic (all but the batch)
-        shapes = [tuple(t.shape) for t in CamGraph(model)(example)]
+        shapes = [tuple(t.shape) for t in CamGraph(model, foreground)(example)]
     for output, shape in zip(proto.graph.output, shapes):
         for dim, size in list(zip(output.type.tensor_type.shape.dim, shape))[1:]:
             dim.Clear()
@@ -122,21 +139,25 @@ def embed_card(path: Path, card: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: str = "float32") -> dict[str, float]:
+def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: str = "float32",
+                 foreground: Foreground | None = None) -> dict[str, float]:
     """ONNX Runtime (CPU) against the float32 torch model in eval mode on the same normalised
     inputs: logits and CAMs within TOLERANCE and the same top-1 everywhere; a float16 export within
-    HALF_TOLERANCE of each output's largest magnitude, the same top-1 where float32's is clear."""
+    HALF_TOLERANCE of each output's largest magnitude, the same top-1 where float32's is clear.
+    The foreground map, where there is one, is held to the CAMs' tolerance."""
     reference = reference.eval()
     with torch.no_grad():
-        logits_t, cams_t, features_t = (t.numpy() for t in CamGraph(reference)(torch.from_numpy(inputs)))
+        torch_outputs = CamGraph(reference, foreground)(torch.from_numpy(inputs))
+        logits_t, cams_t, features_t, *fg_t = (t.numpy() for t in torch_outputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits_o, cams_o, features_o = session.run(list(OUTPUTS), {"input": inputs})
+    logits_o, cams_o, features_o, *fg_o = session.run(output_names(foreground), {"input": inputs})
     diff_logits = float(np.abs(logits_o - logits_t).max())
-    diff_cams = float(np.abs(cams_o - cams_t).max())
+    # the foreground map is a projection of the same feature map as the CAMs: checked with them
+    diff_cams = max([float(np.abs(cams_o - cams_t).max())] + [float(np.abs(a - b).max()) for a, b in zip(fg_o, fg_t)])
     diff_features = float(np.abs(features_o - features_t).max())
     if precision == "float16":
         tol_logits = HALF_TOLERANCE * float(np.abs(logits_t).max())
-        tol_cams = HALF_TOLERANCE * float(np.abs(cams_t).max())
+        tol_cams = HALF_TOLERANCE * max(float(np.abs(m).max()) for m in (cams_t, *fg_t))
         tol_features = HALF_TOLERANCE * float(np.abs(features_t).max())
         top2 = np.sort(logits_t, axis=1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > 2 * tol_logits
@@ -161,8 +182,10 @@ def git_revision() -> str | None:
         return None
 
 
-def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, feature_size: int) -> dict:
+def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, feature_size: int,
+              foreground: Foreground | None = None) -> dict:
     metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if k != "confusion"}
+    box_free = FOREGROUND_RULE if foreground is not None else DEFAULT_RULE
     return {
         "format": "rescam.card/1",
         "architecture": ckpt["model_name"],
@@ -170,13 +193,15 @@ def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, 
         "labels": list(ckpt["classes"]),
         "input": {"name": "input", "shape": ["batch", model.conv1.in_channels, prep.crop, prep.crop],
                   "dtype": "float32"},
-        "outputs": {name: name for name in OUTPUTS},
+        "outputs": {name: name for name in output_names(foreground)},
         "cam_size": [feature_size, feature_size],
         "preprocessing": prep.to_card(),
         # the rule the service draws this model's boxes with: calibrated on its boxed validation
-        # images when it had enough of them, else the box-free default (app.cam)
-        "cam": {"rule": metrics.get("box_rule", str(DEFAULT_RULE)), "best_threshold": metrics.get("best_threshold"),
+        # images when it had enough of them, else the box-free default (app.cam): on the foreground
+        # map where the graph has one
+        "cam": {"rule": metrics.get("box_rule", str(box_free)), "best_threshold": metrics.get("best_threshold"),
                 "calibration_images": metrics.get("images_with_boxes", 0)},
+        **({"foreground": foreground.card()} if foreground is not None else {}),
         "data_fingerprint": ckpt.get("fingerprint"),
         "metrics": metrics,
         "training_config": ckpt["config"],
@@ -208,12 +233,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
     prep = preprocessing(cfg)
     with torch.no_grad():
         feature_size = model.forward_features(torch.zeros(1, 3, prep.crop, prep.crop)).shape[-1]
-    card = make_card(ckpt, cfg, model, prep, feature_size)
+    foreground = fit_foreground(model, ckpt, cfg, prep)
+    card = make_card(ckpt, cfg, model, prep, feature_size, foreground)
     graph_precision = "float32" if precision == "int8" else precision
     card["precision"] = graph_precision
     onnx_path = out_dir / MODEL_FILE
-    export_onnx(model, onnx_path, prep.crop, card, graph_precision)
-    card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg), graph_precision)
+    export_onnx(model, onnx_path, prep.crop, card, graph_precision, foreground)
+    card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg), graph_precision, foreground)
     if precision == "int8":
         card["quantization"] = int8_in_place(onnx_path, cfg, prep, card, int8_fallback)
         card["precision"] = "int8" if card["quantization"]["kept"] else "float32"
@@ -224,6 +250,16 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
     torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)  # torchvision format: `--init` takes it
     log.info("exported %s (%s, parity %s)", onnx_path, card["precision"], card["parity"])
     return out_dir
+
+
+def fit_foreground(model: ResNet, ckpt: dict, cfg: TrainConfig, prep: Preprocessing) -> Foreground:
+    """The checkpoint's foreground direction (fitted where training ended), or, for a checkpoint
+    from before it, one fitted now on the run's own training images."""
+    if isinstance(ckpt.get("foreground"), dict):
+        return Foreground.from_dict(ckpt["foreground"])
+    data = load_data(cfg.replace(synthetic_train=min(cfg.synthetic_train, pc1.FIT_IMAGES), synthetic_val=32,
+                                 image_size=prep.crop))
+    return pc1.fit_dataset(model, data.train, prep, cfg.seed)
 
 
 def int8_in_place(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing, card: dict, fall_back: bool) -> dict:

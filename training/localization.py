@@ -25,6 +25,9 @@ MAX_SIDE = 256  # heatmaps of large images are evaluated on a copy at most this 
 # the rules compared in BENCHMARKS.md; none of them needs boxes
 MEASURED_RULES = (BoxRule("threshold", PAPER_THRESHOLD), BoxRule("otsu"),
                   *(BoxRule("mass", m) for m in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)))
+# the same cuts of the foreground map, measured where the model has one (training/foreground.py)
+FOREGROUND_RULES = tuple(BoxRule(r.name, r.value, "pc1") for r in MEASURED_RULES) + tuple(
+    BoxRule("threshold", t, "pc1") for t in (0.35, 0.5))
 
 
 class LocalizationTally:
@@ -37,13 +40,16 @@ class LocalizationTally:
     The served figures are those at the rule the service uses for this model: `served` when given
     (an exported model's own rule), else, when at least CALIBRATION_MIN_IMAGES images have boxes,
     the best on them of the thresholds and the measured per-image rules (it is calibrated on them),
-    else `fallback`."""
+    else `fallback`. With `foreground` every image comes with the model's foreground map, and the
+    pc1 rules are measured (and may be calibrated) too; the threshold curve stays the CAM's."""
 
     def __init__(self, served: BoxRule | None = None, fallback: BoxRule = DEFAULT_RULE, thresholds=THRESHOLDS,
-                 rules=MEASURED_RULES) -> None:
+                 rules=MEASURED_RULES, foreground: bool = False) -> None:
         self.served, self.fallback = served, fallback
         self.thresholds = tuple(float(t) for t in thresholds)
-        self.rules = tuple(dict.fromkeys((*rules, fallback, *([served] if served else []))))
+        measured = (*rules, *(FOREGROUND_RULES if foreground else ()))
+        self.rules = tuple(dict.fromkeys((*measured, fallback, *([served] if served else []))))
+        self.foreground = foreground or any(r.on_foreground for r in self.rules)
         self.count = 0
         self.curve = np.zeros((len(IOUS_V2), len(self.thresholds)), dtype=np.int64)  # GT-known hits
         self.curve_top1 = np.zeros(len(self.thresholds), dtype=np.int64)
@@ -52,23 +58,32 @@ class LocalizationTally:
         self.area_ratio = [[] for _ in self.rules]  # box area / true area, per image
         self.area_ratio_at = [[] for _ in self.thresholds]  # the same at each threshold
 
-    def add(self, cam_true: np.ndarray, correct: bool, box: np.ndarray, geometry: Geometry) -> None:
+    def add(self, cam_true: np.ndarray, correct: bool, box: np.ndarray, geometry: Geometry,
+            foreground: np.ndarray | None = None) -> None:
         """cam_true: the (h, w) CAM of the true class; correct: whether top-1 was right (then the
-        predicted class's CAM is cam_true, so top-1 localization needs nothing more)."""
+        predicted class's CAM is cam_true, so top-1 localization needs nothing more); foreground:
+        the image's (h, w) foreground map (needed when the tally measures pc1 rules)."""
+        if self.foreground and foreground is None:
+            raise ValueError("this tally measures pc1 rules: every image needs its foreground map")
         g = geometry.fitted(MAX_SIDE)
         sx, sy = geometry.image_width / g.image_width, geometry.image_height / g.image_height
-        heat = heatmap(cam_true, g)
+        heats = {"cam": heatmap(cam_true, g)}
+        if foreground is not None:
+            heats["pc1"] = heatmap(foreground, g)
         true_area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
 
-        cuts: dict[float, tuple[float, float]] = {}  # a threshold rule cuts where a curve point does
+        cuts: dict[tuple[str, float], tuple[float, float]] = {}  # a threshold rule cuts where a curve point does
 
         def overlap(rule: float | BoxRule) -> tuple[float, float]:
+            source = rule.source if isinstance(rule, BoxRule) else "cam"
+            heat = heats[source]
             t = rule.threshold_for(heat) if isinstance(rule, BoxRule) else float(rule)
-            if t not in cuts:
+            if (source, t) not in cuts:
                 found = boxes_from_heatmap(heat, t)
                 b = found[0].scaled(sx, sy) if found else None
-                cuts[t] = (iou(b.as_list(), box), (b.x1 - b.x0) * (b.y1 - b.y0) / true_area) if b else (0.0, 0.0)
-            return cuts[t]
+                area = (b.x1 - b.x0) * (b.y1 - b.y0) / true_area if b else 0.0
+                cuts[source, t] = (iou(b.as_list(), box), area) if b else (0.0, 0.0)
+            return cuts[source, t]
 
         self.count += 1
         for j, t in enumerate(self.thresholds):
@@ -102,7 +117,7 @@ class LocalizationTally:
         at_half = curves[IOUS_V2.index(IOU_NEEDED)]
         best = int(np.argmax(at_half))
         served = self.served_rule()
-        if served.name == "threshold" and served.value in self.thresholds:
+        if served.name == "threshold" and not served.on_foreground and served.value in self.thresholds:
             j = self.thresholds.index(served.value)
             gt_known, top1_loc = at_half[j], self.curve_top1[j] / self.count
             ratio = None

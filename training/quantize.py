@@ -62,12 +62,15 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray, bat
                         extra_options={"CalibTensorRangeSymmetric": False})
 
 
-def _outputs(path: Path, x: np.ndarray, batch: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def _outputs(path: Path, x: np.ndarray, batch: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Logits, CAMs and the foreground map (None for a graph without one)."""
     from .open_world import batched_outputs
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits, cams = batched_outputs(session, ["logits", "cam"], x, batch)
-    return logits, cams
+    present = {o.name for o in session.get_outputs()}
+    wanted = ["logits", "cam", *(["foreground"] if "foreground" in present else [])]
+    logits, cams, *rest = batched_outputs(session, wanted, x, batch)
+    return logits, cams, rest[0] if rest else None
 
 
 def ms_per_image(path: Path, x: np.ndarray, batch: int = 8, rounds: int = 10) -> float:
@@ -91,13 +94,17 @@ def cam_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, (a * b).sum(axis=1) / np.maximum(norm, 1e-300), 1.0)
 
 
-def box_ious(cams_a: np.ndarray, cams_b: np.ndarray, classes: np.ndarray, rule: BoxRule, side: int) -> np.ndarray:
-    """Per image, the IoU of the served box of `classes[i]` from two sets of CAMs, on the model's
-    input square (1 where neither finds a box, 0 where one does and the other does not)."""
+def box_ious(cams_a: np.ndarray, cams_b: np.ndarray, classes: np.ndarray, rule: BoxRule, side: int,
+             foreground_a: np.ndarray | None = None, foreground_b: np.ndarray | None = None) -> np.ndarray:
+    """Per image, the IoU of the served box of `classes[i]` from two sets of CAMs (foreground maps
+    for a pc1 rule), on the model's input square (1 where neither finds a box, 0 where one does and
+    the other does not)."""
     g = Geometry.full(side, side)
     out = []
-    for ca, cb, c in zip(cams_a, cams_b, classes.tolist()):
-        a, b = (class_boxes(m, [c], g, side, side, rule)[0] for m in (ca, cb))
+    none = [None] * len(cams_a)
+    for ca, cb, c, fa, fb in zip(cams_a, cams_b, classes.tolist(), *(none if f is None else f
+                                                                     for f in (foreground_a, foreground_b))):
+        a, b = (class_boxes(m, [c], g, side, side, rule, foreground=f)[0] for m, f in ((ca, fa), (cb, fb)))
         out.append(iou(a[0].as_list(), b[0].as_list()) if a and b else float(not a and not b))
     return np.asarray(out)
 
@@ -106,15 +113,15 @@ def parity(float_path: Path, int8_path: Path, inputs: np.ndarray, labels: np.nda
     """The int8 model against the float32 one on normalised validation inputs: top-1 agreement, CAM
     correlation, box IoU, each one's top-1, file sizes and speed. QuantizationError when it
     misses MIN_AGREEMENT, MIN_CAM_CORRELATION or MIN_BOX_IOU."""
-    logits_f, cams_f = _outputs(float_path, inputs)
-    logits_q, cams_q = _outputs(int8_path, inputs)
+    logits_f, cams_f, foreground_f = _outputs(float_path, inputs)
+    logits_q, cams_q, foreground_q = _outputs(int8_path, inputs)
     top = logits_f.argmax(1)
     agree = logits_q.argmax(1) == top
     # where float32 itself is sure (softmax >= CONFIDENT): int8's flips are among the near-ties
     sure = softmax(logits_f).max(axis=1) >= CONFIDENT
     rows = np.arange(len(top))
     correlation = cam_correlation(cams_f[rows, top], cams_q[rows, top])
-    ious = box_ious(cams_f, cams_q, top, rule, inputs.shape[-1])
+    ious = box_ious(cams_f, cams_q, top, rule, inputs.shape[-1], foreground_f, foreground_q)
     result = {
         "images": len(inputs),
         "top1_agreement": float(agree.mean()),

@@ -91,7 +91,7 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
     card = model.card
     n = len(card.labels)
     confusion = np.zeros((n, n), dtype=np.int64)
-    tally = LocalizationTally(served=card.box_rule)
+    tally = LocalizationTally(served=card.box_rule, foreground=model.has_foreground)
     rows = []  # per image: index, truth, prediction, its probability, the served box's IoU
     kept: dict[int, Scored] = {}
     known, right = [], []
@@ -104,9 +104,9 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
         if s.truth is not None:
             confusion[s.truth, pred] += 1
         if boxed:
-            tally.add(s.cams[s.truth], pred == s.truth, s.box, s.window)
+            tally.add(s.cams[s.truth], pred == s.truth, s.box, s.window, s.foreground)
             found = cam.class_boxes(s.cams, [pred], s.window, s.window.image_width, s.window.image_height,
-                                    card.box_rule)[0]
+                                    card.box_rule, foreground=s.foreground)[0]
             overlap = cam.iou(found[0].as_list(), s.box) if found else 0.0
         rows.append((s.index, s.truth, pred, float(probs[pred]), overlap))
         kept[s.index] = s
@@ -160,7 +160,8 @@ def _gallery_item(group: str, s: Scored, image: np.ndarray, card, out: Path) -> 
         true_box = [float((s.box[0] - w.left) * side / w.width), float((s.box[1] - w.top) * side / w.height),
                     float((s.box[2] - w.left) * side / w.width), float((s.box[3] - w.top) * side / w.height)]
     drawn, box = overlay.answer_picture(Image.fromarray(image), s.cams, pred, cam.Geometry.full(side, side),
-                                        card.box_rule, card.labels[pred], true_box, min_side=192)
+                                        card.box_rule, card.labels[pred], true_box, min_side=192,
+                                        foreground=s.foreground)
     name = f"{len(list((out / 'gallery').iterdir())):02d}.png"
     drawn.save(out / "gallery" / name)
     Image.fromarray(image).save(out / "images" / name)

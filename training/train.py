@@ -28,8 +28,9 @@ from tqdm import tqdm
 from models import ResNet, create_model
 
 from .config import TrainConfig
-from .data import box_masks, boxed_images, decoded, load_data
+from .data import box_masks, boxed_images, decoded, load_data, preprocessing
 from .evaluate import channel_stats, evaluate, normalize_batch
+from .foreground import fit_dataset
 from .losses import box_fit_loss
 from .plan import MASKED_AUGMENTATIONS, Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision, make_plan, time_steps
 from .weights import load_state
@@ -360,7 +361,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             model.load_state_dict(best["model"])
             ckpt["model"], ckpt["best_epoch"] = best["model"], best["epoch"]
             log.info("kept the weights of epoch %d (validation top-1 %.4f)", best["epoch"], best["top1"])
-        metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=True)
+        # the foreground direction, for the pc1 box rules measured below and the exported graph
+        foreground = fit_dataset(model, data.train, preprocessing(cfg), cfg.seed)
+        ckpt["foreground"] = foreground.to_dict()
+        metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=True, foreground=foreground)
         metrics["diverged"] = diverged(ckpt, metrics)
         ckpt["metrics"] = metrics
         ckpt["finished"] = True  # the run is complete: export and registration may follow

@@ -2,7 +2,8 @@
 
 Every model the service has answers at /v2/models/{name} (one in standby loads on the request);
 `POST /v2/repository/index` lists them. A model takes `input` (FP32, [-1, 3, H, W]), already
-normalised as its card says, and returns `logits` and `cam`, `features` where its graph has them,
+normalised as its card says, and returns `logits` and `cam`, `features` and `foreground` where its
+graph has them,
 and the open-world verdict of each image (app.scoring): `ood_score` (FP32 [-1]) and `unknown`
 (BOOL [-1]; only for a version with a fitted threshold).
 """
@@ -129,6 +130,8 @@ def output_shapes(engine) -> dict[str, tuple[str, list[int]]]:
     shapes = {"logits": ("FP32", [-1, n]), "cam": ("FP32", [-1, n, h, w])}
     if "features" in engine.outputs:
         shapes["features"] = ("FP32", [-1, engine.scorer.feature_size or -1])
+    if "foreground" in engine.outputs:
+        shapes["foreground"] = ("FP32", [-1, h, w])
     shapes["ood_score"] = ("FP32", [-1])
     if engine.scorer.threshold is not None:
         shapes["unknown"] = ("BOOL", [-1])
@@ -201,9 +204,9 @@ async def run_inference(engine: Engine, request: Request, settings) -> Response:
     if missing:
         raise HTTPException(400, f"unknown outputs {sorted(missing)}; this model has {', '.join(offered)}")
     # in a worker thread: the event loop keeps serving while the model runs
-    logits, cams, features = await asyncio.get_running_loop().run_in_executor(None, engine.run, x)
-    verdicts = engine.scorer.verdicts(logits, features)
-    computed = {"logits": logits, "cam": cams, "features": features,
+    out = await asyncio.get_running_loop().run_in_executor(None, engine.run, x)
+    verdicts = engine.scorer.verdicts(out.logits, out.features)
+    computed = {"logits": out.logits, "cam": out.cams, "features": out.features, "foreground": out.foreground,
                 "ood_score": np.array([v.ood_score for v in verdicts], dtype=np.float32),
                 "unknown": np.array([bool(v.unknown) for v in verdicts], dtype=np.bool_)}
     content, header_length = oip.encode({"model_name": engine.name, "model_version": str(engine.version),

@@ -111,14 +111,16 @@ def test_default_box_rule_is_the_cards_calibrated_rule(client, tiny_model):
     calibrated = BoxRule.parse(tiny_model.card["cam"]["rule"])  # training chose it on 64 boxed images
     default = client.post("/v1/predict?top_k=8", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
     assert default["box_rule"]["rule"] == str(calibrated)
-    assert default["cam_threshold"] == (calibrated.value if calibrated.name == "threshold" else None)
+    on_cam = calibrated.name == "threshold" and not calibrated.on_foreground
+    assert default["cam_threshold"] == (calibrated.value if on_cam else None)
     assert default["box_rule"]["source"] == "calibrated on 64 boxed validation images"
-    asked = client.post("/v1/predict?top_k=8&threshold=0.05", content=shape_jpeg(),
-                        headers={"content-type": "image/jpeg"}).json()
+    assert default["box_rule"]["map"] == calibrated.source
+    asked, higher = (client.post(f"/v1/predict?top_k=8&threshold={t}", content=shape_jpeg(),
+                                 headers={"content-type": "image/jpeg"}).json() for t in (0.05, 0.5))
     assert asked["cam_threshold"] == 0.05 and asked["box_rule"] == {"rule": "threshold:0.05", "name": "threshold",
-                                                                   "value": 0.05, "source": "request"}
+                                                                   "value": 0.05, "map": "cam", "source": "request"}
     area = [sum((b["x1"] - b["x0"]) * (b["y1"] - b["y0"]) for p in a["results"][0]["predictions"] for b in p["boxes"])
-            for a in (default, asked)]
+            for a in (higher, asked)]
     assert area[1] >= area[0]  # a lower threshold keeps more of every CAM
 
 

@@ -37,13 +37,13 @@ def test_the_gpu_path_answers_as_the_cpu_path(cpu_engine, io_binding):
     gpu_like.check()  # runs every shape
     crop = cpu_engine.prep.crop
     x = np.random.default_rng(0).normal(size=(5, 3, crop, crop)).astype(np.float32)
-    logits, cams, features = gpu_like.run(x)  # padded to 8, cut back to 5
-    want_logits, want_cams, want_features = cpu_engine.run(x)
-    assert logits.shape == want_logits.shape and cams.shape == want_cams.shape
-    assert features.shape == want_features.shape == (5, cpu_engine.scorer.feature_size)
-    np.testing.assert_allclose(logits, want_logits, atol=1e-4)
-    np.testing.assert_allclose(cams, want_cams, atol=1e-4)
-    np.testing.assert_allclose(features, want_features, atol=1e-4)
+    got = gpu_like.run(x)  # padded to 8, cut back to 5
+    want = cpu_engine.run(x)
+    assert got.logits.shape == want.logits.shape and got.cams.shape == want.cams.shape
+    assert got.features.shape == want.features.shape == (5, cpu_engine.scorer.feature_size)
+    assert got.foreground.shape == want.foreground.shape == (5, *cpu_engine.card.cam_size)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_batch_wait_defaults_to_greedy_on_the_cpu_and_waits_on_a_gpu(cpu_engine):
@@ -58,7 +58,7 @@ def test_a_batch_waits_as_long_as_its_first_item_says():
     """Two requests 30 ms apart: batched together when the first may wait 500 ms, apart when it may
     wait nothing (the batcher's default: greedy)."""
     def model(x):
-        return x.reshape(len(x), -1)[:, :2], x[:, :1], None
+        return x.reshape(len(x), -1)[:, :2], x[:, :1], None, None  # logits, cams; no features, no foreground
 
     async def pair(wait_s: float):
         batcher = Batcher(max_batch=8)

@@ -10,30 +10,30 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.registry import CARD_FILE, MODEL_FILE, Registry
 from app.scoring import OOD_FILE
-from app.settings import Settings
-from tests.conftest import image_bytes, shape_jpeg
+from tests.conftest import client_for, image_bytes, shape_jpeg
 
 TOKEN = "open-world-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def old_export(export, where):
-    """The tiny model as a version exported before open-world scoring: no `features` output in its
-    graph, no calibration or ood in its card, no OOD file."""
+    """The tiny model as a version exported before open-world scoring (and the foreground map): no
+    `features` or `foreground` output in its graph, no calibration or ood in its card, no OOD file,
+    a CAM box rule."""
     shutil.copytree(export, where)
     (where / OOD_FILE).unlink()
     proto = onnx.load(str(where / MODEL_FILE))
-    kept = [o for o in proto.graph.output if o.name != "features"]
+    kept = [o for o in proto.graph.output if o.name not in ("features", "foreground")]
     del proto.graph.output[:]
     proto.graph.output.extend(kept)
     onnx.save(proto, str(where / MODEL_FILE))
     card = json.loads((where / CARD_FILE).read_text())
-    card.pop("calibration"), card.pop("ood")
+    card.pop("calibration"), card.pop("ood"), card.pop("foreground")
+    if card["cam"]["rule"].startswith("pc1:"):
+        card["cam"]["rule"] = f"threshold:{card['cam']['best_threshold']}"
     (where / CARD_FILE).write_text(json.dumps(card))
     return where
 
@@ -54,14 +54,9 @@ def registry(tiny_model, tmp_path):
     return reg
 
 
-def client_for(registry):
-    return TestClient(create_app(Settings(registry=registry.root, admin_token=TOKEN, registry_poll_s=0,
-                                          providers=["CPUExecutionProvider"])))
-
-
 def test_the_tiny_models_card_and_files_carry_calibration_and_its_ood_detector(tiny_model):
     card = tiny_model.card
-    assert card["outputs"] == {"logits": "logits", "cam": "cam", "features": "features"}
+    assert card["outputs"] == {"logits": "logits", "cam": "cam", "features": "features", "foreground": "foreground"}
     cal, ood = card["calibration"], card["ood"]
     assert cal["temperature"] > 0 and cal["images"] == 64 and 0 <= cal["ece_after"] <= 1
     assert ood["method"] == "knn" and ood["k"] == 5 and ood["tpr"] == 0.95
@@ -71,7 +66,7 @@ def test_the_tiny_models_card_and_files_carry_calibration_and_its_ood_detector(t
 
 
 def test_every_answer_says_whether_the_image_is_one_of_the_models_classes(registry):
-    with client_for(registry) as c:
+    with client_for(registry, TOKEN) as c:
         body = c.post("/v1/predict?top_k=3", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
         [result] = body["results"]
         ow = result["open_world"]
@@ -94,7 +89,7 @@ def test_the_shipped_model_calls_a_photograph_unknown_and_a_new_shape_known(tmp_
 
     reg = Registry(tmp_path / "registry")
     reg.deploy("default", reg.register("default", shipped_model_dir()))
-    with client_for(reg) as c:
+    with client_for(reg, TOKEN) as c:
         def verdict(data: bytes) -> dict:
             r = c.post("/v1/predict", content=data, headers={"content-type": "image/png"})
             return r.json()["results"][0]
@@ -112,10 +107,11 @@ def test_the_shipped_model_calls_a_photograph_unknown_and_a_new_shape_known(tmp_
 
 
 def test_oip_v2_gives_the_ood_score_and_the_verdict(registry):
-    with client_for(registry) as c:
+    with client_for(registry, TOKEN) as c:
         meta = c.get("/v2/models/default").json()
         assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {
-            "logits": "FP32", "cam": "FP32", "features": "FP32", "ood_score": "FP32", "unknown": "BOOL"}
+            "logits": "FP32", "cam": "FP32", "features": "FP32", "foreground": "FP32", "ood_score": "FP32",
+            "unknown": "BOOL"}
         x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
         r = c.post("/v2/models/default/infer", json={"inputs": [{"name": "input", "shape": [2, 3, 32, 32],
                    "datatype": "FP32", "data": x.ravel().tolist()}], "outputs": [{"name": "ood_score"},
@@ -127,7 +123,7 @@ def test_oip_v2_gives_the_ood_score_and_the_verdict(registry):
 
 
 def test_an_older_version_keeps_serving_and_says_it_cannot_tell(registry):
-    with client_for(registry) as c:
+    with client_for(registry, TOKEN) as c:
         assert c.post("/v1/models/default/versions/2/deploy", headers=AUTH).status_code == 200
         body = c.post("/v1/predict", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
         assert body["model"]["version"] == 2
@@ -141,7 +137,7 @@ def test_an_older_version_keeps_serving_and_says_it_cannot_tell(registry):
 
 
 def test_a_version_with_a_damaged_or_missing_ood_file_is_broken_and_never_loads(registry):
-    with client_for(registry) as c:
+    with client_for(registry, TOKEN) as c:
         listed = {v["version"]: v for v in c.get("/v1/models/default/versions").json()["versions"]}
         assert listed[1]["broken"] is None
         assert "OOD file ood.npz is not the one its card names" in listed[3]["broken"]

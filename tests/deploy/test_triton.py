@@ -36,7 +36,7 @@ def test_triton_repository_matches_the_onnx_graph(tiny_model, tmp_path):
     session = ort.InferenceSession(str(repo / str(tiny_model.version) / "model.onnx"), providers=["CPUExecutionProvider"])
     outputs = session.run(None, {"input": np.zeros((3, *config.input[0].dims), dtype=np.float32)})
     assert [o.shape for o in outputs] == [(3, *d.dims) for d in config.output]
-    assert [d.name for d in config.output] == ["logits", "cam", "features"]
+    assert [d.name for d in config.output] == ["logits", "cam", "features", "foreground"]
 
 
 def test_every_model_goes_into_one_repository(tiny_model, tmp_path):

@@ -19,8 +19,9 @@ def test_export_is_self_describing_and_passes_parity(tiny_model):
     assert json.loads({p.key: p.value for p in proto.metadata_props}[CARD_KEY])["labels"] == card["labels"]
     assert proto.opset_import[0].version >= 17
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
-    assert [o.name for o in proto.graph.output] == ["logits", "cam", "features"]
+    assert [o.name for o in proto.graph.output] == ["logits", "cam", "features", "foreground"]
     assert card["parity"]["max_abs_features"] <= 1e-4
+    assert card["foreground"]["method"] == "pc1" and card["foreground"]["images"] == 512
 
 
 def test_export_with_batchnorm_in_training_mode_fails_parity(tiny_model, tmp_path):
@@ -37,9 +38,9 @@ def test_logits_are_the_spatial_mean_of_the_cams(tiny_model):
 
     session = ort.InferenceSession(str(tiny_model.export / "model.onnx"), providers=["CPUExecutionProvider"])
     x = parity_inputs(tiny_model.config, count=4)
-    logits, cams, features = session.run(None, {"input": x})
+    logits, cams, features, foreground = session.run(None, {"input": x})
     np.testing.assert_allclose(cams.mean(axis=(2, 3)), logits, atol=1e-4)
-    assert cams.shape == (4, 8, 8, 8) and features.shape == (4, 16 + 32 + 64)
+    assert cams.shape == (4, 8, 8, 8) and features.shape == (4, 16 + 32 + 64) and foreground.shape == (4, 8, 8)
 
 
 def test_float16_export_runs_in_half_precision_behind_float32_input_and_outputs(tiny_model, tmp_path):
@@ -54,7 +55,7 @@ def test_float16_export_runs_in_half_precision_behind_float32_input_and_outputs(
     proto = onnx.load(str(out / "model.onnx"))
     float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
     assert {t.data_type for t in proto.graph.initializer if t.dims} == {float16}
-    assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [float32] * 4
+    assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [float32] * 5
     model, _ = load_checkpoint_model(tiny_model.checkpoint)
     model.train()  # a broken export is still caught at the looser tolerance
     export_onnx(model, tmp_path / "bad.onnx", 32, precision="float16")
