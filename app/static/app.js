@@ -137,6 +137,10 @@ function selectImage(i) {
   const rule = state.answer.box_rule;
   $("answered").textContent = `answered by ${m.name} v${m.version} (${m.architecture}${precisionTag(m.precision)}) on ${state.answer.provider}` +
     (rule ? ` · boxes: ${rule.rule} (${rule.source})` : "");
+  $("box-note").textContent = rule && rule.map === "pc1"
+    ? "The box (black and white): the largest region of the model's foreground map, where its features say an " +
+      "object is; every label gets the same box. The colours are the selected label's CAM."
+    : "The box: the largest region the model's box rule keeps (black and white).";
   const t = r.timings;
   $("timings").textContent = `decode ${t.decode_ms} ms · queue ${t.queue_ms} ms · inference ${t.inference_ms} ms · ` +
     `CAM ${t.cam_ms} ms · batch ${t.batch_size} · total ${state.answer.total_ms} ms`;
