@@ -237,6 +237,11 @@ DEFAULT_RULE = BoxRule("mass", 0.5)
 FOREGROUND_RULE = BoxRule("mass", 0.7, "pc1")
 
 
+def box_free_rule(has_foreground: bool) -> BoxRule:
+    """The rule of a version calibrated on no boxes: on its foreground map where its graph has one."""
+    return FOREGROUND_RULE if has_foreground else DEFAULT_RULE
+
+
 MASS_BINS = 256
 
 

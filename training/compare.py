@@ -57,7 +57,7 @@ class OnnxModel:
 
     @property
     def has_foreground(self) -> bool:
-        return any(o.name == "foreground" for o in self.session.get_outputs())
+        return "foreground" in self.names
 
     def battery(self, cfg: TrainConfig, known: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
         """training.open_world.battery_figures of this model against the `known` OOD scores."""
@@ -75,14 +75,12 @@ def scored_images(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64,
                                  synthetic_train=0))
     index = {label: i for i, label in enumerate(card.labels)}
 
-    wanted = [*names, *(["foreground"] if model.has_foreground else [])]
-
     def images() -> Iterator[Scored]:
         k = 0
         loader = DataLoader(data.val, batch_size=batch_size)
         for images, labels, boxes, windows in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
             x = prep.normalize(images.numpy().transpose(0, 2, 3, 1))
-            out = dict(zip(wanted, session.run(wanted, {"input": x})))
+            out = dict(zip(names, session.run(names, {"input": x})))
             logits, cams, features, foreground = out["logits"], out["cam"], out.get("features"), out.get("foreground")
             verdicts = scorer.verdicts(logits, features)
             for i, label in enumerate(labels.tolist()):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from app.cam import DEFAULT_RULE, FOREGROUND_RULE
+from app.cam import box_free_rule
 from models import ResNet
 
 from .data import geometry_from_vector
@@ -37,9 +37,7 @@ def evaluate(model: ResNet, dataset: Dataset, cfg, device: torch.device, num_cla
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     top5 = loss_sum = count = 0
     # served rule: calibrated on these boxes if enough, else the box-free default
-    tally = LocalizationTally(fallback=FOREGROUND_RULE if foreground else DEFAULT_RULE,
-                              foreground=foreground is not None)
-    direction = None if foreground is None else torch.from_numpy(foreground.direction).to(device).view(1, -1, 1, 1)
+    tally = LocalizationTally(fallback=box_free_rule(foreground is not None), foreground=foreground is not None)
     batches = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.workers)
     for images, labels, boxes, windows in tqdm(batches, desc="evaluating", unit="batch", leave=False, disable=None):
         x = normalize_batch(images.to(device), mean, std)
@@ -56,8 +54,7 @@ def evaluate(model: ResNet, dataset: Dataset, cfg, device: torch.device, num_cla
         has_box = torch.isfinite(boxes).all(dim=1)
         if localization and has_box.any():
             cams = model.forward_cam(features).float().cpu().numpy()
-            maps = None if direction is None else \
-                ((features.float() * direction).sum(dim=1) + foreground.offset).cpu().numpy()
+            maps = None if foreground is None else foreground.project(features.float()).cpu().numpy()
             for i in torch.nonzero(has_box).flatten().tolist():
                 tally.add(cams[i, truth[i]], bool(pred[i] == truth[i]), boxes[i].numpy(),
                           geometry_from_vector(windows[i]), None if maps is None else maps[i])

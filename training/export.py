@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.cam import DEFAULT_RULE, FOREGROUND_RULE, BoxRule
+from app.cam import BoxRule, box_free_rule
 from app.preprocess import Preprocessing
 from app.registry import CARD_FILE, MODEL_FILE, WEIGHTS_FILE
 from app.scoring import OOD_FILE
@@ -67,18 +67,15 @@ class CamGraph(nn.Module):
     def __init__(self, model: ResNet, foreground: Foreground | None = None) -> None:
         super().__init__()
         self.model = model
-        self.has_foreground = foreground is not None
-        if foreground is not None:
-            self.register_buffer("direction", torch.from_numpy(foreground.direction).float().view(1, -1, 1, 1))
-            self.register_buffer("offset", torch.tensor(foreground.offset, dtype=torch.float32))
+        self.foreground = foreground
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         maps = self.model.forward_stages(x)
         features = maps[-1]
         pooled = torch.cat([F.normalize(m.mean(dim=(2, 3)), dim=1) for m in maps], dim=1)
         outputs = (self.model.forward_head(features), self.model.forward_cam(features), pooled)
-        if self.has_foreground:
-            outputs += ((features * self.direction.to(features.dtype)).sum(dim=1) + self.offset.to(features.dtype),)
+        if self.foreground is not None:
+            outputs += (self.foreground.project(features),)
         return outputs
 
 
@@ -185,7 +182,7 @@ def git_revision() -> str | None:
 def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, feature_size: int,
               foreground: Foreground | None = None) -> dict:
     metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if k != "confusion"}
-    box_free = FOREGROUND_RULE if foreground is not None else DEFAULT_RULE
+    box_free = box_free_rule(foreground is not None)
     return {
         "format": "rescam.card/1",
         "architecture": ckpt["model_name"],

@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 from app.preprocess import Preprocessing
 from models import ResNet
 
+from .quantize import cam_correlation
+
 log = logging.getLogger(__name__)
 
 FIT_IMAGES = 2000  # training images whose feature maps the direction is fitted on, at most
@@ -43,17 +45,16 @@ class Foreground:
         """For the checkpoint, which export reads it from."""
         return {**self.card(), "direction": self.direction.tolist(), "offset": self.offset}
 
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The map (N, h, w) of a feature map (N, C, h, w), in its dtype and on its device: what the
+        exported graph outputs and what evaluation cuts."""
+        direction = torch.as_tensor(self.direction, dtype=features.dtype, device=features.device)
+        return (features * direction.view(1, -1, 1, 1)).sum(dim=1) + self.offset
+
     @classmethod
     def from_dict(cls, d: dict) -> Foreground:
         return cls(np.asarray(d["direction"], dtype=np.float32), float(d["offset"]), int(d["images"]),
                    float(d["explained"]), float(d["cam_correlation"]))
-
-
-def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(norm > 0, (a * b).sum(1) / np.maximum(norm, 1e-12), 0.0)
 
 
 @torch.no_grad()
@@ -89,9 +90,9 @@ def fit(model: ResNet, inputs: np.ndarray, labels: np.ndarray, batch: int = 128)
     direction = vectors[:, -1]
     feature_maps, class_maps = np.concatenate(maps), np.concatenate(cams)
     projected = np.einsum("c,nchw->nhw", direction, feature_maps - mean[None, :, None, None])
-    agreement = _correlations(projected, class_maps)  # on the first SIGN_IMAGES
+    agreement = cam_correlation(projected, class_maps)  # on the first SIGN_IMAGES
     if agreement.mean() < 0:
-        direction, agreement = -direction, -agreement
+        direction, agreement = -direction, cam_correlation(-projected, class_maps)
     return Foreground(direction.astype(np.float32), float(-direction @ mean), len(inputs),
                       float(values[-1] / max(values.sum(), 1e-300)), float(agreement.mean()))
 

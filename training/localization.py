@@ -81,8 +81,8 @@ class LocalizationTally:
             if (source, t) not in cuts:
                 found = boxes_from_heatmap(heat, t)
                 b = found[0].scaled(sx, sy) if found else None
-                area = (b.x1 - b.x0) * (b.y1 - b.y0) / true_area if b else 0.0
-                cuts[source, t] = (iou(b.as_list(), box), area) if b else (0.0, 0.0)
+                cuts[source, t] = (0.0, 0.0) if b is None else \
+                    (iou(b.as_list(), box), (b.x1 - b.x0) * (b.y1 - b.y0) / true_area)
             return cuts[source, t]
 
         self.count += 1

@@ -53,7 +53,7 @@ def plain(dataset: Dataset) -> Dataset:
 def session_outputs(path: Path) -> tuple[ort.InferenceSession, list[str]]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return session, [n for n in ("logits", "cam", "features") if n in names]
+    return session, [n for n in ("logits", "cam", "features", "foreground") if n in names]
 
 
 def batched_outputs(session: ort.InferenceSession, wanted: list[str], x: np.ndarray, batch: int = 128

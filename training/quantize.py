@@ -64,11 +64,10 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray, bat
 
 def _outputs(path: Path, x: np.ndarray, batch: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Logits, CAMs and the foreground map (None for a graph without one)."""
-    from .open_world import batched_outputs
+    from .open_world import batched_outputs, session_outputs
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    present = {o.name for o in session.get_outputs()}
-    wanted = ["logits", "cam", *(["foreground"] if "foreground" in present else [])]
+    session, names = session_outputs(path)
+    wanted = [n for n in names if n != "features"]
     logits, cams, *rest = batched_outputs(session, wanted, x, batch)
     return logits, cams, rest[0] if rest else None
 
@@ -102,8 +101,9 @@ def box_ious(cams_a: np.ndarray, cams_b: np.ndarray, classes: np.ndarray, rule: 
     g = Geometry.full(side, side)
     out = []
     none = [None] * len(cams_a)
-    for ca, cb, c, fa, fb in zip(cams_a, cams_b, classes.tolist(), *(none if f is None else f
-                                                                     for f in (foreground_a, foreground_b))):
+    foreground_a = none if foreground_a is None else foreground_a
+    foreground_b = none if foreground_b is None else foreground_b
+    for ca, cb, c, fa, fb in zip(cams_a, cams_b, classes.tolist(), foreground_a, foreground_b):
         a, b = (class_boxes(m, [c], g, side, side, rule, foreground=f)[0] for m, f in ((ca, fa), (cb, fb)))
         out.append(iou(a[0].as_list(), b[0].as_list()) if a and b else float(not a and not b))
     return np.asarray(out)
