@@ -58,6 +58,11 @@ def result_written(job: dict[str, Any]) -> bool:
         return False
 
 
+# what a job shows of its trainer's epoch and done lines besides val_*: the figures, and whether
+# the model was still learning when its steps ran out (training.plan.learning_at_the_end)
+PROGRESS_FIGURES = ("top1", "gt_known_loc", "max_box_acc", "box_rule", "still_learning", "late_gain", "late_epochs")
+
+
 def read_progress(run_dir: Path) -> dict[str, Any] | None:
     """The trainer's latest step and epoch lines from its metrics.jsonl."""
     latest: dict[str, Any] = {}
@@ -66,8 +71,7 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
             latest.update({k: record.get(k) for k in ("epoch", "step", "total_steps", "loss", "lr",
                                                        "images_per_s", "eta_s")})
         elif record.get("event") in ("epoch", "done"):
-            latest.update({k: v for k, v in record.items()
-                           if k.startswith("val_") or k in ("top1", "gt_known_loc", "max_box_acc", "box_rule")})
+            latest.update({k: v for k, v in record.items() if k.startswith("val_") or k in PROGRESS_FIGURES})
         elif record.get("event") == "plan":
             latest["plan"] = {k: v for k, v in record.items() if k not in ("event", "time", "eta_s", "total_steps")}
     return latest or None

@@ -47,6 +47,10 @@ class TrainConfig:
     warmup_steps: int = 0
     milestones: tuple[int, ...] = ()  # steps at which "step" divides the lr by 10
     label_smoothing: float = 0.0
+    # an exponential moving average of the weights and BatchNorm statistics (Polyak averaging),
+    # evaluated, kept and exported instead of the last weights; its decay, ramped up from the first
+    # steps as (1 + n) / (10 + n) so the average forgets the random start (0 = off)
+    ema: float = 0.0
     # open world (BENCHMARKS.md, "Open world"): LogitNorm's temperature (Wei et al. 2022: the loss
     # sees logits / (tau * |logits|); 0 = off) and outlier exposure's weight (Hendrycks et al. 2019:
     # uniform scores on made-up outliers, the batch's own images cut in 4x4 tiles and shuffled; 0 = off)

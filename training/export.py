@@ -199,6 +199,8 @@ def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, 
         "cam": {"rule": metrics.get("box_rule", str(box_free)), "best_threshold": metrics.get("best_threshold"),
                 "calibration_images": metrics.get("images_with_boxes", 0)},
         **({"foreground": foreground.card()} if foreground is not None else {}),
+        # training images whose CAM the box-fit loss fitted to their box (0: boxes only calibrated the rule)
+        "boxes_fitted": (ckpt.get("plan") or {}).get("boxes_fitted", 0),
         "data_fingerprint": ckpt.get("fingerprint"),
         "metrics": metrics,
         "training_config": ckpt["config"],

@@ -60,7 +60,7 @@ def run_job(spec: JobSpec) -> JobResult | None:
     from .compare import evaluate_onnx
     from .export import export_checkpoint
     from .gate import gate
-    from .report import write_report
+    from .report import Baseline, write_report
     from .train import METRICS, train
 
     cfg = config_for(spec)
@@ -79,15 +79,17 @@ def run_job(spec: JobSpec) -> JobResult | None:
         return _saved(result, run_dir)
     export = export_checkpoint(checkpoint, run_dir / "export", spec.export_precision, int8_fallback=True)
     card = json.loads((export / CARD_FILE).read_text())
-    write_report(export, cfg, run_dir / METRICS)  # registered with the version: the page shows it
     ood = card.get("ood") or {}
     metrics["ood_auroc"], metrics["ood_battery"] = ood.get("battery_auroc"), ood.get("battery")
-    version = live = live_metrics = None
+    version = live = live_metrics = baseline = None
     if spec.registry is not None:
         registry = Registry(spec.registry)
         live = registry.deployed(spec.model_name)
         if live is not None:  # judged on this run's own validation images, through ONNX Runtime
-            live_metrics = evaluate_onnx(registry.version_dir(spec.model_name, live), cfg)
+            live_dir = registry.version_dir(spec.model_name, live)
+            live_metrics = evaluate_onnx(live_dir, cfg)
+            baseline = Baseline(f"v{live} (live)", live_metrics, json.loads((live_dir / CARD_FILE).read_text()))
+    write_report(export, cfg, run_dir / METRICS, baseline=baseline)  # registered with the version: the page shows it
     decision = gate(metrics, live_metrics, spec.gate_margin, result.labels)
     (export / GATE_FILE).write_text(json.dumps(decision, indent=2) + "\n")  # registered with the version
     if spec.registry is not None:

@@ -33,6 +33,9 @@ SAMPLED_FILES = 200  # image headers read to choose the size
 COLOUR_CHECK_IMAGES = (1000, 500)  # training and validation images read to test what colour tells
 COLOUR_CHECK_MIN_VAL = 30
 CPU_BF16_MIN_GAIN = 1.25  # bf16 on a CPU only where its steps are at least this much faster
+# the end of training is "still learning" where validation top-1 over the last fifth of the epochs
+# beats the fifth before by at least a point (one epoch's figure on 500 images moves by ~2 points)
+LATE_SHARE, STILL_LEARNING_GAIN, LATE_MIN_EPOCHS = 0.2, 0.01, 10
 
 
 @dataclass(frozen=True)
@@ -272,3 +275,15 @@ def architecture(cfg: TrainConfig) -> str:
             net = create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
         widths = [stage[-1].bn1.num_features for stage in net.stages]
     return f"{cfg.model} {'/'.join(str(w) for w in widths)}"
+
+
+def learning_at_the_end(val_top1: list[float]) -> dict | None:
+    """Whether the model was still learning when its steps ran out, from the validation top-1 of
+    each epoch: the mean of the last fifth of the epochs against the fifth before. A user whose
+    model was still learning gains from a longer time budget; one on a plateau does not. None with
+    fewer than LATE_MIN_EPOCHS epochs."""
+    if len(val_top1) < LATE_MIN_EPOCHS:
+        return None
+    n = max(2, round(len(val_top1) * LATE_SHARE))
+    gain = statistics.fmean(val_top1[-n:]) - statistics.fmean(val_top1[-2 * n:-n])
+    return {"late_gain": round(gain, 4), "late_epochs": n, "still_learning": gain >= STILL_LEARNING_GAIN}

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,50 @@ from .localization import IOU_NEEDED, IOUS_V2, LocalizationTally  # noqa: E402
 from .open_world import mean_auroc  # noqa: E402
 from .quantize import CONFIDENT  # noqa: E402
 
+@dataclass
+class Baseline:
+    """Another version measured on the same validation images (a job's live version): its name,
+    its figures (training.compare.evaluate_onnx) and its card."""
+
+    name: str
+    metrics: dict
+    card: dict
+
+
+def boxes_fitted(card: dict) -> int | None:
+    """Training images whose CAM a version fitted to their box; None where its card cannot say
+    (a card from before the count was kept, trained with the box-fit loss on)."""
+    if "boxes_fitted" in card:
+        return int(card["boxes_fitted"] or 0)
+    return 0 if not (card.get("training_config") or {}).get("box_loss") else None
+
+
+def box_training(card: dict, localization: dict, baseline: Baseline | None) -> dict | None:
+    """Calibration alone against boxes fitted in training, where both were measured on these
+    boxed images: this version's served GT-known beside the baseline's when exactly one of the two
+    fitted its CAM to the boxes."""
+    if baseline is None or not localization or "gt_known_loc" not in baseline.metrics:
+        return None
+    ours, theirs = boxes_fitted(card), boxes_fitted(baseline.card)
+    if ours is None or theirs is None or (ours > 0) == (theirs > 0):
+        return None
+    return {"this": {"boxes_fitted": ours, "gt_known_loc": localization["gt_known_loc"],
+                     "box_rule": localization["box_rule"]},
+            "baseline": {"name": baseline.name, "boxes_fitted": theirs,
+                         "gt_known_loc": baseline.metrics["gt_known_loc"], "box_rule": baseline.metrics.get("box_rule")},
+            "images": localization["images_with_boxes"]}
+
+
 CURVES_FILE = "curves.json"  # the training curves, kept so a report can be rewritten without the run
 PER_GROUP = 4  # gallery images per group
 
 
 def write_report(model_dir: str | Path, cfg: TrainConfig | None = None, metrics_jsonl: Path | None = None,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, baseline: Baseline | None = None) -> Path:
     """Write model_dir/report (replacing an older one whole) and link it from model_dir's card.
     cfg: the data to score on (default: the card's training config); metrics_jsonl: the run's
-    curves (default: the ones an earlier report kept)."""
+    curves (default: the ones an earlier report kept); baseline: another version measured on the
+    same images, drawn beside this one's localization where one of the two fitted boxes in training."""
     model_dir = Path(model_dir)
     card_path = model_dir / CARD_FILE
     card_json = json.loads(card_path.read_text())
@@ -67,7 +103,7 @@ def write_report(model_dir: str | Path, cfg: TrainConfig | None = None, metrics_
     (staging / "gallery").mkdir(parents=True)
     (staging / "images").mkdir()
     try:
-        figures = _build(model_dir, cfg, curves, staging)
+        figures = _build(model_dir, cfg, curves, staging, card_json, baseline)
         figures["title"] = title or f"{card_json.get('architecture')} · {card_json.get('created', '')}"
         (staging / CURVES_FILE).write_text(json.dumps(curves))
         (staging / "report.json").write_text(json.dumps(figures, indent=1))
@@ -86,7 +122,8 @@ def write_report(model_dir: str | Path, cfg: TrainConfig | None = None, metrics_
     return model_dir / REPORT_DIR
 
 
-def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[str, Any]:
+def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path, card_json: dict,
+           baseline: Baseline | None) -> dict[str, Any]:
     model, data, images = scored_images(model_dir, cfg, desc="report")
     card = model.card
     n = len(card.labels)
@@ -121,11 +158,12 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path) -> dict[s
                "open_world": open_world, "precision": card.precision, "quantization": card.extra.get("quantization"),
                "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)},
                "confusion": confusion.tolist(), "localization": localization, "gallery": gallery,
+               "box_training": box_training(card_json, localization, baseline),
                "curves": {k: len(v) for k, v in curves.items()}}
     _plot_curves(curves, out / "curves.png")
     _plot_confusion(confusion, list(card.labels), out / "confusion.png")
     if localization:
-        _plot_localization(localization, str(card.box_rule), out / "localization.png")
+        _plot_localization(localization, str(card.box_rule), out / "localization.png", figures["box_training"])
     return figures
 
 
@@ -270,7 +308,11 @@ def _plot_confusion(confusion: np.ndarray, labels: list[str], path: Path) -> Non
     _save(fig, path)
 
 
-def _plot_localization(loc: dict, rule: str, path: Path) -> None:
+def _fitted_text(n: int) -> str:
+    return f"CAMs fitted to {n} boxes" if n else "boxes only calibrated the rule"
+
+
+def _plot_localization(loc: dict, rule: str, path: Path, compared: dict | None = None) -> None:
     thresholds = [float(t) for t in loc["gt_known_by_threshold"]]
     fig, ax = plt.subplots(figsize=(10, 4))
     for k, need in enumerate(IOUS_V2):
@@ -280,7 +322,13 @@ def _plot_localization(loc: dict, rule: str, path: Path) -> None:
     if rule.startswith("threshold:"):
         ax.axvline(float(rule.split(":")[1]), color="black", ls="--", lw=1, label=f"served: {rule}")
     else:
-        ax.axhline(loc["gt_known_loc"], color="black", ls="--", lw=1, label=f"served: {rule} ({loc['gt_known_loc']:.2f})")
+        ax.axhline(loc["gt_known_loc"], color="black", ls="--", lw=1,
+                   label=f"served: {rule} ({loc['gt_known_loc']:.2f})")
+    if compared:  # the other version on the same images: calibration alone against boxes fitted
+        b = compared["baseline"]
+        ax.axhline(b["gt_known_loc"], color="tab:red", ls="-.", lw=1.5,
+                   label=f"{b['name']}, {_fitted_text(b['boxes_fitted'])}: {b['box_rule']} ({b['gt_known_loc']:.2f})")
+        ax.plot([], [], " ", label=f"this version: {_fitted_text(compared['this']['boxes_fitted'])}")
     ax.set_xlabel("threshold (fraction of the CAM's maximum)")
     ax.set_ylabel("share of boxed validation images")
     ax.set_ylim(0, 1.02)
@@ -321,6 +369,16 @@ def _open_world_table(ow: dict) -> str:
             f"<th>called unknown</th></tr>{rows}</table>")
 
 
+def _box_training_table(c: dict) -> str:
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(name)}</td><td>{e(_fitted_text(v['boxes_fitted']))}</td><td>{e(str(v['box_rule']))}"
+                   f"</td><td>{v['gt_known_loc']:.1%}</td></tr>"
+                   for name, v in (("this version", c["this"]), (c["baseline"]["name"], c["baseline"])))
+    return (f"<p>Boxes fitted in training against calibration alone, on the same {c['images']} boxed validation "
+            "images (GT-known: the served box of the true class at IoU &gt;= 0.5):</p><table><tr><th>version</th>"
+            f"<th>training</th><th>box rule</th><th>GT-known</th></tr>{rows}</table>")
+
+
 def _precision_table(q: dict) -> str:
     """float32 and int8 side by side, as measured when the int8 model was made (training.quantize)."""
     e = html.escape
@@ -357,6 +415,8 @@ def _html(figures: dict, folder: Path) -> str:
                           ("reliability", "Calibration")):
         if (folder / f"{name}.png").is_file():
             parts.append(f"<h2>{heading}</h2><img alt='{name}' src='{_embedded(folder / f'{name}.png')}'>")
+        if name == "localization" and figures.get("box_training"):
+            parts.append(_box_training_table(figures["box_training"]))
         if name == "ood" and figures.get("open_world"):
             parts.append(_open_world_table(figures["open_world"]))
     if figures.get("quantization"):

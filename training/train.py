@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -32,7 +33,8 @@ from .data import box_masks, boxed_images, decoded, load_data, preprocessing
 from .evaluate import channel_stats, evaluate, normalize_batch
 from .foreground import fit_dataset
 from .losses import box_fit_loss
-from .plan import MASKED_AUGMENTATIONS, Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision, make_plan, time_steps
+from .plan import (MASKED_AUGMENTATIONS, Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision,
+                   learning_at_the_end, make_plan, time_steps)
 from .weights import load_state
 
 log = logging.getLogger(__name__)
@@ -235,15 +237,21 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=2)
                if cfg.schedule == "plateau" else None)
 
+    averaged = weight_average(model, cfg.ema)
+    kept = averaged.module if averaged is not None else model  # what is evaluated, kept and exported
     start_epoch, step, best_top1 = 0, 0, -1.0
+    val_curve: list[float] = []  # validation top-1 at each epoch's end
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        if averaged is not None and ckpt.get("ema"):
+            averaged.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if plateau is not None:
             plateau.load_state_dict(ckpt["plateau"])
         set_rng_state(ckpt["rng"])
         start_epoch, step, best_top1 = ckpt["epoch"], ckpt["step"], ckpt.get("best_top1", -1.0)
+        val_curve = list(ckpt.get("val_curve", []))
         log.info("resumed from %s at epoch %d, step %d", checkpoint_path, start_epoch, step)
 
     net = DistributedDataParallel(model) if world > 1 else model
@@ -306,6 +314,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             step += 1
             if replan_at and step <= replan_at:
                 step_s.append(time.monotonic() - mark)
@@ -333,21 +343,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
 
         # evaluation and checkpoint at every epoch's end; rank 0 only
         if is_main:
-            val_metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=False)
+            val_metrics = evaluate(kept, data.val, cfg, device, len(data.classes), localization=False)
+            val_curve.append(val_metrics["top1"])
             if plateau is not None:
                 plateau.step(val_metrics["loss"])
             progress.report(event="epoch", epoch=epoch + 1, step=step, val_loss=val_metrics["loss"],
                             val_top1=val_metrics["top1"], val_top5=val_metrics["top5"])
             if cfg.keep_best and val_metrics["top1"] > best_top1:
                 best_top1 = val_metrics["top1"]
-                save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "step": step, "top1": best_top1},
+                save_atomic({"model": kept.state_dict(), "epoch": epoch + 1, "step": step, "top1": best_top1},
                             out_dir / BEST)
-            save_atomic({"model": model.state_dict(), "model_name": cfg.model, "model_kwargs": cfg.model_kwargs,
+            save_atomic({"model": model.state_dict(), "ema": averaged.state_dict() if averaged is not None else None,
+                         "model_name": cfg.model, "model_kwargs": cfg.model_kwargs,
                          "classes": data.classes, "config": cfg.to_dict(), "fingerprint": data.fingerprint,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "plateau": plateau.state_dict() if plateau is not None else None,
                          "rng": rng_state(), "epoch": epoch + 1, "step": step, "metrics": val_metrics,
-                         "plan": plan.to_dict(), "best_top1": best_top1},
+                         "plan": plan.to_dict(), "best_top1": best_top1, "val_curve": val_curve},
                         checkpoint_path)
         epochs_done = epoch = epoch + 1
         if world > 1:
@@ -356,6 +368,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     finished = step >= total_steps or epochs_done >= epochs
     if is_main and finished:
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if averaged is not None:  # the average is the model from here on
+            model.load_state_dict(kept.state_dict())
+            ckpt["model"], ckpt["ema"] = model.state_dict(), None
         if cfg.keep_best and (out_dir / BEST).exists():
             best = torch.load(out_dir / BEST, map_location="cpu", weights_only=False)
             model.load_state_dict(best["model"])
@@ -366,6 +381,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         ckpt["foreground"] = foreground.to_dict()
         metrics = evaluate(model, data.val, cfg, device, len(data.classes), localization=True, foreground=foreground)
         metrics["diverged"] = diverged(ckpt, metrics)
+        end = learning_at_the_end(val_curve)
+        if end:
+            metrics.update(end)
+            print(f"rescam: validation top-1 {end['late_gain']:+.1%} over the last {end['late_epochs']} epochs: "
+                  + ("still learning, a longer time budget would likely add more" if end["still_learning"]
+                     else "levelled off"), file=sys.stderr, flush=True)
         ckpt["metrics"] = metrics
         ckpt["finished"] = True  # the run is complete: export and registration may follow
         save_atomic(ckpt, checkpoint_path)
@@ -378,6 +399,21 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         # process that has finished its work ("terminate called without an active exception")
         dist.destroy_process_group()
     return checkpoint_path
+
+
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights and buffers (BatchNorm's statistics
+    with them, so the average is evaluated as it is), or None when `decay` is 0."""
+    if not decay:
+        return None
+    if not 0 < decay < 1:
+        raise ValueError(f"ema must lie between 0 and 1 (a decay such as 0.998), got {decay}")
+
+    def ema(average: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = torch.clamp((1 + n) / (10 + n), max=decay).to(average.dtype)
+        return average * d + current * (1 - d)
+
+    return AveragedModel(model, avg_fn=ema, use_buffers=True)
 
 
 def rank0_value(value: float, world: int, device: torch.device) -> float:

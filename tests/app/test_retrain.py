@@ -2,6 +2,7 @@
 failure, restart and resume, and the uploads that must be refused."""
 
 import io
+import json
 import random
 import shutil
 import stat
@@ -484,3 +485,16 @@ def test_a_misspelt_job_field_is_named_not_ignored(env):
         r = c.post("/v1/jobs", json={"dataset": "synthetic", "precision": "int4"}, headers=AUTH)
         assert r.status_code == 422 and "precision" in r.text and "int8" in r.text, r.text
         assert c.get("/v1/jobs", headers=AUTH).json()["jobs"] == []
+
+
+def test_a_jobs_progress_says_whether_its_model_was_still_learning_at_the_end(tmp_path):
+    from app.jobs import read_progress
+
+    lines = [{"event": "plan", "step": 0, "steps": 40, "architecture": "resnet20 16/32/64"},
+             {"event": "epoch", "epoch": 20, "step": 40, "val_top1": 0.71},
+             {"event": "done", "epoch": 20, "step": 40, "top1": 0.71, "late_gain": 0.021, "late_epochs": 4,
+              "still_learning": True, "confusion": [[1]]}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    progress = read_progress(tmp_path)
+    assert progress["still_learning"] is True and progress["late_gain"] == 0.021 and progress["late_epochs"] == 4
+    assert progress["plan"]["architecture"] == "resnet20 16/32/64" and "confusion" not in progress

@@ -146,3 +146,14 @@ def test_precision_asked_for_is_kept_and_an_untimed_cpu_run_stays_float32():
     assert choose_precision(cfg, torch.device("cuda"), False, timer) == ("bfloat16", None)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         choose_precision(cfg.replace(precision="fp16"), torch.device("cpu"), True, timer)
+
+
+def test_the_end_of_training_is_still_learning_only_where_the_last_fifth_beats_the_fifth_before():
+    from training.plan import learning_at_the_end
+
+    rising = [0.5 + 0.01 * i for i in range(20)]  # +1 point an epoch
+    flat = [0.8, 0.82] * 10  # noise around a plateau
+    assert learning_at_the_end(rising) == {"late_gain": 0.04, "late_epochs": 4, "still_learning": True}
+    assert learning_at_the_end(flat)["still_learning"] is False
+    assert learning_at_the_end(flat)["late_gain"] == 0.0
+    assert learning_at_the_end(rising[:9]) is None  # too few epochs to tell

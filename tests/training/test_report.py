@@ -54,3 +54,31 @@ def test_the_report_travels_with_the_version_and_can_be_rewritten(reported, tmp_
     assert (folder / "report" / "confusion.png").is_file()
     assert json.loads((folder / "report" / "curves.json").read_text()) == curves
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_boxes_fitted_in_training_are_shown_beside_calibration_alone_on_the_same_images(tiny_model, tmp_path):
+    from training.compare import evaluate_onnx
+    from training.config import TrainConfig
+    from training.report import Baseline
+
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_model.export, folder)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["boxes_fitted"] == 512  # the demo recipe fits every training image's box
+    cfg = TrainConfig.from_dict(card["training_config"])
+    live = evaluate_onnx(tiny_model.export, cfg)  # the same images the report scores
+    unfitted = Baseline("v1 (live)", {**live, "gt_known_loc": 0.125, "box_rule": "threshold:0.35"},
+                        {**card, "boxes_fitted": 0})
+    write_report(folder, metrics_jsonl=tiny_model.root / "run" / "metrics.jsonl", baseline=unfitted)
+    figures = json.loads((folder / "report" / "report.json").read_text())
+    compared = figures["box_training"]
+    assert compared["baseline"] == {"name": "v1 (live)", "boxes_fitted": 0, "gt_known_loc": 0.125,
+                                    "box_rule": "threshold:0.35"}
+    assert compared["this"]["gt_known_loc"] == figures["localization"]["gt_known_loc"]
+    assert compared["images"] == 64
+    page = (folder / "report" / "index.html").read_text()
+    assert "CAMs fitted to 512 boxes" in page and "boxes only calibrated the rule" in page and "12.5%" in page
+
+    # a baseline that fitted boxes too is no comparison of the two: nothing is drawn
+    write_report(folder, baseline=Baseline("v1 (live)", live, card))
+    assert json.loads((folder / "report" / "report.json").read_text())["box_training"] is None
