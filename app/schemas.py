@@ -79,8 +79,8 @@ class ModelRef(BaseModel):
 
 
 class BoxRuleAnswer(BaseModel):
-    rule: str = Field(description="threshold:F, mass:F or otsu, after pc1: when it cuts the foreground map")
-    name: Literal["threshold", "mass", "otsu"]
+    rule: str = Field(description="threshold:F, mass:F, otsu or spread:K, after pc1: when it cuts the foreground map")
+    name: Literal["threshold", "mass", "otsu", "spread"]
     value: float | None = None
     map: Literal["cam", "pc1"] = Field("cam", description="cam: each label's own CAM; pc1: the foreground map "
                                        "(the last feature map's first principal component), one box for every label")

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # box threshold, a fraction of the CAM's max; unset: the model card's calibrated one (the best
     # threshold on its validation set, Choe et al. 2020), else the CAM paper's 0.2
     cam_threshold: float | None = Field(None, gt=0, lt=1)
-    # or a whole box rule for every model: threshold:F, mass:F or otsu (app.cam.BoxRule)
+    # or a whole box rule for every model: threshold:F, mass:F, otsu or spread:K (app.cam.BoxRule)
     box_rule: str | None = None
 
     @field_validator("default_model")

@@ -24,7 +24,8 @@ IOUS_V2 = (0.3, 0.5, 0.7)  # MaxBoxAccV2 averages the best accuracy at each (Cho
 MAX_SIDE = 256  # heatmaps of large images are evaluated on a copy at most this long
 # the rules compared in BENCHMARKS.md; none of them needs boxes
 MEASURED_RULES = (BoxRule("threshold", PAPER_THRESHOLD), BoxRule("otsu"),
-                  *(BoxRule("mass", m) for m in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)))
+                  *(BoxRule("mass", m) for m in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)),
+                  *(BoxRule("spread", k) for k in (1.25, 1.5, 1.75, 2.0)))
 # the same cuts of the foreground map, measured where the model has one (training/foreground.py)
 FOREGROUND_RULES = tuple(BoxRule(r.name, r.value, "pc1") for r in MEASURED_RULES) + tuple(
     BoxRule("threshold", t, "pc1") for t in (0.35, 0.5))
@@ -72,18 +73,22 @@ class LocalizationTally:
             heats["pc1"] = heatmap(foreground, g)
         true_area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
 
-        cuts: dict[tuple[str, float], tuple[float, float]] = {}  # a threshold rule cuts where a curve point does
+        # a threshold rule cuts where a curve point does: each cut once
+        cuts: dict[tuple[str, float | BoxRule], tuple[float, float]] = {}
 
         def overlap(rule: float | BoxRule) -> tuple[float, float]:
             source = rule.source if isinstance(rule, BoxRule) else "cam"
             heat = heats[source]
-            t = rule.threshold_for(heat) if isinstance(rule, BoxRule) else float(rule)
-            if (source, t) not in cuts:
-                found = boxes_from_heatmap(heat, t)
+            if isinstance(rule, BoxRule) and rule.name == "spread":  # a box of its own, not a cut
+                cut: float | BoxRule = BoxRule(rule.name, rule.value)
+            else:
+                cut = rule.threshold_for(heat) if isinstance(rule, BoxRule) else float(rule)
+            if (source, cut) not in cuts:
+                found = boxes_from_heatmap(heat, cut)
                 b = found[0].scaled(sx, sy) if found else None
-                cuts[source, t] = (0.0, 0.0) if b is None else \
+                cuts[source, cut] = (0.0, 0.0) if b is None else \
                     (iou(b.as_list(), box), (b.x1 - b.x0) * (b.y1 - b.y0) / true_area)
-            return cuts[source, t]
+            return cuts[source, cut]
 
         self.count += 1
         for j, t in enumerate(self.thresholds):

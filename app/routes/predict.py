@@ -39,7 +39,8 @@ def predict_options(
     threshold: Annotated[float | None, Query(gt=0, lt=1,
                                              description="box threshold, a fraction of the CAM's max")] = None,
     box_rule: Annotated[str | None, Query(max_length=32, description="threshold:F, mass:F (the smallest region "
-                                          "holding F of the CAM's heat) or otsu; default: the model's rule")] = None,
+                                          "holding F of the CAM's heat), otsu or spread:K (K standard deviations "
+                                          "of the heat around its centroid); default: the model's rule")] = None,
     all_boxes: Annotated[bool, Query(description="every component, not only the largest")] = False,
     min_area: Annotated[float, Query(ge=0, le=1, description="smallest component kept, a fraction of the image")] = 0.0,
 ) -> Options:

@@ -137,10 +137,7 @@ function selectImage(i) {
   const rule = state.answer.box_rule;
   $("answered").textContent = `answered by ${m.name} v${m.version} (${m.architecture}${precisionTag(m.precision)}) on ${state.answer.provider}` +
     (rule ? ` · boxes: ${rule.rule} (${rule.source})` : "");
-  $("box-note").textContent = rule && rule.map === "pc1"
-    ? "The box (black and white): the largest region of the model's foreground map, where its features say an " +
-      "object is; every label gets the same box. The colours are the selected label's CAM."
-    : "The box: the largest region the model's box rule keeps (black and white).";
+  $("box-note").textContent = boxNote(rule);
   const t = r.timings;
   $("timings").textContent = `decode ${t.decode_ms} ms · queue ${t.queue_ms} ms · inference ${t.inference_ms} ms · ` +
     `CAM ${t.cam_ms} ms · batch ${t.batch_size} · total ${state.answer.total_ms} ms`;
@@ -495,6 +492,19 @@ function drawCurve(curves) {
     `<text x="${w - pad}" y="${h - 6}" font-size="11" text-anchor="end" fill="#6b7280">step ${maxStep}</text>`;
 }
 
+// how the answer's box was drawn (app.cam.BoxRule): which map, and a region or the heat's spread
+function boxNote(rule) {
+  const map = rule && rule.map === "pc1" ? "the model's foreground map, where its features say an object is" : null;
+  if (rule && rule.name === "spread") {
+    return `The box (black and white): centred on ${map || "the label's CAM"}, ${rule.value} standard deviations ` +
+      "of its spread either way" + (map ? "; every label gets the same box. The colours are the selected label's CAM." : ".");
+  }
+  return map
+    ? `The box (black and white): the largest region of ${map}; every label gets the same box. ` +
+      "The colours are the selected label's CAM."
+    : "The box: the largest region the model's box rule keeps (black and white).";
+}
+
 // what the job's plan chose (training/plan.py): the network, the steps and what set them, the device
 function planText(plan) {
   if (!plan) return "";
@@ -502,6 +512,16 @@ function planText(plan) {
   const eta = plan.expected_s ? ` · about ${Math.ceil(plan.expected_s / 60)} min` : "";
   return `plan: ${plan.architecture || "the network"} at ${plan.image_size} px · ${plan.steps} steps ` +
     `(set by ${plan.limited_by}) · ${plan.augment}${boxes} · ${plan.device || "cpu"} ${plan.precision || "float32"}${eta}`;
+}
+
+// whether validation top-1 still rose at the end (training/plan.py::learning_at_the_end): then a
+// longer time_budget_s buys more; on a plateau it does not
+function endText(p) {
+  if (p.still_learning === undefined) return "";
+  const gain = `${p.late_gain >= 0 ? "+" : ""}${(100 * p.late_gain).toFixed(1)} points over its last ${p.late_epochs} epochs`;
+  return p.still_learning
+    ? `still learning when its steps ran out (validation top-1 ${gain}): a longer time_budget_s would likely add more`
+    : `validation top-1 had levelled off (${gain}): a longer budget would add little`;
 }
 
 async function watchJob(id) {
@@ -522,7 +542,7 @@ async function watchJob(id) {
       ` · loss ${Number(p.loss).toFixed(3)}` + (p.val_top1 !== undefined ? ` · val top-1 ${pct(p.val_top1)}` : "") +
       (p.eta_s ? ` · about ${Math.ceil(p.eta_s / 60)} min left` : "") : "");
     $("job-progress").value = p.total_steps ? p.step / p.total_steps : 0;
-    $("job-plan").textContent = planText(p.plan);
+    $("job-plan").textContent = [planText(p.plan), endText(p)].filter(Boolean).join(" · ");
     drawCurve(curves);
     $("job-log").textContent = log;
     const done = ["succeeded", "failed", "cancelled", "interrupted"].includes(job.state);

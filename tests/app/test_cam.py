@@ -115,8 +115,26 @@ def test_mass_threshold_is_the_running_sum_of_the_sorted_pixels():
             assert mass_threshold(heat, share) == by_sorting(heat, share)
 
 
+def test_a_spread_box_spans_an_evenly_lit_object_at_sqrt_3_and_ignores_the_faint_tail():
+    from app.cam import SPREAD_FLOOR, BoxRule
+
+    heat = np.zeros((40, 60), dtype=np.float32)
+    heat[10:30, 12:42] = 1.0  # an evenly lit 30 x 20 object
+    heat[35:, :] = SPREAD_FLOOR * 0.9  # a faint band below the floor: it weighs nothing
+    box = boxes_from_heatmap(heat, BoxRule("spread", 3 ** 0.5))[0]
+    np.testing.assert_allclose(box.as_list(), [12, 10, 42, 30], atol=0.05)  # (n² - 1) / 12: a pixel grid
+    assert box.area == 600
+    wide = boxes_from_heatmap(heat, BoxRule("spread", 2.0))[0]  # more deviations: a larger box, same centre
+    assert wide.x0 < 12 and wide.x1 > 42 and (wide.x0 + wide.x1) / 2 == pytest.approx(27)
+    edge = np.zeros((20, 20), dtype=np.float32)
+    edge[:, :4] = 1.0  # against the map's edge the box is clipped to the map
+    assert boxes_from_heatmap(edge, BoxRule("spread", 4.0))[0].x0 == 0.0
+    assert boxes_from_heatmap(np.zeros((4, 4), np.float32), BoxRule("spread", 1.5)) == []
+
+
 @pytest.mark.parametrize("text, rule", [("mass:0.5", ("mass", 0.5)), ("otsu", ("otsu", None)),
-                                        ("0.35", ("threshold", 0.35)), ("threshold:0.2", ("threshold", 0.2))])
+                                        ("0.35", ("threshold", 0.35)), ("threshold:0.2", ("threshold", 0.2)),
+                                        ("spread:1.75", ("spread", 1.75)), ("pc1:spread:2", ("spread", 2.0))])
 def test_box_rules_parse_and_print(text, rule):
     from app.cam import BoxRule
 
@@ -124,7 +142,8 @@ def test_box_rules_parse_and_print(text, rule):
     assert (parsed.name, parsed.value) == rule and BoxRule.parse(str(parsed)) == parsed
 
 
-@pytest.mark.parametrize("text", ["mass", "mass:1.5", "threshold:0", "median:0.3", "mass:x"])
+@pytest.mark.parametrize("text", ["mass", "mass:1.5", "threshold:0", "median:0.3", "mass:x", "spread", "spread:0",
+                                  "spread:5"])
 def test_bad_box_rules_say_what_is_wrong(text):
     from app.cam import BoxRule
 
