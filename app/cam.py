@@ -263,8 +263,8 @@ MASS_BINS = 256
 
 def spread_box(heat: np.ndarray, k: float) -> Box | None:
     """The box centred on the heat's centroid reaching k standard deviations of the heat's spread
-    either way on each axis, clipped to the map; heat below SPREAD_FLOOR of the maximum weighs
-    nothing. An evenly lit object w wide has a spread of w / sqrt(12), so k = sqrt(3) spans it;
+    either way on each axis, in whole pixels and clipped to the extent of the weighed heat; heat
+    below SPREAD_FLOOR of the maximum weighs nothing. An evenly lit object w wide has a spread of w / sqrt(12), so k = sqrt(3) spans it;
     a CAM bright at the object's centre and fading to its edges needs more. None for a map with no
     positive heat. Box.area counts the weighed pixels inside the box."""
     top = float(heat.max())
@@ -277,10 +277,15 @@ def spread_box(heat: np.ndarray, k: float) -> Box | None:
     by_col, by_row = weights.sum(axis=0) / total, weights.sum(axis=1) / total
     mx, my = float(by_col @ cols), float(by_row @ rows)
     sx, sy = float(np.sqrt(by_col @ (cols - mx) ** 2)), float(np.sqrt(by_row @ (rows - my) ** 2))
-    x0, x1 = max(0.0, mx - k * sx), min(float(w), mx + k * sx)
-    y0, y1 = max(0.0, my - k * sy), min(float(h), my + k * sy)
-    inside = weights[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))]
-    return Box(x0, y0, x1, y1, int((inside > 0).sum()), top, SPREAD_FLOOR)
+    # whole pixels, as a cut region's box is (a difference of 1e-6 in the heat moves no edge), and
+    # never past the weighed heat (a box reaching into the padding around the model's window is no box)
+    lit_cols, lit_rows = np.flatnonzero(by_col > 0), np.flatnonzero(by_row > 0)
+    x0 = max(int(lit_cols[0]), round(mx - k * sx))
+    x1 = max(x0 + 1, min(int(lit_cols[-1]) + 1, round(mx + k * sx)))
+    y0 = max(int(lit_rows[0]), round(my - k * sy))
+    y1 = max(y0 + 1, min(int(lit_rows[-1]) + 1, round(my + k * sy)))
+    inside = weights[y0:y1, x0:x1]
+    return Box(float(x0), float(y0), float(x1), float(y1), int((inside > 0).sum()), top, SPREAD_FLOOR)
 
 
 def mass_threshold(heat: np.ndarray, share: float) -> float:
