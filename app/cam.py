@@ -264,9 +264,10 @@ MASS_BINS = 256
 def spread_box(heat: np.ndarray, k: float) -> Box | None:
     """The box centred on the heat's centroid reaching k standard deviations of the heat's spread
     either way on each axis, in whole pixels and clipped to the extent of the weighed heat; heat
-    below SPREAD_FLOOR of the maximum weighs nothing. An evenly lit object w wide has a spread of w / sqrt(12), so k = sqrt(3) spans it;
-    a CAM bright at the object's centre and fading to its edges needs more. None for a map with no
-    positive heat. Box.area counts the weighed pixels inside the box."""
+    below SPREAD_FLOOR of the maximum weighs nothing. An evenly lit object w wide has a spread of
+    w / sqrt(12), so k = sqrt(3) spans it; a CAM bright at the object's centre and fading to its
+    edges needs more. None for a map with no positive heat. Box.area counts the weighed pixels
+    inside the box."""
     top = float(heat.max())
     if top <= 0:
         return None
