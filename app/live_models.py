@@ -108,7 +108,7 @@ class LiveModels:
         manager = self.manager(name)
         engine = manager.engine
         waited = None
-        if engine is None and manager.unloaded:
+        if engine is None and (manager.unloaded or manager.load_error is None):  # standby, or loading elsewhere
             started = time.perf_counter()
             engine = await asyncio.get_running_loop().run_in_executor(None, manager.ensure_loaded)
             waited = (time.perf_counter() - started) * 1000

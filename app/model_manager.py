@@ -175,26 +175,38 @@ class ModelManager:
         for a model in standby waits for that)."""
         if self.engine is None and self.unloaded:
             self.unloaded = False
-            self.follow()
+            loaded = self.follow()
+            if loaded is not None:  # another model's load may let it go again at once: this request keeps it
+                return loaded
+        elif self.engine is None and self.load_error is None:
+            with self.changing:  # another thread is loading it: wait for that load
+                pass
+            engine = self.engine
+            if engine is not None:
+                return engine
         return self.live()
 
-    def follow(self) -> None:
-        """Serve the registry's live version; keep the current engine if the new one fails."""
+    def follow(self) -> Engine | None:
+        """Serve the registry's live version; keep the current engine if the new one fails. Returns
+        the engine this call made live, if it made one."""
         version = self.registry.deployed(self.name)
         if version is None:
             self.load_error = f"no version of model {self.name!r} is deployed in {self.settings.registry}"
-            return
+            return None
         if (self.engine is not None and self.engine.version == version) or version in self.failed or self.unloaded:
-            return
+            return None
         with self.changing:
             if self.registry.deployed(self.name) != version:
-                return  # changed while this look waited: the next look follows it
+                return None  # changed while this look waited: the next look follows it
             try:
-                self.swap(self.load_version(version))
+                engine = self.load_version(version)
+                self.swap(engine)
+                return engine
             except Exception as e:  # noqa: BLE001 - a bad model must never take the service down
                 self.failed[version] = self.load_error = str(e)
                 log.error("model %s v%s not loaded, %s: %s", self.name, version,
                           f"still serving v{self.engine.version}" if self.engine else "serving nothing", e)
+                return None
 
 
 async def cancel(task: asyncio.Task | None) -> None:
