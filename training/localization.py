@@ -79,10 +79,10 @@ class LocalizationTally:
         def overlap(rule: float | BoxRule) -> tuple[float, float]:
             source = rule.source if isinstance(rule, BoxRule) else "cam"
             heat = heats[source]
-            if isinstance(rule, BoxRule) and rule.name == "spread":  # a box of its own, not a cut
-                cut: float | BoxRule = BoxRule(rule.name, rule.value)
+            if isinstance(rule, BoxRule):  # a spread box is a box of its own, not a cut
+                cut: float | BoxRule = rule if rule.name == "spread" else rule.threshold_for(heat)
             else:
-                cut = rule.threshold_for(heat) if isinstance(rule, BoxRule) else float(rule)
+                cut = float(rule)
             if (source, cut) not in cuts:
                 found = boxes_from_heatmap(heat, cut)
                 b = found[0].scaled(sx, sy) if found else None
