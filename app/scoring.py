@@ -81,6 +81,17 @@ def top_score_ece(confidence: np.ndarray, right: np.ndarray, bins: int = ECE_BIN
     return float(gap)
 
 
+def chance_ece(confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model giving these top scores would still show on this many
+    images: each answer drawn right with the probability it states, `draws` times, the mean. A
+    measured ECE near it cannot be told from luck, so it says how far a small validation set can
+    judge calibration at all."""
+    rng = np.random.default_rng(seed)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    return float(np.mean([top_score_ece(confidence, rng.random(len(confidence)) < confidence, bins)
+                          for _ in range(draws)]))
+
+
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
     """Per bin of the top score: its count, mean confidence and accuracy (the reliability diagram)."""
     confidence, right = probs.max(axis=1), probs.argmax(axis=1) == labels

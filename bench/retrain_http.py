@@ -107,7 +107,9 @@ def held_out(client: httpx.Client, root: Path, split: str = "test", route: str =
     return {"split": split, "images": count, "top1": right / count, "gt_known_loc": found / count,
             "called_unknown": unknown / count, "box_rules": sorted(rules),
             **{f"ece_{key}": round(scoring.top_score_ece(np.array(values), np.array(hits)), 4)
-               for key, values in confidence.items()}}
+               for key, values in confidence.items()},
+            # the calibrated scores' ECE if they were exactly right: how much of ece_score is luck
+            "ece_by_chance": round(scoring.chance_ece(np.array(confidence["score"])), 4)}
 
 
 def main() -> None:

@@ -190,6 +190,7 @@ def fit(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing) -> tuple[dict, d
     calibration = {"temperature": round(temperature, 5), "images": len(val_labels), "bins": scoring.ECE_BINS,
                    "ece_before": round(scoring.ece(before, val_labels), 5),
                    "ece_after": round(scoring.ece(after, val_labels), 5),
+                   "ece_by_chance": round(scoring.chance_ece(after.max(axis=1)), 5),
                    "nll_before": round(scoring.nll(val_logits, val_labels), 5),
                    "nll_after": round(scoring.nll(val_logits, val_labels, temperature), 5),
                    "reliability_before": scoring.reliability(before, val_labels),
@@ -202,7 +203,8 @@ def fit(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing) -> tuple[dict, d
     scorer = scoring.Scorer(temperature, scoring.OodSpec.from_card(ood), bank.astype(np.float32))
     ood["battery"], _ = battery_figures(scorer, session, names, cfg, prep, known)
     ood["battery_auroc"] = mean_auroc(ood["battery"])
-    log.info("open world: T=%.3f (ECE %.4f -> %.4f), KNN threshold %.4f on %d training images; battery AUROC %s",
-             temperature, calibration["ece_before"], calibration["ece_after"], threshold, len(bank),
+    log.info("open world: T=%.3f (ECE %.4f -> %.4f; %.4f by chance alone on %d images), KNN threshold %.4f on %d "
+             "training images; battery AUROC %s", temperature, calibration["ece_before"], calibration["ece_after"],
+             calibration["ece_by_chance"], len(val_labels), threshold, len(bank),
              {k: v["auroc"] for k, v in ood["battery"].items()})
     return calibration, ood, blob

@@ -37,6 +37,16 @@ def test_ece_is_the_weighted_gap_between_confidence_and_accuracy():
     assert len(full) == 1 and full[0]["count"] == 10 and full[0]["accuracy"] == pytest.approx(0.6)
 
 
+def test_chance_ece_is_what_a_calibrated_model_reads_on_so_few_images():
+    rng = np.random.default_rng(2)
+    few, many = rng.uniform(0.5, 1.0, 300), rng.uniform(0.5, 1.0, 30_000)
+    # answers right exactly as often as their scores say: the ECE measured is luck, and chance_ece says how much
+    measured = [scoring.top_score_ece(few, rng.random(300) < few) for _ in range(100)]
+    assert scoring.chance_ece(few) == pytest.approx(np.mean(measured), rel=0.2)
+    assert scoring.chance_ece(few) > 0.03 and scoring.chance_ece(many) < 0.01  # ~0.051 and ~0.005
+    assert scoring.chance_ece(np.ones(50)) == 0.0  # sure and right every time: no luck in it
+
+
 def test_knn_distance_is_one_minus_the_cosine_of_the_kth_neighbour():
     bank = scoring.l2_normalised(np.array([[1.0, 0, 0], [0, 1.0, 0], [0.6, 0.8, 0]]))
     queries = np.array([[5.0, 0, 0], [0, 0, 2.0], [-1.0, 0, 0]])
