@@ -31,6 +31,9 @@ class TrainConfig:
     # shift-scale*: half of the images mirrored left to right as well (photographs of things; not for
     # glyphs such as digits and text, which mirroring changes)
     flip: bool = False
+    # the exported graph averages each image with its mirror (twice the inference); None: on where
+    # the validation images say it pays (training/export.py)
+    test_time_flip: bool | None = False
     # optimisation
     epochs: int = 6
     max_steps: int | None = None  # stop after this many optimizer steps (the paper counts iterations)
@@ -47,6 +50,7 @@ class TrainConfig:
     warmup_steps: int = 0
     milestones: tuple[int, ...] = ()  # steps at which "step" divides the lr by 10
     label_smoothing: float = 0.0
+    cutmix: float = 0.0  # the share of batches (without box masks) trained on CutMix images (train.cutmix)
     # an exponential moving average of the weights and BatchNorm statistics (Polyak averaging),
     # evaluated, kept and exported instead of the last weights; its decay, ramped up from the first
     # steps as (1 + n) / (10 + n) so the average forgets the random start (0 = off)
@@ -97,7 +101,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # it (box_loss 3; on the objects set boxes that fit 34% -> 69%, top-1 69% -> 74%; BENCHMARKS.md).
     "auto": dict(model="resnet20", data="synthetic", image_size=0, adapt=True, epochs=30, min_steps=1500,
                  time_budget_s=480, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine",
-                 warmup_steps=50, augment="shift-scale", keep_best=True, box_loss=3.0),
+                 warmup_steps=50, augment="shift-scale", keep_best=True, box_loss=3.0, test_time_flip=None),
     # The default model the repository ships (app/default_model): about 4 minutes on 2 CPU cores
     # (BENCHMARKS.md). resnet20 with a strided stem sees 64x64 images at the cost of 32x32 ones
     # (small shapes need the pixels; its 8x8 CAM localizes better than a 16x16 one); one pass over

@@ -159,6 +159,7 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path, card_json
                "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)},
                "confusion": confusion.tolist(), "localization": localization, "gallery": gallery,
                "box_training": box_training(card_json, localization, baseline),
+               "test_time_flip": card_json.get("test_time_flip"),
                "curves": {k: len(v) for k, v in curves.items()}}
     _plot_curves(curves, out / "curves.png")
     _plot_confusion(confusion, list(card.labels), out / "confusion.png")
@@ -227,6 +228,7 @@ def _open_world(model, cfg: TrainConfig, known: np.ndarray, rows: list, out: Pat
         logits = np.stack([lg for _, lg in labelled])
         raw, calibrated = scoring.softmax(logits), scoring.softmax(logits, scorer.temperature or 1.0)
         result["ece_before"], result["ece_after"] = scoring.ece(raw, truth), scoring.ece(calibrated, truth)
+        result["ece_by_chance"], result["ece_images"] = scoring.chance_ece(calibrated.max(axis=1)), len(truth)
         _plot_reliability(scoring.reliability(raw, truth), scoring.reliability(calibrated, truth), scorer,
                           out / "reliability.png")
     return result
@@ -363,7 +365,8 @@ def _open_world_table(ow: dict) -> str:
                    for name, f in ow["battery"].items())
     said = (f"threshold {ow['threshold']:.4f}, validation images called unknown: {ow['val_called_unknown']:.1%}"
             if ow["threshold"] is not None else "no threshold fitted: answers say unknown: null")
-    ece = (f" ECE {ow['ece_before']:.3f} -> {ow['ece_after']:.3f} (T = {ow['temperature']:.3f})."
+    ece = (f" ECE {ow['ece_before']:.3f} -> {ow['ece_after']:.3f} (T = {ow['temperature']:.3f}; a perfectly"
+           f" calibrated model would read {ow['ece_by_chance']:.3f} on these {ow['ece_images']} images by chance)."
            if ow.get("ece_before") is not None and ow["calibrated"] else "")
     return (f"<p>{e(ow['method'])}: {e(said)}.{e(ece)}</p><table><tr><th>set</th><th>AUROC</th><th>FPR@95</th>"
             f"<th>called unknown</th></tr>{rows}</table>")
@@ -401,6 +404,17 @@ def _precision_table(q: dict) -> str:
             f"bounds {e(json.dumps(q['bounds']))}.</p>")
 
 
+def flip_text(flip: dict | None) -> str:
+    """Whether the graph averages each image with its mirror, and what decided it."""
+    if not flip:
+        return "off (exported before the choice)"
+    said = "on: each image averaged with its mirror" if flip["on"] else "off"
+    if flip.get("decided_by") != "validation":
+        return f"{said} (set for the run)"
+    return (f"{said} (validation top-1 {flip['val_top1']:.1%} alone, {flip['val_top1_averaged']:.1%} averaged, "
+            f"{flip['images']} images)")
+
+
 def _html(figures: dict, folder: Path) -> str:
     e = html.escape
     m = figures["metrics"]
@@ -409,7 +423,8 @@ def _html(figures: dict, folder: Path) -> str:
     table = "".join(f"<tr><th>{e(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
                     f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in shown)
     parts = [f"<h2>Figures</h2><table>{table}<tr><th>box rule</th><td>{e(figures['box_rule'])}</td></tr>"
-             f"<tr><th>precision</th><td>{e(figures.get('precision') or 'float32')}</td></tr></table>"]
+             f"<tr><th>precision</th><td>{e(figures.get('precision') or 'float32')}</td></tr>"
+             f"<tr><th>test-time flip</th><td>{e(flip_text(figures.get('test_time_flip')))}</td></tr></table>"]
     for name, heading in (("curves", "Training"), ("confusion", "Confusion"), ("localization", "Localization"),
                           ("ood", "Open world: images of none of its classes"),
                           ("reliability", "Calibration")):
