@@ -114,7 +114,8 @@ def answer_picture(image: Image.Image, cams: np.ndarray, index: int, window: cam
 def cam_picture(item: StoredImage, index: int, label: str, fmt: str, rule: BoxRule, alpha: float = 0.5,
                 cmap: str = "turbo", max_side: int = 1024) -> tuple[bytes, str]:
     """A kept image's CAM of class `index`, encoded as `fmt`: png/jpeg/webp overlays (the heatmap
-    blended over the image, at most max_side long, with the boxes the JSON answer gave), the raw
+    blended over the image, at most max_side long, with the boxes the JSON answer gave and the
+    label, `(unknown)` after it where the answer called the image none of the model's classes), the raw
     heatmap as a grey PNG (`heatmap.png`) or as float32 `.npy`, at the image's working resolution."""
     if fmt in ("npy", "heatmap.png"):
         heat = cam.heatmap(item.cams[index], item.geometry)
@@ -130,7 +131,8 @@ def cam_picture(item: StoredImage, index: int, label: str, fmt: str, rule: BoxRu
     heat = cam.heatmap(item.cams[index], g)
     boxes = cam.class_boxes(item.cams, [index], item.geometry, g.image_width, g.image_height, rule,
                             foreground=item.foreground)[0]
-    return encode(render(image, heat, [b.as_list() for b in boxes], label, alpha=alpha, cmap=cmap), fmt)
+    caption = f"{label} (unknown)" if item.unknown else label  # an overlay seen alone says it too
+    return encode(render(image, heat, [b.as_list() for b in boxes], caption, alpha=alpha, cmap=cmap), fmt)
 
 
 def encode(image: Image.Image, fmt: str) -> tuple[bytes, str]:

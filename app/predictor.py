@@ -188,8 +188,9 @@ class Predictor:
         answer = await loop.run_in_executor(None, self.postprocess, engine, filename, prepared, result, opts)
         self.metrics.images.labels("answered").inc()
         d = prepared.decoded
+        verdict = answer.open_world.unknown if answer.open_world is not None else None
         return answer, StoredImage(filename, d.image, prepared.window, d.width, d.height, result.cams,
-                                   result.foreground)
+                                   result.foreground, verdict)
 
     async def predict(self, uploads: list[tuple[str, bytes]], opts: Options, model: str | None = None
                       ) -> PredictAnswer:

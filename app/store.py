@@ -27,6 +27,7 @@ class StoredImage:
     height: int
     cams: np.ndarray  # (classes, h, w) float32
     foreground: np.ndarray | None = None  # (h, w) the pc1 map, where the graph gives one
+    unknown: bool | None = None  # the answer's open-world verdict: its overlays say so too
 
     @property
     def nbytes(self) -> int:
@@ -92,7 +93,7 @@ class SharedPredictionStore(PredictionStore):
         tmp.mkdir()
         meta = {"id": p.id, "model": p.model, "version": p.version, "labels": p.labels, "created": p.created,
                 "rule": str(p.rule),
-                "images": [{"filename": i.filename, "width": i.width, "height": i.height,
+                "images": [{"filename": i.filename, "width": i.width, "height": i.height, "unknown": i.unknown,
                             "geometry": dataclasses.asdict(i.geometry)} for i in p.images]}
         for k, i in enumerate(p.images):
             np.save(tmp / f"{k}.image.npy", np.asarray(i.image))
@@ -118,7 +119,7 @@ class SharedPredictionStore(PredictionStore):
             return None
         images = [StoredImage(m["filename"], Image.fromarray(np.load(folder / f"{k}.image.npy")),
                               Geometry(**m["geometry"]), m["width"], m["height"], np.load(folder / f"{k}.cams.npy"),
-                              _optional(folder / f"{k}.foreground.npy"))
+                              _optional(folder / f"{k}.foreground.npy"), m.get("unknown"))
                   for k, m in enumerate(meta["images"])]
         return StoredPrediction(meta["id"], meta["model"], meta["version"], meta["labels"], images, meta["created"],
                                 BoxRule.parse(meta["rule"]))

@@ -65,3 +65,20 @@ def test_png_writer_pieces_make_one_valid_zlib_stream(deflate):
     idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
     raw = zlib.decompress(idat)  # checks the adler32 of the whole
     assert len(raw) == 400 * (400 * 3 + 1)
+
+
+def test_an_overlay_of_an_image_called_unknown_says_so_in_its_caption():
+    from app.cam import DEFAULT_RULE, Geometry
+    from app.store import StoredImage
+
+    cams = np.zeros((2, 4, 4), np.float32)
+    cams[0, 1:3, 1:3] = 1.0
+    pictures = {}
+    for unknown in (None, False, True):
+        item = StoredImage("x.png", Image.new("RGB", (320, 240), (200, 200, 200)), Geometry.full(320, 240), 320, 240,
+                           cams, unknown=unknown)
+        data, _ = overlay.cam_picture(item, 0, "cross", "png", DEFAULT_RULE)
+        pictures[unknown] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.array_equal(pictures[None], pictures[False])  # no verdict, or known: the label alone
+    black = {k: int((p == 0).all(axis=2).sum()) for k, p in pictures.items()}
+    assert black[True] > 1.5 * black[False]  # the caption's black box: "cross (unknown)" is longer

@@ -34,3 +34,11 @@ def test_the_shared_store_keeps_its_folder_within_the_budget(tmp_path):
     assert store.get("p39") is not None  # the newest stays
     store.sweep(1e12)  # long after: everything expired
     assert not list(tmp_path.iterdir())
+
+
+def test_the_shared_store_keeps_each_images_verdict(tmp_path):
+    kept = prediction("v")
+    kept.images[0].unknown = True
+    SharedPredictionStore(max_bytes=10 * kept.nbytes, ttl_s=1e9, root=tmp_path).put(kept)
+    read = SharedPredictionStore(max_bytes=10 * kept.nbytes, ttl_s=1e9, root=tmp_path).get("v")  # another worker
+    assert read is not None and read.images[0].unknown is True
