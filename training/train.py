@@ -295,8 +295,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                 x, masks = augment_batch(x, cfg.augment, aug_gen, box_masks(boxes, windows, x.shape[-1]).to(device), cfg.flip)
             else:
                 x = augment_batch(x, cfg.augment, aug_gen, flip=cfg.flip)
-            x = x.contiguous(memory_format=memory_format)
             y = labels.to(device, non_blocking=True)
+            donor, own = None, 1.0
+            if cfg.cutmix and masks is None and float(torch.rand(1, generator=aug_gen)) < cfg.cutmix:
+                x, donor, own = cutmix(x, aug_gen)
+            x = x.contiguous(memory_format=memory_format)
             if cfg.outlier_exposure:
                 x = torch.cat([x, shuffled_tiles(x[: max(1, len(x) // 4)], aug_gen)])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -305,6 +308,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                     logits, outliers = logits[: len(y)], logits[len(y):]
                 loss = F.cross_entropy(logit_normalised(logits, cfg.logit_norm), y,
                                        label_smoothing=cfg.label_smoothing)
+                if donor is not None:  # the patch's share of the image is its donor's label
+                    loss = own * loss + (1 - own) * F.cross_entropy(logit_normalised(logits, cfg.logit_norm), y[donor],
+                                                                    label_smoothing=cfg.label_smoothing)
                 fit = box_fit_loss(cams[: len(y)], y, masks) if masks is not None else None
                 if fit is not None:
                     loss = loss + cfg.box_loss * fit
@@ -446,6 +452,22 @@ def logit_normalised(logits: torch.Tensor, tau: float) -> torch.Tensor:
     if not tau:
         return logits
     return logits / (tau * logits.float().norm(dim=1, keepdim=True).clamp_min(1e-7)).to(logits.dtype)
+
+
+def cutmix(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019): a rectangle of each image replaced by the same rectangle of another
+    image of the batch, its area a share 1 - lam ~ U(0, 1) of the image. Returns the images, which
+    image each one's patch came from, and lam, the share that is still the image's own (the loss
+    weighs the two labels so). Unlike mixup no pixel is a blend, so a CAM still has one object to find."""
+    n, _, h, w = x.shape
+    lam = float(torch.rand(1, generator=generator))
+    ch, cw = round(h * (1 - lam) ** 0.5), round(w * (1 - lam) ** 0.5)
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+    donor = torch.randperm(n, generator=generator).to(x.device)
+    out = x.clone()
+    out[:, :, top:top + ch, left:left + cw] = x[donor, :, top:top + ch, left:left + cw]
+    return out, donor, 1 - ch * cw / (h * w)
 
 
 def shuffled_tiles(x: torch.Tensor, generator: torch.Generator, grid: int = 4) -> torch.Tensor:

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from training.config import recipe
@@ -77,3 +78,20 @@ def test_logit_norm_scales_each_row_to_one_over_tau():
     z = torch.tensor([[3.0, 4.0], [0.0, 10.0]])
     assert torch.allclose(logit_normalised(z, 0.5).norm(dim=1), torch.tensor([2.0, 2.0]))
     assert torch.equal(logit_normalised(z, 0.0), z)
+
+
+def test_cutmix_pastes_one_rectangle_of_another_image_and_says_how_much_is_still_its_own():
+    from training.train import cutmix
+
+    generator = torch.Generator().manual_seed(1)
+    x = torch.stack([torch.full((3, 16, 16), float(i)) for i in range(6)])  # image i is all i
+    for _ in range(20):
+        out, donor, own = cutmix(x, generator)
+        for i in range(6):
+            from_donor = (out[i] == donor[i].item()).all(dim=0)
+            assert ((out[i] == i) | from_donor).all()  # every pixel is its own or its donor's
+            if donor[i] != i:
+                rows, cols = from_donor.nonzero(as_tuple=True)
+                rectangle = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) if len(rows) else 0
+                assert rectangle == len(rows)  # one solid rectangle
+                assert own == pytest.approx(1 - len(rows) / 256)
