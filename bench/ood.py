@@ -4,7 +4,8 @@ graph, app.scoring).
 
 The sets (bench/realsets.py, built under --sets if absent): the embedded shapes (new ones), real
 photographs (scikit-image's, whole and cropped), real-object composites (`objects`, its `test/`
-and its `unseen/` objects), handwritten digits (`digits`, its `test/`), and uniform noise. A model's
+and its `unseen/` objects; `other objects`, drawings of tools, electronics, people and office things
+on the same photographs: an objects model's near-OOD set), handwritten digits (`digits`, its `test/`), and uniform noise. A model's
 own kind of images are its in-distribution test set: the share of them called unknown is the
 cost of the verdict, the others' AUROC and FPR@95 its power.
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app import scoring  # noqa: E402
 from app.card import ModelCard  # noqa: E402
 from app.registry import CARD_FILE  # noqa: E402
-from bench.realsets import build_digits, build_objects, build_photos  # noqa: E402
+from bench.realsets import build_digits, build_objects, build_other_objects, build_photos  # noqa: E402
 from models import create_model  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
@@ -54,11 +55,14 @@ def sets(root: Path) -> dict[str, list[Image.Image]]:
         build_objects(root / "objects")
     if not (root / "photos").is_dir():
         build_photos(root)
+    if not (root / "other-objects" / "boxes.csv").exists():
+        build_other_objects(root / "other-objects")
     rng = np.random.default_rng(1)
     return {"shapes": [Image.fromarray(a) for a in synthetic.generate(0, "test", 600, 64)[0]],
             "photographs": folder_images(root / "photos"),
             "objects": folder_images(root / "objects" / "test"),
             "unseen objects": folder_images(root / "objects" / "unseen"),
+            "other objects": folder_images(root / "other-objects" / "test"),
             "digits": folder_images(root / "digits" / "test"),
             "noise": [Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)) for _ in range(200)]}
 

@@ -230,6 +230,30 @@ def build_objects(root: str | Path, seed: int = 0) -> Path:
     return root
 
 
+# drawings of things none of OBJECT_CLASSES is: the near-out-of-distribution set of an objects model
+OTHER_OBJECTS = {"tool": "tools", "electronics": "electronics", "person": "people", "office": "office"}
+
+
+def build_other_objects(root: str | Path, seed: int = 0, count: int = 480) -> Path:
+    """Composites made as build_objects makes them, on the same photographs, of drawings of other
+    things (OTHER_OBJECTS): what an objects model meets when a user sends something else."""
+    root = Path(root)
+    photos = [photo(n) for n in PHOTOS]
+    cutouts = {c: _cutouts(CLIPART / sub) for c, sub in OTHER_OBJECTS.items()}
+    classes = sorted(c for c in cutouts if cutouts[c])
+    rows = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, 99, i])
+        label = classes[i % len(classes)]
+        image, box = _composite(rng, cutouts[label][rng.integers(len(cutouts[label]))], photos)
+        rel = Path("test") / label / f"{i:04d}.png"
+        (root / rel.parent).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / rel)
+        rows.append((rel.as_posix(), label, box))
+    write_boxes(root, rows)
+    return root
+
+
 def build_photos(root: str | Path, seed: int = 0, crops: int = 20) -> Path:
     """Each photograph whole and as `crops` random square crops (20-100% of its shorter side)."""
     root = Path(root) / "photos"
@@ -265,7 +289,8 @@ def zip_bytes(root: str | Path, splits: tuple[str, ...] = ("train", "val"), boxe
     return buf.getvalue()
 
 
-BUILDERS = {"digits": build_digits, "faces": build_faces, "objects": build_objects, "photos": build_photos}
+BUILDERS = {"digits": build_digits, "faces": build_faces, "objects": build_objects, "photos": build_photos,
+            "other-objects": build_other_objects}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
