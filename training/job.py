@@ -22,11 +22,11 @@ from .weights import InitError, resolve
 log = logging.getLogger(__name__)
 
 
-# fine-tuning torchvision's ImageNet weights: its mean and std, a tenth of the scratch learning
-# rate, and inputs of at least 160 px (its stem divides by 32: a 5x5 CAM; 96 px would give 3x3)
 # what a mirrored export (training/export.py, test-time flip) is judged on as it serves, not as it trained
 SERVED_FIGURES = ("top1", "images_with_boxes", "box_rule", "gt_known_loc", "top1_loc", "max_box_acc", "best_threshold",
                   "max_box_acc_v2", "gt_known_loc_paper")
+# fine-tuning torchvision's ImageNet weights: its mean and std, a tenth of the scratch learning
+# rate, and inputs of at least 160 px (its stem divides by 32: a 5x5 CAM; 96 px would give 3x3)
 IMAGENET_PLAN = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "lr": 0.01, "image_size": 160, "model_kwargs": {}}
 
 

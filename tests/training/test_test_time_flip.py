@@ -80,3 +80,18 @@ def test_the_flip_is_measured_on_the_validation_images_and_kept_only_where_it_pa
     assert lateral["on"] is False and lateral["val_top1"] == 1.0 and lateral["val_top1_averaged"] == 0.5
     assert choose_test_time_flip(LeftBrighter(), cfg.replace(test_time_flip=False), preprocessing(cfg)) == {
         "on": False, "decided_by": "setting"}
+
+
+def test_a_job_judges_a_mirrored_model_by_what_it_will_serve(tmp_path):
+    from app.jobspec import JobSpec
+    from training.compare import evaluate_onnx
+    from training.job import config_for, run_job
+
+    spec = JobSpec(run_dir=str(tmp_path / "run"), data="synthetic", settings={
+        "model": "resnet8", "image_size": 32, "synthetic_train": 128, "synthetic_val": 64, "max_steps": 3,
+        "warmup_steps": 0, "test_time_flip": True})
+    result = run_job(spec)
+    assert json.loads((tmp_path / "run" / "export" / "card.json").read_text())["test_time_flip"]["on"] is True
+    served = evaluate_onnx(result.export, config_for(spec))
+    assert result.metrics["top1"] == served["top1"] and result.metrics["gt_known_loc"] == served["gt_known_loc"]
+    assert "top1_without_flip" in result.metrics  # what training measured on the image alone
