@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ def _folder_sizes(root: Path) -> list[tuple[int, int]]:
 
     from .data import IMAGE_SUFFIXES
 
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    # os.walk follows linked folders as the data loader does (pathlib's rglob does not before 3.13)
+    files = sorted(Path(folder) / name for folder, _, names in os.walk(root, followlinks=True) for name in names
+                   if Path(name).suffix.lower() in IMAGE_SUFFIXES)
     step = max(1, len(files) // SAMPLED_FILES)
     sizes = []
     for p in files[::step][:SAMPLED_FILES]:

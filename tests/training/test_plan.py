@@ -42,6 +42,15 @@ def test_the_image_size_and_stem_come_from_the_images(tmp_path, side, expected, 
     assert explicit.image_size == 48  # a size the user gave is kept
 
 
+def test_the_image_size_is_read_through_linked_folders_as_training_reads_them(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "real" / split / "a").mkdir(parents=True)
+        Image.new("RGB", (100, 100)).save(tmp_path / "real" / split / "a" / "0.png")
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / "data" / split).symlink_to(tmp_path / "real" / split)  # a view of the images kept elsewhere
+    assert adapt_to_data(recipe("auto", data=f"folder:{tmp_path / 'data'}"), on_gpu=False).image_size == 96
+
+
 def test_shift_scale_augment_moves_and_zooms_but_keeps_the_shape():
     x = torch.zeros(8, 3, 32, 32)
     x[:, :, 12:20, 12:20] = 1.0
