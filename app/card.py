@@ -54,6 +54,12 @@ class ModelCard:
         return float(t) if isinstance(t, (int, float)) and 0 < t < math.inf else None
 
     @property
+    def test_time_flip(self) -> bool:
+        """Whether the graph averages each image with its left-right mirror (training/export.py)."""
+        flip = self.extra.get("test_time_flip")
+        return bool(flip.get("on")) if isinstance(flip, dict) else False
+
+    @property
     def precision(self) -> str:
         """The graph's arithmetic: float32, float16 (GPUs) or int8 (CPUs); inputs and outputs are
         float32 in all three."""

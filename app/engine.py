@@ -279,4 +279,5 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,
                 "architecture": self.card.architecture, "precision": self.card.precision, "labels": list(self.labels),
-                "input_size": self.prep.crop, "open_world": self.scorer.method, "calibrated": self.scorer.calibrated}
+                "input_size": self.prep.crop, "open_world": self.scorer.method, "calibrated": self.scorer.calibrated,
+                "test_time_flip": self.card.test_time_flip}

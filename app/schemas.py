@@ -76,6 +76,8 @@ class ModelRef(BaseModel):
     version: int
     architecture: str | None = None
     precision: str = Field("float32", description="the graph's arithmetic: float32, float16 or int8")
+    test_time_flip: bool = Field(False, description="the graph averages each image with its left-right mirror "
+                                                    "(twice the inference; chosen per model where it measured better)")
 
 
 class BoxRuleAnswer(BaseModel):

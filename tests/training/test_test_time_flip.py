@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from app.card import ModelCard
 from training.config import TrainConfig
 from training.data import preprocessing
 from training.export import choose_test_time_flip, export_checkpoint, parity_inputs
@@ -25,6 +26,8 @@ def test_a_mirrored_export_is_the_mean_of_each_image_and_its_mirror(tiny_model, 
     mirrored = export_checkpoint(tmp_path / "ckpt.pth", tmp_path / "export")
     card = json.loads((mirrored / "card.json").read_text())
     assert card["test_time_flip"] == {"on": True, "decided_by": "setting"} and card["parity"]["same_top1"]
+    assert ModelCard.load(mirrored / "card.json").test_time_flip and not ModelCard.load(tiny_model.export / "card.json"
+                                                                                       ).test_time_flip
     x = parity_inputs(tiny_model.config, count=6)
     plain = outputs(tiny_model.export / "model.onnx", x)
     mirror = outputs(tiny_model.export / "model.onnx", np.ascontiguousarray(x[..., ::-1]))
