@@ -7,6 +7,7 @@ torch.compile are each one flag.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -332,7 +333,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                 # the median of the steps after the first few (kernels warming up): a stretch of
                 # steps slowed by something else on the machine does not cut the whole run
                 plan = replan(cfg, plan, statistics.median(step_s[min(5, len(step_s) - 1):]), len(data.train),
-                              len(data.val), world, device)
+                              len(data.val), world, device, done=step)
                 total_steps, epochs, progress.total = plan.steps, plan.epochs, plan.steps
                 scheduler.lr_lambdas = [lr_factor(cfg, total_steps)] * len(optimizer.param_groups)
                 progress.report(event="plan", step=step, replanned=True, train_images=len(data.train),
@@ -433,11 +434,15 @@ def rank0_value(value: float, world: int, device: torch.device) -> float:
 
 
 def replan(cfg: TrainConfig, plan: Plan, seconds_per_step: float, train_images: int, val_images: int, world: int,
-           device: torch.device) -> Plan:
-    """The plan again with the loop's measured speed (rank 0's)."""
+           device: torch.device, done: int = 0) -> Plan:
+    """The plan again with the loop's measured speed (rank 0's), never fewer steps than the `done`
+    ones: on a machine slow enough that the budget is already spent, the run ends where it is."""
     seconds_per_step = rank0_value(seconds_per_step, world, device)
-    return make_plan(cfg, plan.steps_per_epoch, plan.batch_size, train_images, val_images, seconds_per_step,
+    plan = make_plan(cfg, plan.steps_per_epoch, plan.batch_size, train_images, val_images, seconds_per_step,
                      plan.device, plan.precision, plan.boxes_fitted)
+    if plan.steps < done:
+        plan = dataclasses.replace(plan, steps=done, epochs=math.ceil(done / plan.steps_per_epoch))
+    return plan
 
 
 def diverged(ckpt: dict, metrics: dict) -> bool:

@@ -42,6 +42,18 @@ def test_the_image_size_and_stem_come_from_the_images(tmp_path, side, expected, 
     assert explicit.image_size == 48  # a size the user gave is kept
 
 
+def test_a_replan_on_a_machine_too_slow_for_the_budget_ends_the_run_where_it_is():
+    import torch
+
+    from training.train import replan
+
+    cfg = recipe("auto", data="folder:/x", time_budget_s=100)
+    plan = make_plan(cfg, 11, 128, 1437, 360, 0.5)
+    slow = replan(cfg, plan, 10.0, 1437, 360, 1, torch.device("cpu"), done=50)  # 100 s buys fewer than 50 steps
+    assert slow.steps == 50 and slow.epochs == 5 and slow.limited_by == "time_budget"
+    assert replan(cfg, plan, 0.5, 1437, 360, 1, torch.device("cpu"), done=50).steps == plan.steps  # room: as planned
+
+
 def test_the_image_size_is_read_through_linked_folders_as_training_reads_them(tmp_path):
     for split in ("train", "val"):
         (tmp_path / "real" / split / "a").mkdir(parents=True)
