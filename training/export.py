@@ -265,16 +265,15 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
         card["precision"] = "int8" if card["quantization"]["kept"] else "float32"
     card["calibration"], card["ood"], bank = open_world.fit(onnx_path, cfg, prep)
     (out_dir / OOD_FILE).write_bytes(bank)
-    embed_card(onnx_path, card)
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     if mirror:  # the card's figures are the graph's as it serves, each image with its mirror
         from .compare import evaluate_onnx
 
-        served = evaluate_onnx(out_dir, cfg)
+        served = evaluate_onnx(out_dir, cfg, battery=False)  # open_world.fit measured the battery on this file
         card["metrics"] = {**card["metrics"], "top1_without_flip": card["metrics"].get("top1"),
                            **{k: served[k] for k in SERVED_FIGURES if k in served}}
-        embed_card(onnx_path, card)
         (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    embed_card(onnx_path, card)
     torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)  # torchvision format: `--init` takes it
     log.info("exported %s (%s, parity %s)", onnx_path, card["precision"], card["parity"])
     return out_dir
