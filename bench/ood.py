@@ -5,9 +5,9 @@ graph, app.scoring).
 The sets (bench/realsets.py, built under --sets if absent): the embedded shapes (new ones), real
 photographs (scikit-image's, whole and cropped), real-object composites (`objects`, its `test/`
 and its `unseen/` objects; `other objects`, drawings of tools, electronics, people and office things
-on the same photographs: an objects model's near-OOD set), handwritten digits (`digits`, its `test/`), and uniform noise. A model's
-own kind of images are its in-distribution test set: the share of them called unknown is the
-cost of the verdict, the others' AUROC and FPR@95 its power.
+on the same photographs: an objects model's near-OOD set), handwritten digits (`digits`, its
+`test/`), and uniform noise. A model's own kind of images are its in-distribution test set: the
+share of them called unknown is the cost of the verdict, the others' AUROC and FPR@95 its power.
 
 Methods: the served one (the card's: KNN, k=5, on the version's bank of every stage's pooled
 features), and for comparison softmax (MSP), max-logit, energy, KNN at k=1 on the same bank, KNN

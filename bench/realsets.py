@@ -203,6 +203,16 @@ def _composite(rng: np.random.Generator, cutout: Image.Image, photos: list[np.nd
     return np.clip(noisy, 0, 255).astype(np.uint8), box
 
 
+def _write_composite(root: Path, rel: Path, rng: np.random.Generator, pool: list[Image.Image],
+                     photos: list[np.ndarray]) -> tuple:
+    """One of `pool`'s drawings pasted on a photograph (_composite), saved at root/rel; its boxes.csv
+    row (the label is rel's folder)."""
+    image, box = _composite(rng, pool[rng.integers(len(pool))], photos)
+    (root / rel.parent).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / rel)
+    return rel.as_posix(), rel.parent.name, box
+
+
 def build_objects(root: str | Path, seed: int = 0) -> Path:
     """Composites of real-object clip art on real photographs; 20% of each class's objects appear
     only in `unseen/`."""
@@ -221,11 +231,7 @@ def build_objects(root: str | Path, seed: int = 0) -> Path:
         for i in range(count):
             rng = np.random.default_rng([seed, list(OBJECT_SPLITS).index(split), i])
             label = classes[i % len(classes)]
-            image, box = _composite(rng, pool[label][rng.integers(len(pool[label]))], photos)
-            rel = Path(split) / label / f"{i:04d}.png"
-            (root / rel.parent).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(root / rel)
-            rows.append((rel.as_posix(), label, box))
+            rows.append(_write_composite(root, Path(split) / label / f"{i:04d}.png", rng, pool[label], photos))
     write_boxes(root, rows)
     return root
 
@@ -243,13 +249,9 @@ def build_other_objects(root: str | Path, seed: int = 0, count: int = 480) -> Pa
     classes = sorted(c for c in cutouts if cutouts[c])
     rows = []
     for i in range(count):
-        rng = np.random.default_rng([seed, 99, i])
         label = classes[i % len(classes)]
-        image, box = _composite(rng, cutouts[label][rng.integers(len(cutouts[label]))], photos)
-        rel = Path("test") / label / f"{i:04d}.png"
-        (root / rel.parent).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / rel)
-        rows.append((rel.as_posix(), label, box))
+        rows.append(_write_composite(root, Path("test") / label / f"{i:04d}.png", np.random.default_rng([seed, 99, i]),
+                                     cutouts[label], photos))
     write_boxes(root, rows)
     return root
 

@@ -31,10 +31,8 @@ def top1(version: Path, folder: Path, split: str) -> dict:
         pair = np.concatenate([x, x[..., ::-1]])
         logits = session.run(["logits"], {session.get_inputs()[0].name: np.ascontiguousarray(pair)})[0]
         truth = index[path.parent.name]
-        plain += logits[0].argmax() == truth
-        flipped += logits[1].argmax() == truth
-        averaged_right, plain_right = logits.mean(axis=0).argmax() == truth, logits[0].argmax() == truth
-        both += averaged_right
+        plain_right, averaged_right = logits[0].argmax() == truth, logits.mean(axis=0).argmax() == truth
+        plain, both, flipped = plain + plain_right, both + averaged_right, flipped + (logits[1].argmax() == truth)
         gained, lost = gained + (averaged_right and not plain_right), lost + (plain_right and not averaged_right)
         count += 1
     return {"split": split, "images": count, "top1": round(plain / count, 4),

@@ -307,11 +307,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                 logits, cams = net(x, with_cam=True) if masks is not None else (net(x), None)
                 if cfg.outlier_exposure:
                     logits, outliers = logits[: len(y)], logits[len(y):]
-                loss = F.cross_entropy(logit_normalised(logits, cfg.logit_norm), y,
-                                       label_smoothing=cfg.label_smoothing)
+                scored = logit_normalised(logits, cfg.logit_norm)
+                loss = F.cross_entropy(scored, y, label_smoothing=cfg.label_smoothing)
                 if donor is not None:  # the patch's share of the image is its donor's label
-                    loss = own * loss + (1 - own) * F.cross_entropy(logit_normalised(logits, cfg.logit_norm), y[donor],
-                                                                    label_smoothing=cfg.label_smoothing)
+                    donor_loss = F.cross_entropy(scored, y[donor], label_smoothing=cfg.label_smoothing)
+                    loss = own * loss + (1 - own) * donor_loss
                 fit = box_fit_loss(cams[: len(y)], y, masks) if masks is not None else None
                 if fit is not None:
                     loss = loss + cfg.box_loss * fit
