@@ -152,7 +152,8 @@ def int8_registry(float_registry: Path, root: Path, bodies: list[bytes]) -> Path
     return registry.root
 
 
-PRECISION = {"rescam": "float32", "plain": "float32", "litserve": "float32", "rescam-int8": "int8"}
+PRECISION = {"rescam": "float32", "plain": "float32", "litserve": "float32", "rescam-int8": "int8",
+             "rescam-variant": "float32"}
 
 
 def top1(port: int, path: str, body: bytes) -> int:
@@ -174,6 +175,9 @@ def main() -> None:
     p.add_argument("--rescam", nargs="*", default=[], metavar="NAME=VALUE",
                    help="settings for rescam's server, as RESCAM_NAME=VALUE (e.g. batching=false)")
     p.add_argument("--no-int8", action="store_true", help="leave out rescam's int8 version")
+    p.add_argument("--variant", nargs="+", default=None, metavar="NAME=VALUE",
+                   help="a second float32 rescam server with these settings on top of --rescam's, measured "
+                        "in the same rounds (e.g. steps_on_inference_thread=false)")
     args = p.parse_args()
     bodies = [multipart(jpeg(640, 480, seed=s)) for s in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +189,12 @@ def main() -> None:
                             **dict(kv.split("=", 1) for kv in args.rescam))
             rescam.name, rescam.path = "rescam", "/v1/predict"
             servers["rescam"] = rescam
+            if args.variant:
+                variant = Server(registry, providers=json.dumps(args.providers.split(",")),
+                                 **dict(kv.split("=", 1) for kv in [*args.rescam, *args.variant]))
+                variant.name, variant.path = "rescam-variant", "/v1/predict"
+                servers["rescam-variant"] = variant
+                emit("variant", settings=args.variant)
             servers["plain"] = Peer("plain", model, args.providers)
             servers["litserve"] = Peer("litserve", model, args.providers, max_batch=16,
                                        batch_timeout=args.litserve_batch_timeout)
@@ -230,6 +240,8 @@ def summarize(runs: dict, names: list[str], concurrency: list[int]) -> None:
                  ratio=med[(ours, c)]["rps"] / best, target=">= 1.0")
 
     table("The same float32 model in every server", ["rescam", *peers], "rescam")
+    if "rescam-variant" in names:
+        table("rescam with the variant's settings", ["rescam-variant", *peers], "rescam-variant")
     if 1 in concurrency:
         emit("p50_at_1", precision="float32", rescam_ms=med[("rescam", 1)]["p50_ms"],
              plain_ms=med[("plain", 1)]["p50_ms"], ratio=med[("rescam", 1)]["p50_ms"] / med[("plain", 1)]["p50_ms"],
