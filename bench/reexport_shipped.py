@@ -26,7 +26,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "app" / "default_model"
 def checkpoint_of(folder: Path, out: Path) -> Path:
     """A trainer-style checkpoint made of a version's weights and card."""
     card = json.loads((folder / CARD_FILE).read_text())
-    ckpt = {"model_name": card["architecture"], "model_kwargs": card["model_kwargs"], "classes": card["labels"],
+    ckpt = {"architecture": card["architecture"], "model_kwargs": card["model_kwargs"], "classes": card["labels"],
             "config": card["training_config"], "metrics": card["metrics"], "epoch": card["epochs"],
             "step": card["steps"], "fingerprint": card["data_fingerprint"], "finished": True,
             "model": torch.load(folder / WEIGHTS_FILE, map_location="cpu")}

@@ -39,7 +39,7 @@ from . import open_world, quantize
 from .config import TrainConfig
 from .data import load_data, preprocessing
 from .foreground import Foreground
-from .train import load_checkpoint_model
+from .train import checkpoint_architecture, load_checkpoint_model
 
 log = logging.getLogger(__name__)
 OPSET = 18
@@ -204,7 +204,7 @@ def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, 
     box_free = box_free_rule(foreground is not None)
     return {
         "format": "rescam.card/1",
-        "architecture": ckpt["model_name"],
+        "architecture": checkpoint_architecture(ckpt),
         "model_kwargs": ckpt["model_kwargs"],
         "labels": list(ckpt["classes"]),
         "input": {"name": "input", "shape": ["batch", model.conv1.in_channels, prep.crop, prep.crop],

@@ -361,7 +361,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                 save_atomic({"model": kept.state_dict(), "epoch": epoch + 1, "step": step, "top1": best_top1},
                             out_dir / BEST)
             save_atomic({"model": model.state_dict(), "ema": averaged.state_dict() if averaged is not None else None,
-                         "model_name": cfg.model, "model_kwargs": cfg.model_kwargs,
+                         "architecture": cfg.model, "model_kwargs": cfg.model_kwargs,
                          "classes": data.classes, "config": cfg.to_dict(), "fingerprint": data.fingerprint,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "plateau": plateau.state_dict() if plateau is not None else None,
@@ -488,9 +488,15 @@ def shuffled_tiles(x: torch.Tensor, generator: torch.Generator, grid: int = 4) -
     return torch.nn.functional.pad(out, (0, w - tw * grid, 0, h - th * grid))
 
 
+def checkpoint_architecture(ckpt: dict) -> str:
+    """The network design a checkpoint holds (`resnet20`); checkpoints written before the word
+    "model" was kept for the registry's names call it `model_name`."""
+    return ckpt["architecture"] if "architecture" in ckpt else ckpt["model_name"]
+
+
 def load_checkpoint_model(path: str | Path) -> tuple[ResNet, dict]:
     """The model of a checkpoint in eval mode, and the checkpoint."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = create_model(ckpt["model_name"], num_classes=len(ckpt["classes"]), **ckpt["model_kwargs"])
+    model = create_model(checkpoint_architecture(ckpt), num_classes=len(ckpt["classes"]), **ckpt["model_kwargs"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt

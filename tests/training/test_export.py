@@ -61,3 +61,22 @@ def test_float16_export_runs_in_half_precision_behind_float32_input_and_outputs(
     export_onnx(model, tmp_path / "bad.onnx", 32, precision="float16")
     with pytest.raises(ParityError):
         check_parity(model.eval(), tmp_path / "bad.onnx", parity_inputs(tiny_model.config), "float16")
+
+
+def test_a_checkpoint_written_before_architecture_was_its_own_word_still_exports(tiny_model, tmp_path):
+    """Checkpoints name their network `architecture`; older ones called it `model_name`, the word the
+    registry's names now own. Both load as the same network and export with the same card."""
+    import torch
+
+    from training.export import export_checkpoint
+
+    ckpt = torch.load(tiny_model.checkpoint, map_location="cpu", weights_only=False)
+    assert ckpt["architecture"] == "resnet8" and "model_name" not in ckpt
+    ckpt["model_name"] = ckpt.pop("architecture")
+    older = tmp_path / "older.pth"
+    torch.save(ckpt, older)
+    model, _ = load_checkpoint_model(older)
+    new, _ = load_checkpoint_model(tiny_model.checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), new.state_dict().values()))
+    card = json.loads((export_checkpoint(older, tmp_path / "export") / "card.json").read_text())
+    assert card["architecture"] == "resnet8" and card["labels"] == tiny_model.card["labels"]
