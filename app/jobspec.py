@@ -24,8 +24,8 @@ JOB_SETTINGS = frozenset({
     "model", "model_kwargs", "image_size", "resize", "synthetic_train", "synthetic_val", "val_fraction", "mean",
     "std", "augment", "epochs", "max_steps", "min_steps", "time_budget_s", "keep_best", "adapt", "batch_size", "lr",
     "momentum", "weight_decay", "nesterov", "schedule", "warmup_steps", "milestones", "label_smoothing", "cutmix",
-    "ema", "flip", "test_time_flip", "logit_norm", "outlier_exposure", "box_loss", "freeze_bn", "seed", "precision",
-    "channels_last", "compile", "log_every",
+    "ema", "flip", "test_time_flip", "logit_norm", "outlier_exposure", "outliers", "box_loss", "freeze_bn", "seed",
+    "precision", "channels_last", "compile", "log_every",
 })
 
 

@@ -57,9 +57,11 @@ class TrainConfig:
     ema: float = 0.0
     # open world (BENCHMARKS.md, "Open world"): LogitNorm's temperature (Wei et al. 2022: the loss
     # sees logits / (tau * |logits|); 0 = off) and outlier exposure's weight (Hendrycks et al. 2019:
-    # uniform scores on made-up outliers, the batch's own images cut in 4x4 tiles and shuffled; 0 = off)
+    # uniform scores on made-up outliers, a quarter of each batch; 0 = off) and where the outliers come
+    # from (training/outliers.py: tiles of the batch's images, the synthetic shapes, or both)
     logit_norm: float = 0.0
     outlier_exposure: float = 0.0
+    outliers: str = "tiles"
     # boxes (BENCHMARKS.md, "Boxes from boxes"): the weight of training/losses.py's box-fit loss on
     # the images that have a box (0 = off; a data set without boxes trains as before)
     box_loss: float = 0.0

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "arrow")
-SPLITS = {"train": 0, "val": 1, "test": 2}
+SPLITS = {"train": 0, "val": 1, "test": 2, "outliers": 3}  # outliers: training/outliers.py
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from .data import box_masks, boxed_images, decoded, load_data, preprocessing
 from .evaluate import channel_stats, evaluate, normalize_batch
 from .foreground import fit_dataset
 from .losses import box_fit_loss
+from .outliers import Outliers, outlier_source
 from .plan import (MASKED_AUGMENTATIONS, Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision,
                    learning_at_the_end, make_plan, time_steps)
 from .weights import load_state
@@ -271,6 +272,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         log.warning("box_loss needs an augmentation that moves boxes along (%s); not %s: boxes are not fitted",
                     ", ".join(MASKED_AUGMENTATIONS), cfg.augment)
     val_metrics: dict = {}
+    outliers = (Outliers(outlier_source(cfg, data.classes), cfg.augment, cfg.flip, mean, std, cfg.seed)
+                if cfg.outlier_exposure else None)
 
     # the loop
     epochs_done = start_epoch
@@ -302,11 +305,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                 x, donor, own = cutmix(x, aug_gen)
             x = x.contiguous(memory_format=memory_format)
             if cfg.outlier_exposure:
-                x = torch.cat([x, shuffled_tiles(x[: max(1, len(x) // 4)], aug_gen)])
+                x = torch.cat([x, outliers(x, aug_gen)])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits, cams = net(x, with_cam=True) if masks is not None else (net(x), None)
                 if cfg.outlier_exposure:
-                    logits, outliers = logits[: len(y)], logits[len(y):]
+                    logits, outlier_logits = logits[: len(y)], logits[len(y):]
                 scored = logit_normalised(logits, cfg.logit_norm)
                 loss = F.cross_entropy(scored, y, label_smoothing=cfg.label_smoothing)
                 if donor is not None:  # the patch's share of the image is its donor's label
@@ -316,7 +319,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                 if fit is not None:
                     loss = loss + cfg.box_loss * fit
                 if cfg.outlier_exposure:  # cross-entropy to the uniform distribution
-                    loss = loss - cfg.outlier_exposure * F.log_softmax(outliers.float(), dim=1).mean()
+                    loss = loss - cfg.outlier_exposure * F.log_softmax(outlier_logits.float(), dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -473,19 +476,6 @@ def cutmix(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, t
     out = x.clone()
     out[:, :, top:top + ch, left:left + cw] = x[donor, :, top:top + ch, left:left + cw]
     return out, donor, 1 - ch * cw / (h * w)
-
-
-def shuffled_tiles(x: torch.Tensor, generator: torch.Generator, grid: int = 4) -> torch.Tensor:
-    """Outliers made of in-distribution images: each cut in grid x grid tiles put back in a random
-    order, so the colours and textures stay and the objects are gone (the side a multiple of grid)."""
-    n, c, h, w = x.shape
-    th, tw = h // grid, w // grid
-    tiles = x[:, :, : th * grid, : tw * grid].reshape(n, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5)
-    tiles = tiles.reshape(n, grid * grid, c, th, tw)
-    order = torch.argsort(torch.rand(n, grid * grid, generator=generator), dim=1).to(x.device)
-    tiles = tiles[torch.arange(n, device=x.device)[:, None], order]
-    out = tiles.reshape(n, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * grid, tw * grid)
-    return torch.nn.functional.pad(out, (0, w - tw * grid, 0, h - th * grid))
 
 
 def checkpoint_architecture(ckpt: dict) -> str:

@@ -58,7 +58,7 @@ def test_recipe_model_options_stay_with_the_recipes_model():
 def test_shuffled_tiles_keep_each_images_tiles_and_move_them():
     import torch
 
-    from training.train import shuffled_tiles
+    from training.outliers import shuffled_tiles
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     y = shuffled_tiles(x, torch.Generator().manual_seed(0))
@@ -68,6 +68,29 @@ def test_shuffled_tiles_keep_each_images_tiles_and_move_them():
         tiles = {tuple(x[i, :, r:r + 2, c:c + 2].flatten().tolist()) for r in range(0, 8, 2) for c in range(0, 8, 2)}
         assert all(tuple(y[i, :, r:r + 2, c:c + 2].flatten().tolist()) in tiles for r in range(0, 8, 2)
                    for c in range(0, 8, 2))
+
+
+def test_shape_outliers_are_synthetic_shapes_of_no_training_split_normalised_as_the_batch():
+    import numpy as np
+    import torch
+
+    from training import synthetic
+    from training.outliers import Outliers
+
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    batch = torch.zeros(16, 3, 24, 24)
+    drawn = Outliers("shapes", "none", False, mean, std)(batch, torch.Generator().manual_seed(0))
+    assert drawn.shape == (4, 3, 24, 24)  # a quarter of the batch, at its size
+    pool = synthetic.generate(0, "outliers", 2048, 24)[0]
+    raw = ((drawn * std + mean) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert all(any(np.array_equal(r, p) for p in pool) for r in raw)  # each one a drawn image of the pool
+    train = synthetic.generate(0, "train", 64, 24)[0]
+    assert not any(np.array_equal(p, t) for p in pool[:64] for t in train)  # not the training split
+    mixed = Outliers("mixed", "none", False, mean, std)(batch, torch.Generator().manual_seed(0))
+    assert mixed.shape == (4, 3, 24, 24) and torch.equal(mixed[:2], torch.zeros(2, 3, 24, 24))  # tiles of zeros
+    assert mixed[2:].abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown outlier source"):
+        Outliers("noise", "none", False, mean, std)
 
 
 def test_logit_norm_scales_each_row_to_one_over_tau():
@@ -95,3 +118,20 @@ def test_cutmix_pastes_one_rectangle_of_another_image_and_says_how_much_is_still
                 rectangle = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) if len(rows) else 0
                 assert rectangle == len(rows)  # one solid rectangle
                 assert own == pytest.approx(1 - len(rows) / 256)
+
+
+def test_a_model_of_the_synthetic_shapes_is_never_taught_that_shapes_are_unknown(tmp_path, caplog):
+    import logging
+
+    from training.outliers import outlier_source
+    from training.train import train
+
+    cfg = recipe("demo", **TINY, epochs=1, outlier_exposure=0.5, outliers="shapes")
+    assert outlier_source(cfg, ["circle", "square"]) == "tiles"
+    folder = cfg.replace(data="folder:/x")
+    assert outlier_source(folder, ["bird", "fish"]) == "shapes"
+    assert outlier_source(folder, ["bird", "star"]) == "tiles"  # a class of its own is one of the shapes
+    assert outlier_source(folder.replace(outliers="mixed"), ["bird", "fish"]) == "mixed"
+    with caplog.at_level(logging.INFO, logger="training.outliers"):
+        train(cfg, tmp_path)
+    assert "outliers: tiles, not shapes" in caplog.text
