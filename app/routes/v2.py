@@ -10,7 +10,6 @@ and the open-world verdict of each image (app.scoring): `ood_score` (FP32 [-1]) 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -21,8 +20,9 @@ from pydantic import BaseModel, Field, RootModel
 from .. import oip
 from ..engine import Engine
 from ..live_models import LiveModels
+from ..predictor import Predictor
 from ..schemas import ErrorAnswer
-from .deps import ModelsDep, SettingsDep, require_predict_token
+from .deps import ModelsDep, PredictorDep, SettingsDep, require_predict_token
 from .uploads import read_limited
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"],
@@ -173,16 +173,17 @@ INFER = {"dependencies": TOKEN, "response_model": InferResponse, "openapi_extra"
 
 
 @router.post("/models/{name}/infer", **INFER)
-async def infer(name: str, request: Request, models: ModelsDep, settings: SettingsDep):
-    return await run_inference(await _model(models, name, None), request, settings)
+async def infer(name: str, request: Request, models: ModelsDep, settings: SettingsDep, predictor: PredictorDep):
+    return await run_inference(await _model(models, name, None), request, settings, predictor)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **INFER)
-async def infer_version(name: str, version: str, request: Request, models: ModelsDep, settings: SettingsDep):
-    return await run_inference(await _model(models, name, version), request, settings)
+async def infer_version(name: str, version: str, request: Request, models: ModelsDep, settings: SettingsDep,
+                        predictor: PredictorDep):
+    return await run_inference(await _model(models, name, version), request, settings, predictor)
 
 
-async def run_inference(engine: Engine, request: Request, settings) -> Response:
+async def run_inference(engine: Engine, request: Request, settings, predictor: Predictor) -> Response:
     body = await read_limited(request.stream(), settings.max_upload_bytes * settings.max_files)
     try:
         parsed, arrays = oip.parse(body, request.headers.get(oip.HEADER_LENGTH))
@@ -203,8 +204,9 @@ async def run_inference(engine: Engine, request: Request, settings) -> Response:
     missing = set(wanted) - set(offered)
     if missing:
         raise HTTPException(400, f"unknown outputs {sorted(missing)}; this model has {', '.join(offered)}")
-    # in a worker thread: the event loop keeps serving while the model runs
-    out = await asyncio.get_running_loop().run_in_executor(None, engine.run, x)
+    # the images' own inference thread, batched with theirs: the two protocols never run the model
+    # side by side on the same cores
+    out = await predictor.infer_batch(engine, x)
     verdicts = engine.scorer.verdicts(out.logits, out.features)
     computed = {"logits": out.logits, "cam": out.cams, "features": out.features, "foreground": out.foreground,
                 "ood_score": np.array([v.ood_score for v in verdicts], dtype=np.float32),

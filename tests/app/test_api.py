@@ -107,6 +107,30 @@ def test_open_inference_protocol_v2(client):
     assert client.get("/v2/models/other").status_code == 404
 
 
+def test_a_v2_batch_runs_through_the_images_batcher_and_answers_as_its_rows_would(client):
+    import re
+
+    def images_batched() -> float:
+        return float(re.search(r"^rescam_batch_size_sum (\S+)$", client.get("/metrics").text, re.M).group(1))
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        r = client.post("/v2/models/default/infer", json={"inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+            "outputs": [{"name": "logits"}, {"name": "unknown"}]})
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        assert out["unknown"]["shape"] == [len(x)]
+        return np.array(out["logits"]["data"], dtype=np.float32).reshape(out["logits"]["shape"])
+
+    x = np.random.default_rng(7).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    before = images_batched()
+    together = logits(x)
+    assert images_batched() - before == 3  # each row went through the one inference thread's batcher
+    alone = np.concatenate([logits(x[i:i + 1]) for i in range(3)])
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
+    assert len({tuple(np.round(row, 3)) for row in together}) == 3  # three images, three answers
+
+
 def test_default_box_rule_is_the_cards_calibrated_rule(client, tiny_model):
     calibrated = BoxRule.parse(tiny_model.card["cam"]["rule"])  # training chose it on 64 boxed images
     default = client.post("/v1/predict?top_k=8", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
