@@ -6,6 +6,7 @@ Serving commands import no torch: every subcommand imports what it needs when it
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -205,9 +206,30 @@ def shipped_model_dir() -> Path | None:
     return folder if (folder / MODEL_FILE).is_file() and (folder / CARD_FILE).is_file() else None
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (binding as uvicorn does, with SO_REUSEADDR,
+    so a port left in TIME_WAIT by a stopped server counts as free)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return True
+            raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    return False
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    if port_taken(args.host, args.port):  # uvicorn's own message is a traceback-free "[Errno 98]" line
+        raise UserError(f"{args.host}:{args.port} is already in use (a rescam already serving? curl "
+                        f"http://{args.host}:{args.port}/healthz): stop it, or serve on another port with "
+                        "--port N (or RESCAM_PORT=N)")
     os.environ["RESCAM_REGISTRY"] = args.registry
     os.environ["RESCAM_DEFAULT_MODEL"] = args.name
     if args.workers > 1:  # an overlay URL, and a scrape, may reach any worker

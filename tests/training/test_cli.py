@@ -168,3 +168,17 @@ def test_bootstrap_train_never_deploys_a_first_version_the_gate_marked_never_dep
     monkeypatch.setattr(training.job, "run_job", trained)
     main(["bootstrap", "--train", "--registry", str(tmp_path / "registry"), "--out", str(tmp_path / "run")])
     assert registry.versions("default") == [1] and registry.deployed("default") is None
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = rescam("serve", "--port", str(port), "--registry", str(tmp_path / "registry"))
+    one_line_error(out, 1, f"127.0.0.1:{port} is already in use")
+    assert "--port N" in out.stderr
+    bad = rescam("serve", "--host", "no-such-host.invalid", "--port", str(port), "--registry", str(tmp_path / "r"))
+    one_line_error(bad, 1, f"cannot serve on no-such-host.invalid:{port}")
