@@ -103,7 +103,7 @@ class JobRunner:
         """The job's request as a JobSpec: its model, its data set's folder and boxes, its starting weights."""
         r, model = job["request"], self.model_of(job)
         settings = dict(r.get("options") or {})  # allow-listed when the job was created (app.retraining)
-        for key, name in (("architecture", "model"), ("epochs", "epochs"), ("batch_size", "batch_size"),
+        for key, name in (("architecture", "architecture"), ("epochs", "epochs"), ("batch_size", "batch_size"),
                           ("lr", "lr"), ("image_size", "image_size"), ("seed", "seed"),
                           ("time_budget_s", "time_budget_s")):
             if r.get(key) is not None:

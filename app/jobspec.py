@@ -20,12 +20,14 @@ SPEC_FILE, RESULT_FILE = "spec.json", "result.json"
 
 # Training settings a job may set (TrainConfig fields). Where the data, the starting weights and the
 # device come from is the runner's to decide (a job names a data set and `init`, never a path).
+# "model" and "model_kwargs" are the architecture's older names, still accepted (training/config.py).
 JOB_SETTINGS = frozenset({
-    "model", "model_kwargs", "image_size", "resize", "synthetic_train", "synthetic_val", "val_fraction", "mean",
-    "std", "augment", "epochs", "max_steps", "min_steps", "time_budget_s", "keep_best", "adapt", "batch_size", "lr",
-    "momentum", "weight_decay", "nesterov", "schedule", "warmup_steps", "milestones", "label_smoothing", "cutmix",
-    "ema", "flip", "test_time_flip", "logit_norm", "outlier_exposure", "outliers", "box_loss", "freeze_bn", "seed",
-    "precision", "channels_last", "compile", "log_every",
+    "architecture", "architecture_kwargs", "model", "model_kwargs", "image_size", "resize", "synthetic_train",
+    "synthetic_val", "val_fraction", "mean", "std", "augment", "epochs", "max_steps", "min_steps", "time_budget_s",
+    "fill_budget", "keep_best", "adapt", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
+    "warmup_steps", "milestones", "label_smoothing", "cutmix", "ema", "flip", "test_time_flip", "logit_norm",
+    "outlier_exposure", "outliers", "box_loss", "freeze_bn", "seed", "precision", "channels_last", "compile",
+    "log_every",
 })
 
 

@@ -34,7 +34,7 @@ def tiny_model(tmp_path_factory) -> SimpleNamespace:
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("tiny")
-    cfg = recipe("demo", model="resnet8", image_size=32, synthetic_train=512, synthetic_val=64, epochs=1,
+    cfg = recipe("demo", architecture="resnet8", image_size=32, synthetic_train=512, synthetic_val=64, epochs=1,
                  batch_size=64, warmup_steps=0, lr=0.05)
     checkpoint = train(cfg, root / "run")
     export = export_checkpoint(checkpoint, root / "run" / "export")

@@ -18,7 +18,7 @@ DEFAULT_REGISTRY = os.environ.get("RESCAM_REGISTRY", "registry")
 DEFAULT_NAME = os.environ.get("RESCAM_DEFAULT_MODEL", "default")
 
 
-TRAIN_FLAGS = ("model", "epochs", "batch_size", "lr", "image_size", "device", "seed", "workers", "max_steps",
+TRAIN_FLAGS = ("architecture", "epochs", "batch_size", "lr", "image_size", "device", "seed", "workers", "max_steps",
                "min_steps", "time_budget_s")
 
 
@@ -44,7 +44,7 @@ def job_spec(args: argparse.Namespace):
         except json.JSONDecodeError:
             settings[key] = value
     data = settings.pop("data", None) or args.data or "synthetic"
-    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{settings.get('model', 'model')}"
+    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{settings.get('architecture', 'model')}"
     return JobSpec(run_dir=out, data=data, boxes_csv=args.boxes_csv, recipe=args.recipe, settings=settings,
                    init=args.init, resume=args.resume, export=not args.no_register,
                    registry=None if args.no_register or args.export_only else args.registry,
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="synthetic | folder:PATH | cifar10:PATH | cifar100:PATH (default synthetic)")
     t.add_argument("--boxes-csv", help="path,label,x0,y0,x1,y1 for localization metrics on folders")
     # "model" is a registry name everywhere else (--name, the API); --model stays for old scripts
-    t.add_argument("--architecture", "--model", dest="model", choices=list_models(), metavar="ARCH",
+    t.add_argument("--architecture", "--model", dest="architecture", choices=list_models(), metavar="ARCH",
                    help="resnet18/34/50/101/152, resnet8/20/32/44/56/110/1202 (CIFAR), plainN "
                         "(no shortcuts); default: the recipe's")
     t.add_argument("--epochs", type=int, help="passes over the training set (default: the recipe's)")

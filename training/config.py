@@ -12,9 +12,10 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 @dataclass
 class TrainConfig:
-    # what to train
-    model: str = "resnet8"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # what to train: the network (models/registry.py) and its options (widths, stem_stride, ...);
+    # "model" is the registry's word for a served name (README, "Many models")
+    architecture: str = "resnet8"
+    architecture_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str = "synthetic"  # synthetic | folder:PATH | cifar10:PATH | cifar100:PATH
     boxes_csv: str | None = None  # path,label,x0,y0,x1,y1 for localization on image folders
     val_fraction: float = 0.1  # for folders without a val/ subfolder
@@ -41,6 +42,9 @@ class TrainConfig:
     time_budget_s: float | None = None  # steps are cut so that training and evaluation fit, seconds
     keep_best: bool = False  # the final model is the epoch with the best validation top-1
     adapt: bool = False  # image size (when 0) and the CIFAR stem's stride chosen from the data
+    # where the time budget holds several times the planned steps (a GPU), a wider network and the
+    # steps that fill the budget (training/plan.py::scale_to_budget); off once a user names the steps
+    fill_budget: bool = False
     batch_size: int = 128  # global, across all processes
     lr: float = 0.1
     momentum: float = 0.9
@@ -89,8 +93,19 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in current_names(d).items() if k in known}
         return cls(**d)
+
+
+# settings' older names, still read from old run configs, job specs, `--set` and job options
+RENAMED = {"model": "architecture", "model_kwargs": "architecture_kwargs"}
+
+
+def current_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings under today's names; where both names are given, today's wins."""
+    out = {RENAMED.get(k, k): v for k, v in settings.items() if k in RENAMED}
+    out.update({k: v for k, v in settings.items() if k not in RENAMED})
+    return out
 
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -101,9 +116,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # not tell the classes apart (training/plan.py), the best epoch kept, at most 8 minutes of
     # training on whatever machine runs it, and, on the images that have a box, the CAM fitted to
     # it (box_loss 3; on the objects set boxes that fit 34% -> 69%, top-1 69% -> 74%; BENCHMARKS.md).
-    "auto": dict(model="resnet20", data="synthetic", image_size=0, adapt=True, epochs=30, min_steps=1500,
+    "auto": dict(architecture="resnet20", data="synthetic", image_size=0, adapt=True, epochs=30, min_steps=1500,
                  time_budget_s=480, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine",
-                 warmup_steps=50, augment="shift-scale", keep_best=True, box_loss=3.0, test_time_flip=None),
+                 warmup_steps=50, augment="shift-scale", keep_best=True, box_loss=3.0, test_time_flip=None,
+                 fill_budget=True),
     # The default model the repository ships (app/default_model): about 4 minutes on 2 CPU cores
     # (BENCHMARKS.md). resnet20 with a strided stem sees 64x64 images at the cost of 32x32 ones
     # (small shapes need the pixels; its 8x8 CAM localizes better than a 16x16 one); one pass over
@@ -111,17 +127,17 @@ RECIPES: dict[str, dict[str, Any]] = {
     # 100k: 99%, 62%). Training sits on a plateau near ln(8) before it finds the shapes; batch 128
     # leaves it sooner and more reliably than batch 64. Every image has its box, and the box-fit loss
     # fits the CAM to it: MaxBoxAcc 62.1% -> 89.5% at the same top-1 (BENCHMARKS.md, "Boxes from boxes").
-    "demo": dict(model="resnet20", model_kwargs={"stem_stride": 2}, data="synthetic", image_size=64,
+    "demo": dict(architecture="resnet20", architecture_kwargs={"stem_stride": 2}, data="synthetic", image_size=64,
                  synthetic_train=100_000, epochs=1, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4,
                  schedule="cosine", warmup_steps=56, box_loss=1.0),
     # Sec. 4.2: 45k/5k split, batch 128, lr 0.1 / 10 at 32k and 48k iterations, stop at 64k,
     # weight decay 1e-4, momentum 0.9, 4-pixel pad + 32x32 crop + flip.
-    "paper-cifar": dict(model="resnet20", image_size=32, batch_size=128, lr=0.1, momentum=0.9,
+    "paper-cifar": dict(architecture="resnet20", image_size=32, batch_size=128, lr=0.1, momentum=0.9,
                         weight_decay=1e-4, schedule="step", milestones=(32_000, 48_000), max_steps=64_000,
                         epochs=200, augment="cifar", mean=CIFAR_MEAN, std=CIFAR_STD, val_fraction=0.1),
     # Sec. 3.4: batch 256, lr 0.1 / 10 when the error plateaus, weight decay 1e-4, momentum 0.9,
     # shorter side sampled in [256, 480], 224 crop + flip; up to 60e4 iterations.
-    "paper-imagenet": dict(model="resnet50", image_size=224, resize=256, batch_size=256, lr=0.1,
+    "paper-imagenet": dict(architecture="resnet50", image_size=224, resize=256, batch_size=256, lr=0.1,
                            momentum=0.9, weight_decay=1e-4, schedule="plateau", max_steps=600_000,
                            epochs=120, augment="imagenet", mean=IMAGENET_MEAN, std=IMAGENET_STD),
 }
@@ -132,10 +148,12 @@ def recipe(name: str, **overrides: Any) -> TrainConfig:
         base = RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
+    overrides = current_names(overrides)
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise ValueError(f"unknown training settings {unknown}; TrainConfig (training/config.py) has none of them")
     base = dict(base)
-    if overrides.get("model", base.get("model")) != base.get("model") and "model_kwargs" not in overrides:
-        base.pop("model_kwargs", None)  # the recipe's model options belong to the recipe's model
+    if (overrides.get("architecture", base.get("architecture")) != base.get("architecture")
+            and "architecture_kwargs" not in overrides):
+        base.pop("architecture_kwargs", None)  # the recipe's network options belong to the recipe's network
     return TrainConfig(**{**base, **overrides})

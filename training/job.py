@@ -16,7 +16,7 @@ import torch
 from app.jobspec import JobResult, JobSpec
 from app.registry import CARD_FILE, GATE_FILE, Registry
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, recipe
+from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, current_names, recipe
 from .weights import InitError, resolve
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # fine-tuning torchvision's ImageNet weights: its mean and std, a tenth of the scratch learning
 # rate, and inputs of at least 160 px (its stem divides by 32: a 5x5 CAM; 96 px would give 3x3)
-IMAGENET_PLAN = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "lr": 0.01, "image_size": 160, "model_kwargs": {}}
+IMAGENET_PLAN = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "lr": 0.01, "image_size": 160, "architecture_kwargs": {}}
 
 
 def default_recipe(data: str | None) -> str:
@@ -37,18 +37,20 @@ def config_for(spec: JobSpec) -> TrainConfig:
     """The run's TrainConfig: the recipe, then the spec's settings. Epochs a user gives are what
     runs (the auto recipe's step floor is for when the data decide); ImageNet starting weights bring
     ImageNet's mean and std unless the settings name others."""
-    overrides = {**spec.settings, "data": spec.data}
+    overrides = {**current_names(spec.settings), "data": spec.data}
     if spec.boxes_csv:
         overrides["boxes_csv"] = spec.boxes_csv
     if "epochs" in spec.settings:
         overrides.setdefault("min_steps", 0)
+    if {"epochs", "min_steps", "max_steps"} & set(spec.settings):
+        overrides.setdefault("fill_budget", False)  # the steps a user names are the steps that run
     if spec.init:
         overrides["init"], imagenet = resolve(spec.init)
         if imagenet:  # the plan adapts to torchvision's ImageNet weights (README, "Starting weights")
             name = spec.init.removeprefix("torchvision:")
-            overrides.setdefault("model", name)
-            if overrides["model"] != name:
-                raise InitError(f"--init {spec.init} holds {name}'s weights, not {overrides['model']}'s: "
+            overrides.setdefault("architecture", name)
+            if overrides["architecture"] != name:
+                raise InitError(f"--init {spec.init} holds {name}'s weights, not {overrides['architecture']}'s: "
                                 "weights of another architecture")
             for key, value in IMAGENET_PLAN.items():
                 overrides.setdefault(key, value)

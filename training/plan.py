@@ -15,6 +15,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,13 @@ SIZE_RANGE_GPU = (32, 224)
 SAMPLED_FILES = 200  # image headers read to choose the size
 COLOUR_CHECK_IMAGES = (1000, 500)  # training and validation images read to test what colour tells
 COLOUR_CHECK_MIN_VAL = 30
+# a plan grows where its time budget holds at least SCALE_HEADROOM times its steps (a GPU does;
+# 2 CPU cores spend the whole default budget on the real sets): the CIFAR family's stage widths times
+# the largest of WIDTH_FACTORS that still leaves that headroom, then the steps that fill the budget,
+# at most MAX_STEPS_SCALE times those planned (scale_to_budget)
+SCALE_HEADROOM = 4
+WIDTH_FACTORS = (2, 4)
+MAX_STEPS_SCALE = 50
 CPU_BF16_MIN_GAIN = 1.25  # bf16 on a CPU only where its steps are at least this much faster
 # the end of training is "still learning" where validation top-1 over the last fifth of the epochs
 # beats the fifth before by at least a point (one epoch's figure on 500 images moves by ~2 points)
@@ -107,10 +115,10 @@ def adapt_to_data(cfg: TrainConfig, on_gpu: bool) -> TrainConfig:
     if not cfg.adapt:
         return cfg if cfg.image_size else cfg.replace(image_size=image_size_for(cfg, on_gpu))
     size = cfg.image_size or image_size_for(cfg, on_gpu)
-    kwargs = dict(cfg.model_kwargs)
-    if is_cifar_model(cfg.model):
+    kwargs = dict(cfg.architecture_kwargs)
+    if is_cifar_model(cfg.architecture):
         kwargs.setdefault("stem_stride", 2 if size >= 64 else 1)
-    return cfg.replace(image_size=size, model_kwargs=kwargs)
+    return cfg.replace(image_size=size, architecture_kwargs=kwargs)
 
 
 def colour_features(dataset, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,16 +276,46 @@ def make_plan(cfg: TrainConfig, steps_per_epoch: int, batch_size: int, train_ima
                 architecture(cfg), boxes_fitted)
 
 
-def architecture(cfg: TrainConfig) -> str:
-    """The network a run trains, with its stage widths: "resnet20 16/32/64"."""
+def scale_to_budget(cfg: TrainConfig, plan: Plan, seconds_per_step: Callable[[TrainConfig], float]
+                    ) -> tuple[TrainConfig, float | None]:
+    """Where cfg.fill_budget is set and the budget holds SCALE_HEADROOM times the plan's steps, the
+    run's config grown to use it, and its seconds per step: a wider network (CIFAR family, no widths
+    given, no starting weights; each width timed with seconds_per_step(config)) as long as the budget
+    still holds that headroom at its speed, then as many steps as fit (at most MAX_STEPS_SCALE times
+    the plan's). From scratch on a GPU the same plan buys tens of times the CPU's steps, and the
+    network that was right for 2 cores would leave most of them to a model too small to use them."""
+    budget, spent = cfg.time_budget_s, plan.seconds_per_step
+    if not (cfg.fill_budget and budget and spent and budget >= SCALE_HEADROOM * plan.steps * spent):
+        return cfg, spent
+    grown = cfg
+    if is_cifar_model(cfg.architecture) and "widths" not in cfg.architecture_kwargs and not cfg.init:
+        base = stage_widths(cfg)
+        for factor in WIDTH_FACTORS:
+            wider = cfg.replace(architecture_kwargs={**cfg.architecture_kwargs, "widths": [w * factor for w in base]})
+            seconds = seconds_per_step(wider)
+            if budget < SCALE_HEADROOM * plan.steps * seconds:
+                break
+            grown, spent = wider, seconds
+    most = MAX_STEPS_SCALE * plan.steps
+    return grown.replace(epochs=max(grown.epochs, math.ceil(most / plan.steps_per_epoch)), max_steps=most), spent
+
+
+def stage_widths(cfg: TrainConfig) -> list[int]:
+    """The network's stage widths: the config's, else the family's own, read off a model built on the
+    meta device (no memory)."""
     from models import create_model
 
-    widths = cfg.model_kwargs.get("widths")
-    if widths is None:  # the family's own: read off a model built on the meta device (no memory)
+    widths = cfg.architecture_kwargs.get("widths")
+    if widths is None:
         with torch.device("meta"):
-            net = create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
+            net = create_model(cfg.architecture, num_classes=2, **cfg.architecture_kwargs)
         widths = [stage[-1].bn1.num_features for stage in net.stages]
-    return f"{cfg.model} {'/'.join(str(w) for w in widths)}"
+    return list(widths)
+
+
+def architecture(cfg: TrainConfig) -> str:
+    """The network a run trains, with its stage widths: "resnet20 16/32/64"."""
+    return f"{cfg.architecture} {'/'.join(str(w) for w in stage_widths(cfg))}"
 
 
 def learning_at_the_end(val_top1: list[float]) -> dict | None:

@@ -36,7 +36,7 @@ from .foreground import fit_dataset
 from .losses import box_fit_loss
 from .outliers import Outliers, outlier_source
 from .plan import (MASKED_AUGMENTATIONS, Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision,
-                   learning_at_the_end, make_plan, time_steps)
+                   learning_at_the_end, make_plan, scale_to_budget, time_steps)
 from .weights import load_state
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> ResNet:
-    return create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
+    return create_model(cfg.architecture, num_classes=num_classes, **cfg.architecture_kwargs)
 
 
 def load_init(model: ResNet, path: str) -> None:
@@ -206,14 +206,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     mean, std = channel_stats(cfg, device)
 
     # model, the plan (how many steps), optimiser
-    model = build_model(cfg, len(data.classes))
-    if cfg.init:
-        load_init(model, cfg.init)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
     checkpoint_path = out_dir / CHECKPOINT
     ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
         if resume and checkpoint_path.exists() else None
+    if ckpt is not None:  # the network and steps its plan chose (scale_to_budget may have grown them)
+        saved = ckpt.get("config", {})
+        cfg = cfg.replace(architecture_kwargs=ckpt["model_kwargs"],
+                          **{k: saved[k] for k in ("epochs", "max_steps") if k in saved})
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_model(cfg, len(data.classes))
+    if cfg.init:
+        load_init(model, cfg.init)
+    model = model.to(device, memory_format=memory_format)
     if ckpt is not None and ckpt.get("plan"):
         plan = Plan(**ckpt["plan"])  # a resumed run keeps its schedule
     else:
@@ -226,6 +230,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
         fitted = boxed_images(data.train) if cfg.box_loss > 0 and cfg.augment in MASKED_AUGMENTATIONS else 0
         plan = make_plan(cfg, steps_per_epoch, batch_size, len(data.train), len(data.val), timed, device.type,
                          precision, fitted)
+
+        def timed_as(c: TrainConfig) -> float:  # rank 0's time a step of that network, the run's RNG untouched
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                probe = build_model(c, len(data.classes)).to(device, memory_format=memory_format)
+            return rank0_value(time_steps(probe, loader, c, device, bf16=precision == "bfloat16"), world, device)
+
+        grown, timed = scale_to_budget(cfg, plan, timed_as)
+        if grown != cfg:
+            if grown.architecture_kwargs != cfg.architecture_kwargs:
+                model = build_model(grown, len(data.classes)).to(device, memory_format=memory_format)
+            cfg = grown
+            plan = make_plan(cfg, steps_per_epoch, batch_size, len(data.train), len(data.val), timed, device.type,
+                             precision, fitted)
     total_steps, epochs = plan.steps, plan.epochs
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -364,7 +381,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
                 save_atomic({"model": kept.state_dict(), "epoch": epoch + 1, "step": step, "top1": best_top1},
                             out_dir / BEST)
             save_atomic({"model": model.state_dict(), "ema": averaged.state_dict() if averaged is not None else None,
-                         "architecture": cfg.model, "model_kwargs": cfg.model_kwargs,
+                         "architecture": cfg.architecture, "model_kwargs": cfg.architecture_kwargs,
                          "classes": data.classes, "config": cfg.to_dict(), "fingerprint": data.fingerprint,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "plateau": plateau.state_dict() if plateau is not None else None,

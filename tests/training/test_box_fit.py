@@ -51,8 +51,8 @@ def test_the_box_fit_loss_prefers_a_cam_inside_the_box():
 def test_a_run_with_boxes_fits_its_cams_to_them(tmp_path):
     """The same short run on boxed shapes with the box-fit loss and without: the one with it ends
     with a clearly smaller box-fit loss on the validation images."""
-    cfg = recipe("demo", model="resnet8", model_kwargs={}, image_size=32, synthetic_train=2048, synthetic_val=256,
-                 batch_size=64, epochs=4, warmup_steps=5, augment="shift-scale", lr=0.05)
+    cfg = recipe("demo", architecture="resnet8", architecture_kwargs={}, image_size=32, synthetic_train=2048,
+                 synthetic_val=256, batch_size=64, epochs=4, warmup_steps=5, augment="shift-scale", lr=0.05)
     fits = {}
     for weight in (0.0, 2.0):
         path = train(cfg.replace(box_loss=weight), tmp_path / f"w{weight}")

@@ -117,7 +117,9 @@ def test_init_from_safetensors_loads_the_same_weights(tmp_path):
 
 def test_the_architecture_is_named_as_such_and_the_old_flag_still_works():
     for flag in ("--architecture", "--model"):
-        assert _config(build_parser().parse_args(["train", flag, "resnet32"])).model == "resnet32"
+        assert _config(build_parser().parse_args(["train", flag, "resnet32"])).architecture == "resnet32"
+    for key in ("architecture", "model"):  # --set with today's name and the older one
+        assert _config(build_parser().parse_args(["train", "--set", f"{key}=resnet44"])).architecture == "resnet44"
 
 
 def test_an_unknown_training_setting_is_named():

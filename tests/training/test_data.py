@@ -36,7 +36,7 @@ def make_folder(root, per_class=6):
 def test_image_folder_with_boxes_skips_unreadable_files(tmp_path, caplog):
     make_folder(tmp_path / "data")
     cfg = recipe("demo", data=f"folder:{tmp_path / 'data'}", boxes_csv=str(tmp_path / "data" / "boxes.csv"),
-                 image_size=32, val_fraction=0.3, model="resnet8", batch_size=4, epochs=1, warmup_steps=0)
+                 image_size=32, val_fraction=0.3, architecture="resnet8", batch_size=4, epochs=1, warmup_steps=0)
     data = load_data(cfg)
     assert data.classes == ["circle", "square"]
     assert len(data.train) + len(data.val) == 12  # the broken file is skipped...
@@ -59,7 +59,7 @@ def test_cifar_python_format_and_the_papers_split(tmp_path):
         batch = {"data": rng.integers(0, 256, size=(20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}
         (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
     (root / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-    cfg = recipe("paper-cifar", data=f"cifar10:{root}", model="resnet8")
+    cfg = recipe("paper-cifar", data=f"cifar10:{root}", architecture="resnet8")
     data = load_data(cfg)
     assert len(data.classes) == 10 and (len(data.train), len(data.val)) == (90, 10)  # 45k/5k at full size
     image, label, _, _ = data.train[0]

@@ -37,7 +37,7 @@ def test_the_image_size_and_stem_come_from_the_images(tmp_path, side, expected, 
         for i in range(3):
             Image.new("RGB", (side + 10 * i, side)).save(tmp_path / c / f"{i}.png")
     cfg = adapt_to_data(recipe("auto", data=f"folder:{tmp_path}"), on_gpu=False)
-    assert cfg.image_size == expected and cfg.model_kwargs == {"stem_stride": stem}
+    assert cfg.image_size == expected and cfg.architecture_kwargs == {"stem_stride": stem}
     explicit = adapt_to_data(recipe("auto", data=f"folder:{tmp_path}", image_size=48), on_gpu=False)
     assert explicit.image_size == 48  # a size the user gave is kept
 
@@ -85,7 +85,7 @@ def test_epochs_a_user_asks_for_are_what_runs_and_the_data_decide_otherwise():
     asked = config("--data", "folder:/x", "--epochs", "2")
     assert asked.epochs == 2 and asked.min_steps == 0  # no floor over an explicit choice
     assert config("--data", "folder:/x", "--epochs", "2", "--min-steps", "50").min_steps == 50
-    assert config().model_kwargs == {"stem_stride": 2} and not config().adapt  # the default model's recipe
+    assert config().architecture_kwargs == {"stem_stride": 2} and not config().adapt  # the default model's recipe
 
 
 class _Flat(torch.utils.data.Dataset):
@@ -178,3 +178,61 @@ def test_the_end_of_training_is_still_learning_only_where_the_last_fifth_beats_t
     assert learning_at_the_end(flat)["still_learning"] is False
     assert learning_at_the_end(flat)["late_gain"] == 0.0
     assert learning_at_the_end(rising[:9]) is None  # too few epochs to tell
+
+
+def _grown(seconds_per_step: float, widths_cost, budget: float = 480, **settings):
+    """scale_to_budget on the auto plan of 1,437 images (1,500 steps), a step timed at seconds_per_step
+    for resnet20 and widths_cost(first stage width) seconds for each wider network it asks about."""
+    from training.plan import scale_to_budget
+
+    settings = {"architecture_kwargs": {"stem_stride": 2}, **settings}
+    cfg = recipe("auto", data="folder:/x", time_budget_s=budget, **settings)
+    plan = make_plan(cfg, 11, 128, 1437, 360, seconds_per_step)
+    asked = []
+
+    def timer(c):
+        asked.append(c.architecture_kwargs["widths"])
+        return widths_cost(c.architecture_kwargs["widths"][0])
+
+    grown, seconds = scale_to_budget(cfg, plan, timer)
+    return cfg, plan, grown, seconds, asked
+
+
+def test_a_budget_the_steps_fill_keeps_the_network_and_times_nothing_more():
+    # 2 CPU cores on the real sets: the budget cuts the steps (0.35 s a step), or holds them with
+    # less than 4x to spare (0.1 s a step: 1,500 steps are 150 s of 480)
+    for seconds_per_step in (0.35, 0.1):
+        cfg, plan, grown, seconds, asked = _grown(seconds_per_step, lambda width: 0.0)
+        assert grown == cfg and seconds == plan.seconds_per_step and asked == []
+
+
+def test_a_budget_with_room_to_spare_widens_the_network_and_fills_the_budget():
+    # a GPU: 10 ms a step for resnet20, 12 ms twice as wide, 100 ms four times as wide (1,500 steps
+    # of it are 150 s: less than 4x to spare in 480 s, so the plan stops at twice the width)
+    cfg, plan, grown, seconds, asked = _grown(0.010, {32: 0.012, 64: 0.100}.get)
+    assert asked == [[32, 64, 128], [64, 128, 256]]
+    assert grown.architecture_kwargs == {"stem_stride": 2, "widths": [32, 64, 128]} and seconds == 0.012
+    filled = make_plan(grown, 11, 128, 1437, 360, seconds)
+    assert filled.limited_by == "time_budget" and 470 <= filled.expected_s <= 480
+    assert 20 * plan.steps < filled.steps <= 50 * plan.steps and filled.architecture == "resnet20 32/64/128"
+
+
+def test_the_steps_fill_the_budget_up_to_fifty_times_the_plan_and_no_further():
+    cfg, plan, grown, seconds, _ = _grown(0.0001, lambda width: 0.0001)
+    assert grown.architecture_kwargs["widths"] == [64, 128, 256]  # both widenings fit
+    filled = make_plan(grown, 11, 128, 1437, 360, seconds)
+    assert filled.steps == 50 * plan.steps and filled.limited_by == "max_steps"
+
+
+def test_a_user_who_names_the_steps_or_the_network_gets_them_as_named():
+    from app.jobspec import JobSpec
+    from training.job import config_for
+
+    spec = dict(run_dir="/tmp/r", data="folder:/x", recipe=None)
+    assert config_for(JobSpec(**spec, settings={})).fill_budget
+    for named in ({"epochs": 3}, {"min_steps": 60}, {"max_steps": 900}):
+        assert not config_for(JobSpec(**spec, settings=named)).fill_budget, named
+    _, plan, grown, _, asked = _grown(0.001, lambda width: 0.001, architecture="resnet20",
+                                      architecture_kwargs={"stem_stride": 2, "widths": [16, 16, 16]})
+    assert asked == [] and grown.architecture_kwargs["widths"] == [16, 16, 16]  # the steps still fill
+    assert grown.max_steps == 50 * plan.steps

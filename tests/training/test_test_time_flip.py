@@ -92,7 +92,7 @@ def test_a_job_judges_a_mirrored_model_by_what_it_will_serve(tmp_path):
     from training.job import config_for, run_job
 
     spec = JobSpec(run_dir=str(tmp_path / "run"), data="synthetic", settings={
-        "model": "resnet8", "image_size": 32, "synthetic_train": 128, "synthetic_val": 64, "max_steps": 3,
+        "architecture": "resnet8", "image_size": 32, "synthetic_train": 128, "synthetic_val": 64, "max_steps": 3,
         "warmup_steps": 0, "test_time_flip": True})
     result = run_job(spec)
     assert json.loads((tmp_path / "run" / "export" / "card.json").read_text())["test_time_flip"]["on"] is True

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from training.config import recipe
+from training.config import TrainConfig, recipe
 from training.train import load_checkpoint_model, train
 
-TINY = dict(model="resnet8", image_size=24, synthetic_train=256, synthetic_val=32, batch_size=32, warmup_steps=0,
+TINY = dict(architecture="resnet8", image_size=24, synthetic_train=256, synthetic_val=32, batch_size=32, warmup_steps=0,
             lr=0.05, log_every=1, channels_last=False)
 
 
@@ -50,9 +50,10 @@ def test_init_from_a_torchvision_style_state_dict_replaces_the_head(tmp_path):
 
 
 def test_recipe_model_options_stay_with_the_recipes_model():
-    assert recipe("demo").model_kwargs == {"stem_stride": 2}
-    assert recipe("demo", model="resnet50").model_kwargs == {}  # resnet50 has no CIFAR stem to stride
-    assert recipe("demo", model="resnet8", model_kwargs={"stem_stride": 2}).model_kwargs == {"stem_stride": 2}
+    assert recipe("demo").architecture_kwargs == {"stem_stride": 2}
+    assert recipe("demo", architecture="resnet50").architecture_kwargs == {}  # resnet50 has no CIFAR stem to stride
+    strided = recipe("demo", architecture="resnet8", architecture_kwargs={"stem_stride": 2})
+    assert strided.architecture_kwargs == {"stem_stride": 2}
 
 
 def test_shuffled_tiles_keep_each_images_tiles_and_move_them():
@@ -135,3 +136,28 @@ def test_a_model_of_the_synthetic_shapes_is_never_taught_that_shapes_are_unknown
     with caplog.at_level(logging.INFO, logger="training.outliers"):
         train(cfg, tmp_path)
     assert "outliers: tiles, not shapes" in caplog.text
+
+
+def test_the_architectures_older_setting_names_still_read():
+    # run configs, job specs and scripts written while the settings were called model/model_kwargs
+    old = recipe("demo", model="resnet32", model_kwargs={"widths": [8, 16, 32]})
+    assert (old.architecture, old.architecture_kwargs) == ("resnet32", {"widths": [8, 16, 32]})
+    saved = TrainConfig.from_dict({"model": "resnet44", "model_kwargs": {}, "lr": 0.05})
+    assert (saved.architecture, saved.architecture_kwargs, saved.lr) == ("resnet44", {}, 0.05)
+    assert TrainConfig.from_dict({"model": "resnet44", "architecture": "resnet56"}).architecture == "resnet56"
+
+
+def test_a_budget_far_larger_than_the_plan_trains_a_wider_network_for_more_steps(tmp_path):
+    # 2 steps planned and a 10 s budget: on any CPU a step of resnet8 at 24 px, even four times as
+    # wide, takes well under the 1.25 s that would leave no room, so the plan grows (a GPU's case)
+    cfg = recipe("auto", **{**TINY, "synthetic_train": 64}, data="synthetic", epochs=1, min_steps=2,
+                 time_budget_s=10, box_loss=0.0, test_time_flip=False)
+    train(cfg.replace(stop_after_epochs=1), tmp_path)
+    train(cfg, tmp_path, resume=True)  # a resumed run builds the network its plan chose
+    model, ckpt = load_checkpoint_model(tmp_path / "checkpoint.pth")
+    first = model.stages[0][0].conv1.out_channels
+    assert first in (32, 64) and ckpt["model_kwargs"]["widths"] == [first, 2 * first, 4 * first]
+    assert ckpt["plan"]["architecture"] == f"resnet8 {first}/{2 * first}/{4 * first}"
+    assert 8 <= ckpt["step"] <= 100 and ckpt["finished"]
+    plans = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [p["steps"] for p in plans if p["event"] == "plan"][0] == ckpt["step"]

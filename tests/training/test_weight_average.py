@@ -4,7 +4,7 @@ import torch
 from training.config import recipe
 from training.train import load_checkpoint_model, train, weight_average
 
-TINY = dict(model="resnet8", image_size=24, synthetic_train=256, synthetic_val=32, batch_size=32, warmup_steps=0,
+TINY = dict(architecture="resnet8", image_size=24, synthetic_train=256, synthetic_val=32, batch_size=32, warmup_steps=0,
             lr=0.05, log_every=1, channels_last=False)
 
 

@@ -85,7 +85,7 @@ def test_a_name_is_downloaded_once_checked_and_then_found_in_the_cache(host, tmp
     assert open(path, "rb").read() == resnet18_file[0]
     assert resolve("torchvision:resnet18") == (path, True) and host.requests == 1  # the cache, no download
     cfg = config_for(JobSpec(run_dir=str(tmp_path / "run"), data="synthetic", init="torchvision:resnet18"))
-    assert (cfg.model, cfg.lr, cfg.image_size, cfg.mean) == ("resnet18", 0.01, 160, IMAGENET_MEAN)
+    assert (cfg.architecture, cfg.lr, cfg.image_size, cfg.mean) == ("resnet18", 0.01, 160, IMAGENET_MEAN)
 
 
 @pytest.mark.parametrize("serve, words", [
