@@ -112,11 +112,13 @@ def answer_picture(image: Image.Image, cams: np.ndarray, index: int, window: cam
 
 
 def cam_picture(item: StoredImage, index: int, label: str, fmt: str, rule: BoxRule, alpha: float = 0.5,
-                cmap: str = "turbo", max_side: int = 1024) -> tuple[bytes, str]:
+                cmap: str = "turbo", max_side: int = 1024, min_side: int = 0) -> tuple[bytes, str]:
     """A kept image's CAM of class `index`, encoded as `fmt`: png/jpeg/webp overlays (the heatmap
     blended over the image, at most max_side long, with the boxes the JSON answer gave and the
     label, `(unknown)` after it where the answer called the image none of the model's classes), the raw
-    heatmap as a grey PNG (`heatmap.png`) or as float32 `.npy`, at the image's working resolution."""
+    heatmap as a grey PNG (`heatmap.png`) or as float32 `.npy`, at the image's working resolution.
+    An overlay of a picture shorter than min_side (capped by max_side) is drawn enlarged to it: on a
+    96 px picture the label, at the smallest legible font, would cover the object."""
     if fmt in ("npy", "heatmap.png"):
         heat = cam.heatmap(item.cams[index], item.geometry)
         if fmt == "heatmap.png":
@@ -125,6 +127,9 @@ def cam_picture(item: StoredImage, index: int, label: str, fmt: str, rule: BoxRu
         np.save(buf, heat)
         return buf.getvalue(), "application/octet-stream"
     g = item.geometry.fitted(max_side)
+    enlarge = min(min_side, max_side) / max(g.image_width, g.image_height)
+    if enlarge > 1:
+        g = g.scaled(round(g.image_width * enlarge), round(g.image_height * enlarge))
     image = item.image
     if image.size != (g.image_width, g.image_height):
         image = image.resize((g.image_width, g.image_height), Image.Resampling.BILINEAR)

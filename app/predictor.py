@@ -247,7 +247,8 @@ class Predictor:
         return stored, stored.images[image]
 
     def cam_picture(self, pid: str, image: int, label: str, fmt: str, alpha: float = 0.5, cmap: str = "turbo",
-                    threshold: float | None = None, max_side: int | None = None) -> tuple[bytes, str]:
+                    threshold: float | None = None, max_side: int | None = None, min_side: int = 0
+                    ) -> tuple[bytes, str]:
         """A kept image's CAM of `label` (a name or an index) as `fmt` (app.overlay.cam_picture),
         its boxes drawn with the prediction's rule unless a threshold is given."""
         stored, item = self.kept(pid, image)
@@ -256,7 +257,7 @@ class Predictor:
             raise NotFound(f"model {stored.model} v{stored.version} has no label {label!r}")
         rule = cam.BoxRule("threshold", threshold) if threshold else stored.rule
         return overlay.cam_picture(item, index, stored.labels[index], fmt, rule, alpha, cmap,
-                                   max_side or self.settings.overlay_max_side)
+                                   max_side or self.settings.overlay_max_side, min_side)
 
 
 @asynccontextmanager

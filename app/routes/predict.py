@@ -97,8 +97,11 @@ def cam_overlay(
     colormap: Annotated[Literal["turbo", "jet"], Query()] = "turbo",
     threshold: Annotated[float | None, Query(gt=0, lt=1)] = None,
     max_side: Annotated[int | None, Query(ge=16, le=8192)] = None,
+    min_side: Annotated[int, Query(ge=0, le=2048, description="draw a smaller picture's overlay enlarged to "
+                                   "this long side (at most max_side), so that its label reads")] = 0,
 ) -> Response:
     """The CAM of any label over the image (png/jpeg/webp), the raw heatmap as a grey PNG, or
     the float32 heatmap as .npy; the heatmap is at the working resolution of the image."""
-    data, media_type = predictor.cam_picture(pid, image, label, format, alpha, colormap, threshold, max_side)
+    data, media_type = predictor.cam_picture(pid, image, label, format, alpha, colormap, threshold, max_side,
+                                             min_side)
     return Response(data, media_type=media_type)

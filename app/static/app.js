@@ -209,7 +209,8 @@ async function refreshOverlay() {
   const p = r.predictions.find((x) => x.label === state.label);
   if (!p || !p.cam_url) return;
   try {
-    const url = await blobUrl(`${p.cam_url}&alpha=${$("alpha").value}`, "predict");
+    // a small picture's overlay is drawn at the page's size, so that its label does not cover it
+    const url = await blobUrl(`${p.cam_url}&alpha=${$("alpha").value}&min_side=384`, "predict");
     if (state.overlayUrl) URL.revokeObjectURL(state.overlayUrl);
     state.overlayUrl = url;
     $("overlay").src = url;

@@ -71,6 +71,10 @@ def test_cam_of_any_label_by_name_or_index_and_formats(client):
     for fmt, media in (("jpeg", "image/jpeg"), ("webp", "image/webp"), ("heatmap.png", "image/png")):
         r = client.get(base, params={"label": "star", "format": fmt})
         assert r.headers["content-type"] == media and Image.open(io.BytesIO(r.content)).size == (64, 64)
+    enlarged = client.get(base, params={"label": "star", "min_side": 256})
+    assert Image.open(io.BytesIO(enlarged.content)).size == (256, 256)
+    capped = client.get(base, params={"label": "star", "min_side": 256, "max_side": 100})
+    assert Image.open(io.BytesIO(capped.content)).size == (100, 100)
     heat = np.load(io.BytesIO(client.get(base, params={"label": "star", "format": "npy"}).content))
     assert heat.shape == (64, 64) and heat.min() >= 0 and heat.max() == pytest.approx(1)
     assert client.get(base, params={"label": "unicorn"}).status_code == 404
