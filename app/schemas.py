@@ -28,7 +28,8 @@ class BoxAnswer(BaseModel):
 class LabelAnswer(BaseModel):
     label: str
     index: int
-    score: float = Field(description="the calibrated probability (softmax of logits / the card's temperature)")
+    score: float = Field(description="the calibrated probability (softmax of logits / the card's temperature), "
+                         "given that the image is one of the model's classes: see open_world for whether it is")
     raw_score: float = Field(description="the uncalibrated softmax probability")
     boxes: list[BoxAnswer] | None = Field(None, description="absent with boxes=false")
     cam_url: str | None = Field(None, description="this label's CAM overlay; absent with cam=false")

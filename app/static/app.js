@@ -120,6 +120,9 @@ function selectImage(i) {
   const r = state.answer.results[i];
   const list = $("labels");
   list.innerHTML = "";
+  // an unknown image's scores say which class it would be if it were one of them: greyed, and said so
+  const guess = !!(r.open_world && r.open_world.unknown);
+  list.classList.toggle("guesses", guess);
   for (const p of r.predictions) {
     const li = document.createElement("li");
     li.dataset.label = p.label;
@@ -128,7 +131,8 @@ function selectImage(i) {
     b.querySelector(".name").textContent = p.label;
     b.querySelector(".bar span").style.width = `${(100 * p.score).toFixed(1)}%`;
     b.querySelector(".score").textContent = `${(100 * p.score).toFixed(1)}%`;
-    b.setAttribute("aria-label", `${p.label}, ${(100 * p.score).toFixed(1)} percent`);
+    b.setAttribute("aria-label", `${p.label}, ${(100 * p.score).toFixed(1)} percent` +
+                   (guess ? ", if the image were one of the model's classes" : ""));
     li.appendChild(b);
     list.appendChild(li);
   }
@@ -149,7 +153,7 @@ function selectImage(i) {
 function verdictText(ow) {
   if (!ow || ow.unknown === null) return `not scored for the open world (${ow ? ow.method : "no verdict"})`;
   const how = `OOD score ${ow.ood_score.toFixed(4)}, threshold ${ow.threshold.toFixed(4)}; ${ow.method}`;
-  return ow.unknown ? `Not one of this model's classes (${how}). Its best guesses and their maps follow.`
+  return ow.unknown ? `Not one of this model's classes (${how}). Its best guesses follow, each scored as if the image were one of its classes, with their maps.`
     : `Looks like the model's training data (${how}).`;
 }
 
