@@ -121,17 +121,18 @@ function selectImage(i) {
   const list = $("labels");
   list.innerHTML = "";
   // an unknown image's scores say which class it would be if it were one of them: greyed, and said so
-  const guess = !!(r.open_world && r.open_world.unknown);
+  const guess = verdictClass(r.open_world) === "unknown";
   list.classList.toggle("guesses", guess);
   for (const p of r.predictions) {
     const li = document.createElement("li");
     li.dataset.label = p.label;
     const b = button("", () => selectLabel(p.label), "label-row");
     b.innerHTML = `<span class="name"></span><span class="bar"><span></span></span><span class="score"></span>`;
+    const percent = (100 * p.score).toFixed(1);
     b.querySelector(".name").textContent = p.label;
-    b.querySelector(".bar span").style.width = `${(100 * p.score).toFixed(1)}%`;
-    b.querySelector(".score").textContent = `${(100 * p.score).toFixed(1)}%`;
-    b.setAttribute("aria-label", `${p.label}, ${(100 * p.score).toFixed(1)} percent` +
+    b.querySelector(".bar span").style.width = `${percent}%`;
+    b.querySelector(".score").textContent = `${percent}%`;
+    b.setAttribute("aria-label", `${p.label}, ${percent} percent` +
                    (guess ? ", if the image were one of the model's classes" : ""));
     li.appendChild(b);
     list.appendChild(li);
@@ -153,11 +154,13 @@ function selectImage(i) {
 function verdictText(ow) {
   if (!ow || ow.unknown === null) return `not scored for the open world (${ow ? ow.method : "no verdict"})`;
   const how = `OOD score ${ow.ood_score.toFixed(4)}, threshold ${ow.threshold.toFixed(4)}; ${ow.method}`;
-  return ow.unknown ? `Not one of this model's classes (${how}). Its best guesses follow, each scored as if the image were one of its classes, with their maps.`
+  return ow.unknown ? `Not one of this model's classes (${how}). ` +
+      "Its best guesses follow, each scored as if the image were one of its classes, with their maps."
     : `Looks like the model's training data (${how}).`;
 }
 
 function verdictClass(ow) { return !ow || ow.unknown === null ? "unscored" : ow.unknown ? "unknown" : "known"; }
+const VERDICT_WORDS = { unscored: "not scored", unknown: "none of its classes", known: "known" };
 
 function showVerdict(r) {
   const v = $("verdict");
@@ -183,11 +186,11 @@ function renderLog() {
   body.innerHTML = "";
   const onlyUnknown = $("log-unknown").checked;
   for (const e of state.log || []) {
-    if (onlyUnknown && !(e.ow && e.ow.unknown)) continue;
+    const verdict = verdictClass(e.ow);
+    if (onlyUnknown && verdict !== "unknown") continue;
     const tr = document.createElement("tr");
-    tr.className = verdictClass(e.ow);
-    const verdict = !e.ow || e.ow.unknown === null ? "not scored" : e.ow.unknown ? "none of its classes" : "known";
-    for (const text of [e.file, e.said, `${(100 * e.score).toFixed(1)}%`, verdict,
+    tr.className = verdict;
+    for (const text of [e.file, e.said, pct(e.score), VERDICT_WORDS[verdict],
                         e.ow ? e.ow.ood_score.toFixed(4) : "", e.model]) {
       tr.appendChild(Object.assign(document.createElement("td"), { textContent: text }));
     }

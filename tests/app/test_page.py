@@ -95,7 +95,7 @@ def test_the_answer_log_filters_images_that_are_none_of_the_models_classes(serve
         # its scores are the class it would be if it were one: greyed, and the screen reader told so
         assert "guesses" in page.get_attribute("#labels", "class")
         assert "if the image were one of the model's classes" in page.get_attribute("#labels button", "aria-label")
-        page.locator("#images button").nth(1).click()  # the star: known, its scores shown as they are
+        page.locator("#images button").nth(1).click()  # the synthetic shape: known, its scores as they are
         page.wait_for_selector("#verdict.known")
         assert "guesses" not in (page.get_attribute("#labels", "class") or "")
         rows = page.locator("#answer-log tbody tr")
