@@ -127,7 +127,11 @@ def reduce_in_mode(im: Image.Image, work_side: int) -> Image.Image:
     return im.reduce(factor)
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode to RGB as the service sees it: transparency on white, 16-bit and float images
+    stretched to their own range. Training reads folders through it too (training.data), so that a
+    model learns the pixels it will be served (Pillow's own convert("RGB") drops alpha, which leaves
+    a cut-out on black, and clips 16-bit values at 255)."""
     if im.mode == "RGB":
         return im
     if im.mode == "P":
@@ -172,7 +176,7 @@ def decode(data: bytes, max_pixels: int, work_side: int, memory: MemoryBudget = 
                 oriented = ImageOps.exif_transpose(reduced)
                 swapped = oriented.size != reduced.size
                 width, height = (h, w) if swapped else (w, h)
-                rgb = _to_rgb(oriented)
+                rgb = to_rgb(oriented)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

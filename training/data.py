@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from app.cam import Geometry
 from app.datasets import read_boxes
+from app.imaging import to_rgb
 from app.preprocess import Preprocessing
 
 from . import synthetic
@@ -122,8 +123,8 @@ class FolderSet(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.files[i]
-        with Image.open(path) as im:  # oriented as the service orients it, so boxes agree
-            image = ImageOps.exif_transpose(im).convert("RGB")
+        with Image.open(path) as im:  # oriented and converted as the service does it, so boxes and pixels agree
+            image = to_rgb(ImageOps.exif_transpose(im))
         if self.augment == "imagenet":  # the other augmentations act on the batch (training/plan.py)
             array, window = self._train_view(image), Geometry.full(*image.size)
         else:

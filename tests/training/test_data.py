@@ -133,3 +133,31 @@ def test_decoded_folder_items_are_the_files_items_and_a_large_set_stays_on_disk(
     # per-image augmentation gives other pixels at every epoch: nothing to keep
     assert decoded(load_data(cfg.replace(augment="imagenet")).train, 32) is not held
     assert isinstance(decoded(load_data(cfg.replace(augment="imagenet")).train, 32), FolderSet)
+
+
+def _cutout(mode: str) -> Image.Image:
+    """A red disc on a transparent (black underneath, as clip art stores it) or 16-bit background."""
+    yy, xx = np.mgrid[:60, :80]
+    disc = (yy - 30) ** 2 + (xx - 50) ** 2 < 18**2
+    if mode == "I;16":
+        return Image.fromarray(np.where(disc, 40000, 3000).astype(np.uint16))
+    rgba = np.zeros((60, 80, 4), dtype=np.uint8)
+    rgba[disc] = (220, 30, 30, 255)
+    im = Image.fromarray(rgba, "RGBA")
+    return {"RGBA": im, "LA": im.convert("LA"), "P": im.convert("P")}[mode]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16"])
+def test_folder_images_are_read_as_the_service_decodes_them(tmp_path, mode):
+    # a cut-out's transparency is white where the service answers, so it must be white in training
+    from app.imaging import decode
+    from training.data import preprocessing
+
+    (tmp_path / "disc").mkdir()
+    path = tmp_path / "disc" / "cutout.png"
+    _cutout(mode).save(path, **({"transparency": 0} if mode == "P" else {}))
+    cfg = recipe("auto", data=f"folder:{tmp_path}", image_size=32, val_fraction=0.0)
+    trained_on = load_data(cfg).train[0][0].numpy().transpose(1, 2, 0)
+    served, _ = preprocessing(cfg).crop_resize(decode(path.read_bytes(), 10**7, 1024).image)
+    assert np.array_equal(trained_on, served)
+    assert served[0, 0].tolist() == ([255, 255, 255] if mode != "I;16" else [0, 0, 0])  # the background
