@@ -33,6 +33,25 @@ def test_export_with_batchnorm_in_training_mode_fails_parity(tiny_model, tmp_pat
         check_parity(model, tmp_path / "bad.onnx", inputs)
 
 
+def test_a_confident_models_large_cams_pass_parity_at_float32s_own_rounding(tiny_model, tmp_path):
+    # a trained model's CAMs reach 100 and more, where torch and ONNX Runtime round apart by 1e-4
+    import torch
+
+    model, _ = load_checkpoint_model(tiny_model.checkpoint)
+    with torch.no_grad():
+        model.fc.weight.mul_(1e4)
+    inputs = parity_inputs(tiny_model.config)
+    export_onnx(model, tmp_path / "large.onnx", 32)
+    result = check_parity(model, tmp_path / "large.onnx", inputs)
+    with torch.no_grad():
+        largest = float(model.forward_cam(model.forward_features(torch.from_numpy(inputs))).abs().max())
+    assert largest > 1e4 and result["tolerance_cam"] == pytest.approx(1e-5 * largest, rel=1e-3)
+    model.train()  # a broken export of the same model still fails
+    export_onnx(model, tmp_path / "bad.onnx", 32)
+    with pytest.raises(ParityError):
+        check_parity(model.eval(), tmp_path / "bad.onnx", inputs)
+
+
 def test_logits_are_the_spatial_mean_of_the_cams(tiny_model):
     import onnxruntime as ort
 
