@@ -21,6 +21,10 @@
   and 480 `unseen/` images of the 20% of each class's objects that no other split shows.
   Needs `apt-get install openclipart-png` and `pip install scikit-image`.
 
+- `cutouts`: the same drawings on nothing: 96x96 RGBA PNGs whose transparent pixels are black
+  underneath, as clip art, icons and product cut-outs are stored; 800 `train/`, 160 each of `val/`,
+  `test/` and `unseen/`. What a folder of transparent images teaches (bench/served_pixels.py).
+
 - `photos`: the real photographs scikit-image ships, whole and as random crops: a set of images
   of none of any model's classes (bench/ood.py). Not a training set.
 
@@ -156,6 +160,7 @@ OBJECT_CLASSES = {"bird": "animals/birds", "insect": "animals/bugs", "mammal": "
                   "vehicle": "transportation/vehicles", "house": "buildings/homes"}
 OBJECT_SIZE = 96
 OBJECT_SPLITS = {"train": 2400, "val": 480, "test": 480, "unseen": 480}
+CUTOUT_SPLITS = {"train": 800, "val": 160, "test": 160, "unseen": 160}
 def _cutouts(folder: Path, longest: int = 192) -> list[Image.Image]:
     """Each drawing as RGBA cropped to its opaque pixels, its longest side at most `longest`;
     drawings without transparency (no outline to cut along) are left out."""
@@ -182,8 +187,9 @@ def _backdrop(rng: np.random.Generator, photos: list[np.ndarray], side: int) -> 
 
 
 def _composite(rng: np.random.Generator, cutout: Image.Image, photos: list[np.ndarray]) -> tuple[np.ndarray, tuple]:
-    """The cutout at 10-85% of the canvas (its longest side), anywhere it fits, and its box."""
-    canvas = _backdrop(rng, photos, OBJECT_SIZE)
+    """The cutout at 10-85% of the canvas (its longest side), anywhere it fits, and its box. Without
+    `photos` the canvas stays transparent (black underneath, as clip art stores it): RGBA out."""
+    canvas = _backdrop(rng, photos, OBJECT_SIZE) if photos else Image.new("RGBA", (OBJECT_SIZE, OBJECT_SIZE))
     longest = max(4, int(OBJECT_SIZE * rng.uniform(0.10, 0.85)))
     while True:  # a thin drawing shrunk far may keep no opaque pixel: then a little larger
         s = longest / max(cutout.size)
@@ -195,10 +201,13 @@ def _composite(rng: np.random.Generator, cutout: Image.Image, photos: list[np.nd
     if rng.random() < 0.5:
         obj = obj.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     x, y = int(rng.integers(0, OBJECT_SIZE - obj.width + 1)), int(rng.integers(0, OBJECT_SIZE - obj.height + 1))
-    canvas.paste(obj, (x, y), obj)
     alpha = np.asarray(obj)[..., 3]
     ys, xs = np.nonzero(alpha >= 128 if (alpha >= 128).any() else alpha > 0)
     box = (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
+    if not photos:
+        canvas.alpha_composite(obj, (x, y))
+        return np.asarray(canvas), box
+    canvas.paste(obj, (x, y), obj)
     noisy = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 3, (OBJECT_SIZE, OBJECT_SIZE, 3))
     return np.clip(noisy, 0, 255).astype(np.uint8), box
 
@@ -213,11 +222,12 @@ def _write_composite(root: Path, rel: Path, rng: np.random.Generator, pool: list
     return rel.as_posix(), rel.parent.name, box
 
 
-def build_objects(root: str | Path, seed: int = 0) -> Path:
-    """Composites of real-object clip art on real photographs; 20% of each class's objects appear
-    only in `unseen/`."""
+def build_objects(root: str | Path, seed: int = 0, splits: dict[str, int] = OBJECT_SPLITS,
+                  backdrops: bool = True) -> Path:
+    """Composites of real-object clip art on real photographs (on nothing, transparent, without
+    `backdrops`); 20% of each class's objects appear only in `unseen/`."""
     root = Path(root)
-    photos = [photo(n) for n in PHOTOS]
+    photos = [photo(n) for n in PHOTOS] if backdrops else []
     cutouts = {c: _cutouts(CLIPART / sub) for c, sub in OBJECT_CLASSES.items()}
     seen, unseen = {}, {}
     for c, objs in cutouts.items():
@@ -226,14 +236,19 @@ def build_objects(root: str | Path, seed: int = 0) -> Path:
         unseen[c], seen[c] = [objs[i] for i in order[:k]], [objs[i] for i in order[k:]]
     classes = sorted(OBJECT_CLASSES)
     rows = []
-    for split, count in OBJECT_SPLITS.items():
+    for split, count in splits.items():
         pool = unseen if split == "unseen" else seen
         for i in range(count):
-            rng = np.random.default_rng([seed, list(OBJECT_SPLITS).index(split), i])
+            rng = np.random.default_rng([seed, list(splits).index(split), i])
             label = classes[i % len(classes)]
             rows.append(_write_composite(root, Path(split) / label / f"{i:04d}.png", rng, pool[label], photos))
     write_boxes(root, rows)
     return root
+
+
+def build_cutouts(root: str | Path, seed: int = 0) -> Path:
+    """The objects' drawings on a transparent canvas, as a user's product cut-outs or icons come."""
+    return build_objects(root, seed, CUTOUT_SPLITS, backdrops=False)
 
 
 # drawings of things none of OBJECT_CLASSES is: the near-out-of-distribution set of an objects model
@@ -291,8 +306,8 @@ def zip_bytes(root: str | Path, splits: tuple[str, ...] = ("train", "val"), boxe
     return buf.getvalue()
 
 
-BUILDERS = {"digits": build_digits, "faces": build_faces, "objects": build_objects, "photos": build_photos,
-            "other-objects": build_other_objects}
+BUILDERS = {"digits": build_digits, "faces": build_faces, "objects": build_objects, "cutouts": build_cutouts,
+            "photos": build_photos, "other-objects": build_other_objects}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
