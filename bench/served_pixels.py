@@ -16,6 +16,7 @@ import numpy as np
 
 from app.datasets import read_boxes
 from app.imaging import decode
+from app.settings import Settings
 from training.compare import OnnxModel
 from training.data import IMAGE_SUFFIXES
 from training.localization import LocalizationTally
@@ -23,7 +24,7 @@ from training.localization import LocalizationTally
 
 def served(model_dir: str, root: Path, split: str) -> dict:
     model = OnnxModel.load(model_dir)
-    card, prep = model.card, model.card.preprocessing
+    card, prep, settings = model.card, model.card.preprocessing, Settings()
     boxes = {path: box for path, (_, box) in read_boxes(root / "boxes.csv").items()} \
         if (root / "boxes.csv").exists() else {}
     tally = LocalizationTally(served=card.box_rule, foreground=model.has_foreground)
@@ -31,17 +32,17 @@ def served(model_dir: str, root: Path, split: str) -> dict:
     for label_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
         truth = card.labels.index(label_dir.name)
         for path in sorted(p for p in label_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            array, window = prep.crop_resize(decode(path.read_bytes(), 10**8, 2048).image)
-            out = dict(zip(model.names, model.session.run(model.names, {"input": prep.normalize(array[None])})))
-            features = out.get("features")
-            verdict = model.scorer.verdicts(out["logits"], features)[0]
+            decoded = decode(path.read_bytes(), settings.max_pixels, settings.work_max_side)
+            x, window = prep.network_input(decoded.image)  # as app.predictor prepares an upload
+            outputs = model.session.run(model.names, {"input": x[None]})
+            out = {name: value[0] for name, value in zip(model.names, outputs)}
+            verdict = model.scorer.verdict(out["logits"], out.get("features"))
             said = verdict.predicted == truth
             right, unknown, count = right + said, unknown + verdict.unknown, count + 1
             box = boxes.get(path.relative_to(root).as_posix())
-            if box is not None:
-                foreground = out.get("foreground")
-                tally.add(out["cam"][0][truth], said, np.asarray(box), window,
-                          None if foreground is None else foreground[0])
+            if box is not None:  # the true box in the decoded image's pixels (a large one is reduced)
+                tally.add(out["cam"][truth], said, np.asarray(box) * (decoded.image.width / decoded.width), window,
+                          out.get("foreground"))
     return {"card_top1": card.metrics["top1"], "card_gt_known": card.metrics.get("gt_known_loc"),
             "served_top1": right / count, "served_gt_known": tally.result().get("gt_known_loc"),
             "unknown": unknown / count, "images": count}
