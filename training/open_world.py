@@ -196,15 +196,17 @@ def fit(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing) -> tuple[dict, d
                    "reliability_before": scoring.reliability(before, val_labels),
                    "reliability_after": scoring.reliability(after, val_labels)}
     known = scoring.knn_distance(val_features, bank.astype(np.float32), k)
-    threshold = float(np.quantile(known, scoring.TPR))
+    threshold, above = scoring.tolerance_threshold(known)
     ood = {"method": "knn", "k": k, "file": scoring.OOD_FILE, "sha256": scoring.file_digest(blob), "bytes": len(blob),
-           "threshold": round(threshold, 6), "tpr": scoring.TPR, "fit_images": len(bank), "training_images": training,
+           "threshold": round(threshold, 6), "tpr": scoring.TPR, "confidence": scoring.CONFIDENCE,
+           "val_above_threshold": above, "fit_images": len(bank), "training_images": training,
            "features": width, "val_images": len(val_labels)}
     scorer = scoring.Scorer(temperature, scoring.OodSpec.from_card(ood), bank.astype(np.float32))
     ood["battery"], _ = battery_figures(scorer, session, names, cfg, prep, known)
     ood["battery_auroc"] = mean_auroc(ood["battery"])
     log.info("open world: T=%.3f (ECE %.4f -> %.4f; %.4f by chance alone on %d images), KNN threshold %.4f on %d "
-             "training images; battery AUROC %s", temperature, calibration["ece_before"], calibration["ece_after"],
-             calibration["ece_by_chance"], len(val_labels), threshold, len(bank),
+             "training images (%d of %d validation images above it); battery AUROC %s", temperature,
+             calibration["ece_before"], calibration["ece_after"], calibration["ece_by_chance"], len(val_labels),
+             threshold, len(bank), above, len(val_labels),
              {k: v["auroc"] for k, v in ood["battery"].items()})
     return calibration, ood, blob

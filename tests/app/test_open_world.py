@@ -103,7 +103,7 @@ def test_the_shipped_model_calls_a_photograph_unknown_and_a_new_shape_known(tmp_
             assert cat["predictions"][0]["cam_url"]  # its best guess's map is still there to look at
         assert verdict(image_bytes("PNG", size=(64, 64), seed=3))["open_world"]["unknown"] is True  # noise
         known = [verdict(shape_jpeg(index=i, size=96))["open_world"]["unknown"] for i in range(20)]
-        assert sum(known) <= 3  # about 5% of new shapes are called unknown (the 95% TPR threshold)
+        assert sum(known) <= 3  # at most 5% of new shapes are called unknown (95% TPR with 95% confidence)
         assert 'verdict="unknown",version="1"' in c.get("/metrics").text
 
 

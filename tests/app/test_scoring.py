@@ -70,6 +70,34 @@ def test_fpr_at_95_is_the_share_of_unknowns_below_the_threshold():
     assert scoring.fpr_at_tpr(known, np.array([10.0, 94.0, 95.0, 200.0])) == 0.5
 
 
+def test_the_tolerance_threshold_leaves_fewer_validation_images_above_than_the_plain_quantile():
+    known = np.arange(1000.0)
+    threshold, above = scoring.tolerance_threshold(known, tpr=0.95, confidence=0.95)
+    # P(Binomial(1000, 0.05) <= 38) = 0.043 <= 0.05 < P(<= 39) = 0.060
+    assert above == 38 and threshold == 961.0 and (known > threshold).sum() == 38
+    assert scoring.tolerance_threshold(known, tpr=0.95, confidence=0.5)[1] == 49  # about the plain quantile's 50
+    assert scoring.tolerance_threshold(known[::-1], tpr=0.95, confidence=0.95) == (961.0, 38)  # order is no matter
+
+
+def test_too_few_validation_images_for_the_bound_take_the_largest_score():
+    # 0.95 ** 58 = 0.051 > 0.05: with 58 images even none above is not rare enough; 59 suffice for none
+    assert scoring.tolerance_threshold(np.arange(58.0)) == (57.0, 0)
+    assert scoring.tolerance_threshold(np.arange(59.0)) == (58.0, 0)
+    assert scoring.tolerance_threshold(np.arange(3.0)) == (2.0, 0)
+
+
+def test_the_tolerance_threshold_keeps_its_promise_on_new_draws():
+    # on 400 draws of 1,000 validation scores, the share of new scores above the threshold exceeds
+    # 5% in about 5% of draws (the plain quantile: about half of them)
+    rng = np.random.default_rng(0)
+    new = np.sort(rng.normal(size=200_000))
+    def over(threshold: float) -> bool:
+        return 1 - np.searchsorted(new, threshold, side="right") / len(new) > 0.05
+    bound = [over(scoring.tolerance_threshold(rng.normal(size=1000))[0]) for _ in range(400)]
+    plain = [over(float(np.quantile(rng.normal(size=1000), 0.95))) for _ in range(400)]
+    assert np.mean(bound) < 0.1 and np.mean(plain) > 0.35
+
+
 def spec_for(blob: bytes, threshold: float = 0.3) -> scoring.OodSpec:
     return scoring.OodSpec("knn", 1, scoring.OOD_FILE, scoring.file_digest(blob), len(blob), threshold)
 
