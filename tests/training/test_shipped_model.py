@@ -32,9 +32,11 @@ def test_the_shipped_model_reaches_its_cards_figures_through_onnx_runtime():
     service runs it, must give the same ones on the same validation images."""
     folder = shipped_model_dir()
     card = json.loads((folder / CARD_FILE).read_text())
-    trained = TrainConfig.from_dict(card["training_config"])
-    measured = evaluate_onnx(folder, trained)
     m = card["metrics"]
+    # the images those figures were measured on: the first of the validation split (a synthetic image
+    # is a function of its index), which a re-export may have drawn more of (bench/reexport_shipped.py)
+    trained = TrainConfig.from_dict(card["training_config"]).replace(synthetic_val=m["images"])
+    measured = evaluate_onnx(folder, trained)
     assert measured["images"] == m["images"]
     assert abs(measured["top1"] - m["top1"]) <= 0.005, (measured["top1"], m["top1"])
     assert measured["box_rule"] == card["cam"]["rule"]
