@@ -48,7 +48,7 @@ def folder_images(folder: Path) -> list[Image.Image]:
     return out
 
 
-def sets(root: Path) -> dict[str, list[Image.Image]]:
+def sets(root: Path, shapes: int = 600) -> dict[str, list[Image.Image]]:
     if not (root / "digits" / "boxes.csv").exists():
         build_digits(root / "digits")
     if not (root / "objects" / "boxes.csv").exists():
@@ -58,7 +58,7 @@ def sets(root: Path) -> dict[str, list[Image.Image]]:
     if not (root / "other-objects" / "boxes.csv").exists():
         build_other_objects(root / "other-objects")
     rng = np.random.default_rng(1)
-    return {"shapes": [Image.fromarray(a) for a in synthetic.generate(0, "test", 600, 64)[0]],
+    return {"shapes": [Image.fromarray(a) for a in synthetic.generate(0, "test", shapes, 64)[0]],
             "photographs": folder_images(root / "photos"),
             "objects": folder_images(root / "objects" / "test"),
             "unseen objects": folder_images(root / "objects" / "unseen"),
@@ -149,8 +149,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="NAME:VERSION_DIR (repeatable)")
     ap.add_argument("--sets", type=Path, default=Path("/tmp/rescam-sets"))
+    ap.add_argument("--shapes", type=int, default=600, help="new shapes (the shapes model's own images) to score")
     args = ap.parse_args()
-    images = sets(args.sets)
+    images = sets(args.sets, args.shapes)
     for spec in args.model:
         name, _, folder = spec.partition(":")
         evaluate(name, Path(folder), images)
