@@ -8,15 +8,21 @@ from pathlib import Path
 from typing import Any
 
 
-def metrics_records(metrics_jsonl: Path | None, last: int | None = None) -> list[dict[str, Any]]:
-    """The trainer's metrics.jsonl records (the `last` ones only, when given); none when there is
-    no file yet."""
+def metrics_records(metrics_jsonl: Path | None, last: int | None = None, keep_events: tuple[str, ...] = ()
+                    ) -> list[dict[str, Any]]:
+    """The trainer's metrics.jsonl records (the `last` ones only, when given, and before them every
+    record of `keep_events`: a run's plan is written at its start, hundreds of lines before its last
+    ones); none when there is no file yet. Only the records returned are parsed."""
     try:
         lines = metrics_jsonl.read_text().splitlines() if metrics_jsonl is not None else []
     except FileNotFoundError:
         return []
+    chosen = lines[-last:] if last else lines
+    if last and keep_events:  # json.dumps writes each record's event as '"event": "NAME"'
+        marks = tuple(f'"event": "{event}"' for event in keep_events)
+        chosen = [line for line in lines[:-last] if any(m in line for m in marks)] + chosen
     records = []
-    for line in lines[-last:] if last else lines:
+    for line in chosen:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:

@@ -66,7 +66,7 @@ PROGRESS_FIGURES = ("top1", "gt_known_loc", "max_box_acc", "box_rule", "still_le
 def read_progress(run_dir: Path) -> dict[str, Any] | None:
     """The trainer's latest step and epoch lines from its metrics.jsonl."""
     latest: dict[str, Any] = {}
-    for record in metrics_records(run_dir / "metrics.jsonl", last=50):
+    for record in metrics_records(run_dir / "metrics.jsonl", last=50, keep_events=("plan",)):
         if record.get("event") == "step":
             latest.update({k: record.get(k) for k in ("epoch", "step", "total_steps", "loss", "lr",
                                                        "images_per_s", "eta_s")})

@@ -498,3 +498,23 @@ def test_a_jobs_progress_says_whether_its_model_was_still_learning_at_the_end(tm
     progress = read_progress(tmp_path)
     assert progress["still_learning"] is True and progress["late_gain"] == 0.021 and progress["late_epochs"] == 4
     assert progress["plan"]["architecture"] == "resnet20 16/32/64" and "confusion" not in progress
+
+
+def test_a_long_jobs_progress_keeps_its_plan_hundreds_of_lines_later(tmp_path):
+    """The plan is written at a run's start and again at its re-plan; a real-photo job writes
+    hundreds of step and epoch lines after them, and its view must still show the re-planned one."""
+    from app.jobs import read_progress
+
+    lines = [{"event": "plan", "step": 0, "steps": 2880, "architecture": "resnet20 16/32/64"},
+             {"event": "step", "epoch": 0, "step": 10, "loss": 2.0, "total_steps": 2880},
+             {"event": "plan", "step": 50, "steps": 2700, "replanned": True, "architecture": "resnet20 16/32/64"}]
+    for s in range(51, 2701):  # a step line every 10 steps, an epoch line every 18
+        if s % 10 == 0:
+            lines.append({"event": "step", "epoch": s // 18, "step": s, "loss": 1.0, "total_steps": 2700})
+        if s % 18 == 0:
+            lines.append({"event": "epoch", "epoch": s // 18, "step": s, "val_top1": round(s / 2700, 4)})
+    assert len(lines) > 400
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    progress = read_progress(tmp_path)
+    assert progress["plan"]["steps"] == 2700 and progress["plan"]["replanned"] is True  # the last plan wins
+    assert progress["step"] == 2700 and progress["val_top1"] == 1.0  # and the latest lines are still read
