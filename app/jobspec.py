@@ -24,6 +24,7 @@ SPEC_FILE, RESULT_FILE = "spec.json", "result.json"
 JOB_SETTINGS = frozenset({
     "architecture", "architecture_kwargs", "model", "model_kwargs", "image_size", "resize", "synthetic_train",
     "synthetic_val", "val_fraction", "mean", "std", "augment", "epochs", "max_steps", "min_steps", "time_budget_s",
+    "time_budget_max_s",
     "fill_budget", "keep_best", "adapt", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
     "warmup_steps", "milestones", "label_smoothing", "cutmix", "ema", "flip", "test_time_flip", "logit_norm",
     "outlier_exposure", "outliers", "box_loss", "freeze_bn", "seed", "precision", "channels_last", "compile",

@@ -221,7 +221,10 @@ class JobRequest(BaseModel):
     image_size: int | None = Field(None, ge=8, le=1024)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     time_budget_s: float | None = Field(None, gt=0, le=7 * 24 * 3600,
-                                        description="bound on the training time; auto's default is 480 s")
+                                        description="bound on the training time; auto's default is 480 s, stretched "
+                                                    "up to 960 s (options.time_budget_max_s) where 480 would show "
+                                                    "each image fewer than 160 times; a budget given here is not "
+                                                    "stretched")
     init: str = Field("scratch", max_length=200,
                       description="scratch | live (the live version's weights) | file:NAME (a torchvision-format "
                                   "state_dict, .pth or .safetensors, in the data root's weights/ folder) | "

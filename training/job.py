@@ -44,6 +44,8 @@ def config_for(spec: JobSpec) -> TrainConfig:
         overrides.setdefault("min_steps", 0)
     if {"epochs", "min_steps", "max_steps"} & set(spec.settings):
         overrides.setdefault("fill_budget", False)  # the steps a user names are the steps that run
+    if {"epochs", "min_steps", "max_steps", "time_budget_s"} & set(spec.settings):
+        overrides.setdefault("time_budget_max_s", None)  # and a budget a user names is the budget
     if spec.init:
         overrides["init"], imagenet = resolve(spec.init)
         if imagenet:  # the plan adapts to torchvision's ImageNet weights (README, "Starting weights")

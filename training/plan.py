@@ -62,13 +62,16 @@ class Plan:
     precision: str = "float32"  # "float32" or "bfloat16" (autocast)
     architecture: str = ""  # e.g. "resnet20 16/32/64": the network and its stage widths
     boxes_fitted: int = 0  # training images whose CAM the box-fit loss fits to their box
+    stretched_budget_s: float | None = None  # the time budget as stretched for these steps; None: as set
 
     def describe(self, train_images: int) -> str:
         eta = f", about {self.expected_s / 60:.1f} min" if self.expected_s else ""
         boxes = f", CAMs fitted to {self.boxes_fitted} boxes" if self.boxes_fitted else ""
+        stretched = (f" (the time budget stretched to {self.stretched_budget_s / 60:.1f} min for them)"
+                     if self.stretched_budget_s else "")
         return (f"plan: {self.architecture or 'the network'}, {self.steps} optimizer steps ({self.epochs} epochs of "
                 f"{train_images} images, batch {self.batch_size}), {self.image_size} px, augmentation {self.augment}"
-                f"{boxes}, {self.device} {self.precision}{eta}; steps set by {self.limited_by}")
+                f"{boxes}, {self.device} {self.precision}{eta}; steps set by {self.limited_by}{stretched}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,19 +264,34 @@ def make_plan(cfg: TrainConfig, steps_per_epoch: int, batch_size: int, train_ima
         steps, limited_by = cfg.min_steps, "min_steps"
     if cfg.max_steps and steps > cfg.max_steps:
         steps, limited_by = cfg.max_steps, "max_steps"
-    expected = None
+    expected = stretched = None
     if seconds_per_step:
         # evaluation runs the forward pass only (about a third of a training step per image)
         eval_per_epoch = seconds_per_step / 3 * val_images / max(batch_size, 1)
         per_step = seconds_per_step + eval_per_epoch / steps_per_epoch
         final = 4 * eval_per_epoch  # the closing evaluation also draws boxes at every threshold
-        if cfg.time_budget_s and steps * per_step + final > cfg.time_budget_s:
-            steps = max(1, int((cfg.time_budget_s - final) / per_step))
+        budget = stretched_budget(cfg, steps * per_step + final)
+        if budget != cfg.time_budget_s:
+            stretched = round(budget, 1)
+        if budget and steps * per_step + final > budget:
+            steps = max(1, int((budget - final) / per_step))
             limited_by = "time_budget"
         expected = round(steps * per_step + final, 1)
     return Plan(steps, math.ceil(steps / steps_per_epoch), steps_per_epoch, batch_size, cfg.image_size, cfg.augment,
                 round(seconds_per_step, 4) if seconds_per_step else None, expected, limited_by, device, precision,
-                architecture(cfg), boxes_fitted)
+                architecture(cfg), boxes_fitted, stretched)
+
+
+def stretched_budget(cfg: TrainConfig, needed_s: float) -> float | None:
+    """The seconds a plan that needs `needed_s` may take: cfg.time_budget_s, or, where that would cut
+    the plan short and cfg.time_budget_max_s is set, as much more as it needs up to that. A model that
+    would see each image only a few times in the budget is still learning when it ends (the auto
+    recipe's real photographs: 80 of its 160 epochs in 8 minutes on 2 cores), and a longer run
+    buys it more than a shorter one buys a model that has seen its images enough."""
+    budget, most = cfg.time_budget_s, cfg.time_budget_max_s
+    if not budget or needed_s <= budget or not most or most <= budget:
+        return budget
+    return min(most, needed_s)
 
 
 def scale_to_budget(cfg: TrainConfig, plan: Plan, seconds_per_step: Callable[[TrainConfig], float]
@@ -297,7 +315,9 @@ def scale_to_budget(cfg: TrainConfig, plan: Plan, seconds_per_step: Callable[[Tr
                 break
             grown, spent = wider, seconds
     most = MAX_STEPS_SCALE * plan.steps
-    return grown.replace(epochs=max(grown.epochs, math.ceil(most / plan.steps_per_epoch)), max_steps=most), spent
+    # the budget is filled as it is (it held SCALE_HEADROOM times the plan): it does not stretch
+    return grown.replace(epochs=max(grown.epochs, math.ceil(most / plan.steps_per_epoch)), max_steps=most,
+                         time_budget_max_s=None), spent
 
 
 def stage_widths(cfg: TrainConfig) -> list[int]:

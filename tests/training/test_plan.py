@@ -12,22 +12,52 @@ from training.plan import adapt_to_data, choose_precision, make_plan
 
 def test_a_small_data_set_gets_the_step_floor_not_ten_steps():
     cfg = recipe("auto", data="folder:/x")
-    plan = make_plan(cfg, steps_per_epoch=11, batch_size=128, train_images=1437, val_images=360,
+    plan = make_plan(cfg, steps_per_epoch=5, batch_size=128, train_images=700, val_images=180,
                      seconds_per_step=None)
-    assert plan.steps == 1500 and plan.epochs == 137 and plan.limited_by == "min_steps"
+    assert plan.steps == 1500 and plan.epochs == 300 and plan.limited_by == "min_steps"
     big = make_plan(cfg, steps_per_epoch=800, batch_size=128, train_images=102_400, val_images=1000,
                     seconds_per_step=None)
-    assert big.steps == 30 * 800 and big.limited_by == "epochs"
+    assert big.steps == cfg.epochs * 800 and big.limited_by == "epochs"
 
 
 def test_the_time_budget_cuts_the_steps_and_says_so():
-    cfg = recipe("auto", data="folder:/x", time_budget_s=100)
+    cfg = recipe("auto", data="folder:/x", time_budget_s=100, time_budget_max_s=None)
     plan = make_plan(cfg, steps_per_epoch=11, batch_size=128, train_images=1437, val_images=360,
                      seconds_per_step=0.5)
     assert plan.limited_by == "time_budget" and plan.steps < 200
     assert plan.expected_s <= 100 and plan.expected_s > 90  # it uses the budget, not a fraction of it
-    roomy = make_plan(cfg.replace(time_budget_s=10_000), 11, 128, 1437, 360, 0.5)
+    roomy = make_plan(cfg.replace(time_budget_s=10_000), 5, 128, 700, 180, 0.5)
     assert roomy.steps == 1500 and roomy.limited_by == "min_steps"
+
+
+def test_a_budget_that_would_cut_the_plan_short_stretches_as_far_as_it_needs_up_to_its_most():
+    # real photographs on 2 cores: 2,400 images, 18 steps an epoch, 0.3 s a step; 160 epochs want
+    # 2,880 steps, about 15 minutes: 8 would cut them to half
+    cfg = recipe("auto", data="folder:/x")
+    assert (cfg.time_budget_s, cfg.time_budget_max_s) == (480, 960)
+    plan = make_plan(cfg, steps_per_epoch=18, batch_size=128, train_images=2400, val_images=480, seconds_per_step=0.3)
+    assert plan.steps == 160 * 18 and plan.limited_by == "epochs"
+    assert 480 < plan.expected_s <= 960 and plan.stretched_budget_s == plan.expected_s
+    assert "stretched to" in plan.describe(2400)
+    slower = make_plan(cfg, 18, 128, 2400, 480, seconds_per_step=0.6)  # the most is not enough: cut there
+    assert slower.limited_by == "time_budget" and slower.stretched_budget_s == 960 and 940 < slower.expected_s <= 960
+    # the digits: 1,500 steps (the floor) fit 8 minutes, and nothing stretches
+    digits = make_plan(cfg, 8, 128, 1149, 288, seconds_per_step=0.17)
+    assert digits.steps == 1500 and digits.stretched_budget_s is None and digits.expected_s <= 480
+    fixed = make_plan(cfg.replace(time_budget_max_s=None), 18, 128, 2400, 480, 0.3)  # a budget that does not stretch
+    assert fixed.limited_by == "time_budget" and fixed.expected_s <= 480 and fixed.stretched_budget_s is None
+
+
+def test_a_budget_or_steps_a_user_names_do_not_stretch():
+    from app.jobspec import JobSpec
+    from training.job import config_for
+
+    spec = dict(run_dir="/tmp/r", data="folder:/x", recipe=None)
+    assert config_for(JobSpec(**spec, settings={})).time_budget_max_s == 960
+    for named in ({"time_budget_s": 600}, {"epochs": 3}, {"min_steps": 60}, {"max_steps": 900}):
+        assert config_for(JobSpec(**spec, settings=named)).time_budget_max_s is None, named
+    both = config_for(JobSpec(**spec, settings={"time_budget_s": 600, "time_budget_max_s": 1200}))
+    assert (both.time_budget_s, both.time_budget_max_s) == (600, 1200)  # unless the user names the most too
 
 
 @pytest.mark.parametrize("side, expected, stem", [(40, 32, 1), (64, 64, 2), (100, 96, 2), (500, 128, 2)])
@@ -47,7 +77,7 @@ def test_a_replan_on_a_machine_too_slow_for_the_budget_ends_the_run_where_it_is(
 
     from training.train import replan
 
-    cfg = recipe("auto", data="folder:/x", time_budget_s=100)
+    cfg = recipe("auto", data="folder:/x", time_budget_s=100, time_budget_max_s=None)
     plan = make_plan(cfg, 11, 128, 1437, 360, 0.5)
     slow = replan(cfg, plan, 10.0, 1437, 360, 1, torch.device("cpu"), done=50)  # 100 s buys fewer than 50 steps
     assert slow.steps == 50 and slow.epochs == 5 and slow.limited_by == "time_budget"
@@ -181,7 +211,7 @@ def test_the_end_of_training_is_still_learning_only_where_the_last_fifth_beats_t
 
 
 def _grown(seconds_per_step: float, widths_cost, budget: float = 480, **settings):
-    """scale_to_budget on the auto plan of 1,437 images (1,500 steps), a step timed at seconds_per_step
+    """scale_to_budget on the auto plan of 1,437 images (1,760 steps), a step timed at seconds_per_step
     for resnet20 and widths_cost(first stage width) seconds for each wider network it asks about."""
     from training.plan import scale_to_budget
 
@@ -221,7 +251,8 @@ def test_the_steps_fill_the_budget_up_to_fifty_times_the_plan_and_no_further():
     cfg, plan, grown, seconds, _ = _grown(0.0001, lambda width: 0.0001)
     assert grown.architecture_kwargs["widths"] == [64, 128, 256]  # both widenings fit
     filled = make_plan(grown, 11, 128, 1437, 360, seconds)
-    assert filled.steps == 50 * plan.steps and filled.limited_by == "max_steps"
+    # 50 x 1,760 steps is exactly 8,000 epochs of 11: the two caps meet, and the plan names either
+    assert filled.steps == 50 * plan.steps and filled.limited_by in ("max_steps", "epochs")
 
 
 def test_a_user_who_names_the_steps_or_the_network_gets_them_as_named():
