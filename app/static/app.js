@@ -518,8 +518,12 @@ function planText(plan) {
   if (!plan) return "";
   const boxes = plan.boxes_fitted ? ` · CAMs fitted to ${plan.boxes_fitted} boxes` : "";
   const eta = plan.expected_s ? ` · about ${Math.ceil(plan.expected_s / 60)} min` : "";
+  // where the budget would have cut a model still far from its epochs, it stretched (training/plan.py)
+  const stretched = plan.stretched_budget_s ?
+    ` (the time budget stretched to ${Math.round(plan.stretched_budget_s / 60)} min for them)` : "";
   return `plan: ${plan.architecture || "the network"} at ${plan.image_size} px · ${plan.steps} steps ` +
-    `(set by ${plan.limited_by}) · ${plan.augment}${boxes} · ${plan.device || "cpu"} ${plan.precision || "float32"}${eta}`;
+    `(set by ${plan.limited_by})${stretched} · ${plan.augment}${boxes} · ${plan.device || "cpu"} ` +
+    `${plan.precision || "float32"}${eta}`;
 }
 
 // whether validation top-1 still rose at the end (training/plan.py::learning_at_the_end): then a

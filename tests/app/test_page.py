@@ -143,6 +143,11 @@ def test_admin_retrain_from_a_zip_ends_in_a_new_version(server, browser, tmp_pat
     page.wait_for_function("document.querySelector('#jobs').textContent.includes('shapes')")  # names the model
     plan = page.text_content("#job-plan")  # what the plan chose, as the job's progress recorded it
     assert plan.startswith("plan: resnet8 16/32/64 at ") and "steps (set by " in plan and " cpu " in plan
+    assert "stretched" not in plan  # its epochs were named: the budget is as set
+    stretched = page.evaluate("planText({architecture: 'resnet20 16/32/64', image_size: 96, steps: 2880, "
+                              "limited_by: 'epochs', augment: 'shift-scale', expected_s: 950, "
+                              "stretched_budget_s: 950})")  # what a real-photo job's plan says
+    assert "2880 steps (set by epochs) (the time budget stretched to 16 min for them)" in stretched, stretched
     if "deployed" in result and "not deployed" not in result:  # the picker offers the new model beside the default
         page.wait_for_function("[...document.querySelectorAll('#model-pick option')].some(o => o.value === 'shapes')")
         page.select_option("#model-pick", "shapes")
