@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from .card import ModelCard
 from .imaging import release_freed_memory
 from .preprocess import Preprocessing
-from .registry import MODEL_FILE
+from .registry import FLOAT32_FILE, MODEL_FILE
 from .scoring import OpenWorldError, Scorer
 
 log = logging.getLogger("rescam.engine")
@@ -153,6 +153,37 @@ def open_session(model: Path, providers: list[str], graph_optimization: str = "a
     return session
 
 
+def answer_near_ties(outputs: list[np.ndarray], logits: np.ndarray, batch: np.ndarray, float32: ort.InferenceSession,
+                     names: list[str], margin: float) -> int:
+    """Rewrite in place the rows of `outputs` (the int8 graph's, for `names`) whose top-2 logit gap
+    is at most `margin` with the float32 graph's answer for them; returns how many (int8 flips
+    near-ties; training/quantize.py)."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    near = np.flatnonzero(top2[:, 1] - top2[:, 0] <= margin)
+    if len(near):
+        for kept, fresh in zip(outputs, float32.run(names, {"input": np.ascontiguousarray(batch[near])})):
+            kept[near] = fresh
+    return len(near)
+
+
+class NearTieSession:
+    """An int8 session whose near-ties the float32 one answers, run as one session is run (for
+    figures taken offline of what a version serves: training/compare.py, training/open_world.py)."""
+
+    def __init__(self, int8: ort.InferenceSession, float32: ort.InferenceSession, margin: float) -> None:
+        self.int8, self.float32, self.margin = int8, float32, margin
+
+    def get_outputs(self):
+        return self.int8.get_outputs()
+
+    def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = list(names) if names else [o.name for o in self.int8.get_outputs()]
+        wanted = names if "logits" in names else ["logits", *names]
+        out = self.int8.run(wanted, feed)
+        answer_near_ties(out, out[wanted.index("logits")], feed["input"], self.float32, wanted, self.margin)
+        return out if wanted is names else out[1:]
+
+
 class Outputs(NamedTuple):
     """A batch of n through the graph. `features` and `foreground` are None for a graph exported
     without them (before the open-world verdict, before pc1 box rules)."""
@@ -181,6 +212,11 @@ class Engine:
     scorer: Scorer = field(default_factory=Scorer)
     outputs: tuple[str, ...] = ("logits", "cam")  # and those of OPTIONAL_OUTPUTS the graph has
     memory_bytes: int = 0  # how much the process grew while it loaded (ModelManager measures it)
+    # an int8 version's float32 graph, which answers the images whose int8 top-2 logit gap is at most
+    # near_tie_margin (int8 flips near-ties; training/quantize.py); None for every other version
+    near_ties: ort.InferenceSession | None = None
+    near_tie_margin: float = -1.0
+    near_tie_images: int = 0  # images answered by it since load
 
     @property
     def on_gpu(self) -> bool:
@@ -198,15 +234,22 @@ class Engine:
             scorer = Scorer.load(directory, card.temperature, card.ood_spec)
         except OpenWorldError as e:
             raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
+        margin = card.near_tie_margin
         try:
             session = open_session(directory / MODEL_FILE, wanted, graph_optimization, intra_op_threads,
                                    inter_op_threads, lean, scratch)
+            near_ties = None if margin is None else open_session(
+                directory / FLOAT32_FILE, wanted, graph_optimization, intra_op_threads, inter_op_threads, lean, scratch)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many kinds; all mean "does not load"
             raise ModelLoadError(f"{name} v{version} at {directory} does not load: {e}") from e
         present = {o.name for o in session.get_outputs()}
         outputs = ("logits", "cam", *(o for o in OPTIONAL_OUTPUTS if o in present))
+        if near_ties is not None and {o.name for o in near_ties.get_outputs()} != present:
+            raise ModelLoadError(f"{name} v{version} at {directory} does not load: its {FLOAT32_FILE} has other "
+                                 f"outputs than its {MODEL_FILE}")
         engine = cls(name, version, card, session, session.get_providers()[0], 0.0, max_batch=max_batch,
-                     io_binding=io_binding, scorer=scorer, outputs=outputs)
+                     io_binding=io_binding, scorer=scorer, outputs=outputs, near_ties=near_ties,
+                     near_tie_margin=-1.0 if margin is None else margin)
         engine.check()
         engine.load_ms = (time.perf_counter() - start) * 1000
         log.info("loaded %s v%d on %s (asked for %s) in %.0f ms", name, version, engine.provider, wanted,
@@ -255,7 +298,16 @@ class Engine:
         self.warm = True
 
     def run(self, batch: np.ndarray) -> Outputs:
-        """The graph's outputs for a batch of n normalised inputs."""
+        """The graph's outputs for a batch of n normalised inputs (an int8 version's near-ties run
+        again in float32, their rows replaced)."""
+        out = self._run(batch)
+        if self.near_ties is not None:
+            named = {"logits": out.logits, "cam": out.cams, "features": out.features, "foreground": out.foreground}
+            self.near_tie_images += answer_near_ties([named[o] for o in self.outputs], out.logits, batch,
+                                                     self.near_ties, list(self.outputs), self.near_tie_margin)
+        return out
+
+    def _run(self, batch: np.ndarray) -> Outputs:
         n = len(batch)
         if not self.on_gpu:
             return self._unpacked(self.session.run(list(self.outputs), {"input": batch}), n)
@@ -280,4 +332,5 @@ class Engine:
         return {"name": self.name, "version": self.version, "provider": self.provider,
                 "architecture": self.card.architecture, "precision": self.card.precision, "labels": list(self.labels),
                 "input_size": self.prep.crop, "open_world": self.scorer.method, "calibrated": self.scorer.calibrated,
-                "test_time_flip": self.card.test_time_flip}
+                "test_time_flip": self.card.test_time_flip,
+                **({"near_tie_margin": self.near_tie_margin} if self.near_ties is not None else {})}

@@ -231,7 +231,8 @@ class JobRunner:
         return {"model": self.model_of(job), "version": result.version, "deployed": deployed,
                 "not_deployed_because": why, "gate": decision,
                 "metrics": result.metrics, "live_metrics": result.live_metrics, "precision": result.precision,
-                **({"int8_refused": result.int8_refused} if result.int8_refused else {})}
+                **({"int8_refused": result.int8_refused} if result.int8_refused else {}),
+                **({"int8_near_ties": result.int8_near_ties} if result.int8_near_ties is not None else {})}
 
     def tick(self) -> None:
         for job_id, proc in [*self.running.items(), *self.adopted.items()]:

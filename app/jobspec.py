@@ -84,6 +84,7 @@ class JobResult:
     gate: dict[str, Any] | None = None  # the promotion decision (training.gate)
     precision: str | None = None  # the exported graph's arithmetic
     int8_refused: str | None = None  # why an int8 export that was asked for was not kept
+    int8_near_ties: float | None = None  # the share of validation images an int8 version answers in float32
 
     def to_json(self) -> str:
         return json.dumps({"format": "rescam.job-result/1", **dataclasses.asdict(self)}, indent=2) + "\n"

@@ -26,6 +26,7 @@ from .card import CardError, ModelCard
 from .scoring import OOD_FILE, OpenWorldError
 
 MODEL_FILE = "model.onnx"
+FLOAT32_FILE = "model.float32.onnx"  # an int8 version's float32 graph, for its near-ties (training/quantize.py)
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pth"  # optional: the torch state_dict, to fine-tune from the live model
 REPORT_DIR = "report"  # optional: the version's report (training/report.py)
@@ -91,16 +92,21 @@ class Registry:
 
     def card(self, model: str, version: int) -> ModelCard:
         """The version's card; RegistryError when it is missing or unreadable, or when the OOD file it
-        names is missing or not the one it names (such a version is listed as broken, never loaded)."""
+        names is missing or not the one it names, or the float32 graph for its near-ties is missing
+        (such a version is listed as broken, never loaded)."""
         directory = self.version_dir(model, version)
         try:
             card = ModelCard.load(directory / CARD_FILE)
             if card.ood_spec is not None:
                 self._check_ood(directory, card)
+            near_ties = card.near_tie_margin is not None
         except CardError as e:
             raise RegistryError(f"model {model!r} v{version} has a broken card: {e}") from None
         except OpenWorldError as e:
             raise RegistryError(f"model {model!r} v{version} is broken: {e}") from None
+        if near_ties and not (directory / FLOAT32_FILE).is_file():
+            raise RegistryError(f"model {model!r} v{version} is broken: its card answers near-ties with "
+                                f"{FLOAT32_FILE}, which is missing")
         return card
 
     def _check_ood(self, directory: Path, card: ModelCard) -> None:
@@ -135,7 +141,7 @@ class Registry:
         staging = d / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            for name in (MODEL_FILE, CARD_FILE, WEIGHTS_FILE, OOD_FILE, GATE_FILE):
+            for name in (MODEL_FILE, CARD_FILE, WEIGHTS_FILE, OOD_FILE, GATE_FILE, FLOAT32_FILE):
                 if (source / name).is_file():
                     shutil.copy2(source / name, staging / name)
             if (source / REPORT_DIR).is_dir():

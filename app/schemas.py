@@ -233,8 +233,10 @@ class JobRequest(BaseModel):
     precision: Literal["float32", "int8"] = Field(
         "float32", description="the served model's arithmetic: int8 is ONNX Runtime's static quantization, about 2-3x "
                                "faster on CPUs with VNNI; kept only where it keeps >= 99% of float32's top-1, CAM "
-                               "correlation >= 0.99 and median box IoU >= 0.9 on validation images, else float32 "
-                               "serves and the result says why (training precision is options.precision)")
+                               "correlation >= 0.99 and median box IoU >= 0.9 on validation images (where int8 flips only "
+                               "near-ties, float32 answers them: int8_near_ties in the result is their share), "
+                               "else float32 serves and the result says why (training precision is "
+                               "options.precision)")
     deploy: bool = Field(True, description="deploy when done, if it passes the promotion gate")
     force: bool = Field(False, description="deploy even if it fails the gate (recorded in the audit log)")
     options: dict[str, Any] | None = Field(None, max_length=40,

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from .card import ModelCard
-from .registry import MODEL_FILE, Registry
+from .registry import FLOAT32_FILE, MODEL_FILE, Registry
 
 
 def config_pbtxt(name: str, card: ModelCard, max_batch_size: int = 64, queue_delay_us: int = 2000) -> str:
@@ -47,7 +47,10 @@ def export_triton(registry: Registry, model: str, version: int | None, out: Path
     name = triton_name or model
     target = Path(out) / name
     (target / str(version)).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source / MODEL_FILE, target / str(version) / MODEL_FILE)
+    # an int8 version that answers its near-ties in float32 goes as its float32 graph: one Triton
+    # model cannot send some images of a batch to another, and float32 is the answer it stands for
+    graph = FLOAT32_FILE if card.near_tie_margin is not None else MODEL_FILE
+    shutil.copy2(source / graph, target / str(version) / MODEL_FILE)
     (target / "labels.txt").write_text("\n".join(card.labels) + "\n")
     (target / "config.pbtxt").write_text(config_pbtxt(name, card, max_batch_size))
     return target

@@ -93,7 +93,7 @@ def mahalanobis_fit(features: np.ndarray, labels: np.ndarray):
 def evaluate(name: str, directory: Path, images: dict[str, list[Image.Image]]) -> list[dict]:
     card = ModelCard.load(directory / CARD_FILE)
     prep = card.preprocessing
-    session, names = session_outputs(directory / "model.onnx")
+    session, names = session_outputs(directory / "model.onnx", card.near_tie_margin)
     scorer = scoring.Scorer.load(directory, card.temperature, card.ood_spec)
     cfg = TrainConfig.from_dict(card.extra["training_config"])
     data = load_data(cfg.replace(synthetic_train=min(cfg.synthetic_train, 20_000), synthetic_val=cfg.synthetic_val))

@@ -15,6 +15,7 @@ called unknown is a cost of the verdict.
 
     python bench/retrain_http.py [--set digits|objects] [--data DIR] [--port 8765] [--variants boxes,no-boxes]
                                  [--keep DIR]   # keep the server's registry and data root there
+                                 [--precision int8]  # the job asks for the int8 export
                                  [--settings JSON]  # research: settings added to each job request
 """
 
@@ -61,11 +62,12 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
     raise SystemExit(f"the server did not start: {(root / 'server.log').read_text()[-2000:]}")
 
 
-def retrain(client: httpx.Client, name: str, upload: bytes, settings: dict) -> dict:
+def retrain(client: httpx.Client, name: str, upload: bytes, settings: dict, precision: str = "float32") -> dict:
     r = client.post(f"/v1/datasets?name={name}", content=upload, headers={**AUTH, "content-type": "application/zip"})
     r.raise_for_status()
     started = time.time()
-    request = {"dataset": name, "force": True, **({"options": settings} if settings else {})}
+    request = {"dataset": name, "force": True, **({"options": settings} if settings else {}),
+               **({"precision": precision} if precision != "float32" else {})}
     job = client.post("/v1/jobs", json=request, headers=AUTH).json()
     plan = None
     while True:
@@ -119,6 +121,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--variants", default="boxes,no-boxes")
     ap.add_argument("--keep", type=Path, help="run the server in this folder and leave it there")
+    ap.add_argument("--precision", default="float32", choices=("float32", "int8"),
+                    help="the job's `precision`: int8 asks for the int8 export (a user's choice, not research)")
     ap.add_argument("--settings", type=json.loads, default={},
                     help="research only: training settings the job request adds, as JSON (a user's job sends none)")
     args = ap.parse_args()
@@ -134,13 +138,16 @@ def main() -> None:
             with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
                 for variant in args.variants.split(","):
                     job = retrain(client, f"{args.set}-{variant}", zip_bytes(data, boxes=variant == "boxes"),
-                                  args.settings)
+                                  args.settings, args.precision)
                     # a data set of new labels makes a model of its own beside the shipped one
                     route = f"/v1/models/{job['result']['model']}/predict"
                     figures = [held_out(client, data, split, route) for split in splits]
                     print(json.dumps({"set": args.set, "variant": variant, "settings": args.settings,
                                       "model": job["result"]["model"], "deployed": job["result"]["deployed"],
                                       "version": job["result"].get("version"),
+                                      "precision": job["result"].get("precision"),
+                                      **{k: job["result"][k] for k in ("int8_near_ties", "int8_refused")
+                                         if k in job["result"]},
                                       "job_s": job["job_s"], "steps_trained": job["steps_trained"],
                                       "plan": job["plan"], "held_out": figures,
                                       "validation": {k: job["result"]["metrics"].get(k) for k in

@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the graph's arithmetic; float16 for GPUs (tensor cores), parity-checked at 1%% of each "
                         "output's range; int8 for CPUs (ONNX Runtime static quantization calibrated on training "
                         "images; refused unless it keeps >= 99%% of float32's top-1, CAM correlation >= 0.99 and "
-                        "median box IoU >= 0.9 on validation images); input and outputs stay float32 "
+                        "median box IoU >= 0.9 on validation images; where only near-ties flip, float32 answers "
+                        "them from model.float32.onnx beside it); input and outputs stay float32 "
                         "(default %(default)s)")
     x.add_argument("--register", action="store_true", help="register the export in the registry")
     x.add_argument("--deploy", choices=("auto", "always", "never"), default="auto",

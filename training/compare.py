@@ -40,8 +40,9 @@ class Scored:
 
 @dataclass
 class OnnxModel:
-    """An exported version as the service runs it: its card, its ONNX Runtime session (CPU) and the
-    outputs it has, and its scorer (app.scoring). Opened once, for every figure taken of it."""
+    """An exported version as the service runs it: its card, its ONNX Runtime session (CPU; an int8
+    version's near-ties answered by its float32 graph) and the outputs it has, and its scorer
+    (app.scoring). Opened once, for every figure taken of it."""
 
     card: ModelCard
     session: ort.InferenceSession
@@ -52,7 +53,7 @@ class OnnxModel:
     def load(cls, model_dir: str | Path) -> OnnxModel:
         model_dir = Path(model_dir)
         card = ModelCard.load(model_dir / CARD_FILE)
-        session, names = session_outputs(model_dir / MODEL_FILE)
+        session, names = session_outputs(model_dir / MODEL_FILE, card.near_tie_margin)
         return cls(card, session, names, Scorer.load(model_dir, card.temperature, card.ood_spec))
 
     @property

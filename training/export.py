@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -30,7 +31,7 @@ from torch import nn
 
 from app.cam import BoxRule, box_free_rule
 from app.preprocess import Preprocessing
-from app.registry import CARD_FILE, MODEL_FILE, WEIGHTS_FILE
+from app.registry import CARD_FILE, FLOAT32_FILE, MODEL_FILE, WEIGHTS_FILE
 from app.scoring import OOD_FILE
 from models import ResNet
 
@@ -262,12 +263,15 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
     graph_precision = "float32" if precision == "int8" else precision
     card["precision"] = graph_precision
     onnx_path = out_dir / MODEL_FILE
+    (out_dir / FLOAT32_FILE).unlink(missing_ok=True)  # an earlier int8 export's, into the same folder
     export_onnx(model, onnx_path, prep.crop, card, graph_precision, foreground, mirror)
     card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg), graph_precision, foreground, mirror)
     if precision == "int8":
         card["quantization"] = int8_in_place(onnx_path, cfg, prep, card, int8_fallback)
         card["precision"] = "int8" if card["quantization"]["kept"] else "float32"
-    card["calibration"], card["ood"], bank = open_world.fit(onnx_path, cfg, prep)
+    near_ties = (card.get("quantization") or {}).get("near_ties") or {}
+    card["calibration"], card["ood"], bank = open_world.fit(onnx_path, cfg, prep,
+                                                            near_ties["margin"] if near_ties.get("kept") else None)
     (out_dir / OOD_FILE).write_bytes(bank)
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     if mirror:  # the card's figures are the graph's as it serves, each image with its mirror
@@ -318,7 +322,8 @@ def fit_foreground(model: ResNet, ckpt: dict, cfg: TrainConfig, prep: Preprocess
 
 def int8_in_place(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing, card: dict, fall_back: bool) -> dict:
     """Quantize the float32 graph at onnx_path, calibrated on the training images, and put the int8
-    one in its place when it passes training.quantize.parity on the validation images: the card's
+    one in its place when it passes training.quantize.parity on the validation images (with the
+    float32 graph beside it as FLOAT32_FILE where it passes with a near-tie fallback): the card's
     `quantization` entry (`kept`, the figures, and `refused` with the reason when it did not)."""
     data = load_data(cfg.replace(synthetic_train=quantize.CALIBRATION_IMAGES, synthetic_val=quantize.PARITY_IMAGES))
     train_images, _ = open_world.dataset_arrays(open_world.plain(data.train), quantize.CALIBRATION_IMAGES, cfg.seed)
@@ -337,6 +342,8 @@ def int8_in_place(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing, card: 
     except BaseException:
         int8_path.unlink(missing_ok=True)
         raise
+    if figures.get("near_ties"):  # near-ties are answered by the float32 graph, kept beside the int8 one
+        shutil.copy2(onnx_path, onnx_path.with_name(FLOAT32_FILE))
     os.replace(int8_path, onnx_path)
     return {"kept": True, "method": "onnxruntime static, QDQ, per-channel int8 weights, uint8 activations (min-max)",
             "calibration_images": len(train_images), **figures}

@@ -103,8 +103,16 @@ def run_job(spec: JobSpec) -> JobResult | None:
     return _saved(dataclasses.replace(result, seconds=round(time.time() - start, 1), export=str(export),
                                       version=version, live_version=live, live_metrics=live_metrics, gate=decision,
                                       precision=card.get("precision"),
-                                      int8_refused=(card.get("quantization") or {}).get("refused")),
+                                      int8_refused=(card.get("quantization") or {}).get("refused"),
+                                      int8_near_ties=near_tie_share(card)),
                   run_dir)
+
+
+def near_tie_share(card: dict) -> float | None:
+    """The share of validation images an int8 version answers in float32 (training/quantize.py)."""
+    q = card.get("quantization") or {}
+    near = q.get("near_ties") or {}
+    return near.get("share") if card.get("precision") == "int8" and near.get("kept") else None
 
 
 def _saved(result: JobResult, run_dir: Path) -> JobResult:

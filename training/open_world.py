@@ -17,7 +17,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from app import scoring
+from app.engine import NearTieSession
 from app.preprocess import Preprocessing
+from app.registry import FLOAT32_FILE
 
 from . import synthetic
 from .config import TrainConfig
@@ -50,9 +52,14 @@ def plain(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def session_outputs(path: Path) -> tuple[ort.InferenceSession, list[str]]:
+def session_outputs(path: Path, near_tie_margin: float | None = None) -> tuple[ort.InferenceSession, list[str]]:
+    """A CPU session of the graph at `path` and the outputs it has; with `near_tie_margin` (an int8
+    graph), its near-ties answered by the float32 graph beside it, as the service answers them."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    if near_tie_margin is not None:
+        float32 = ort.InferenceSession(str(path.with_name(FLOAT32_FILE)), providers=["CPUExecutionProvider"])
+        session = NearTieSession(session, float32, near_tie_margin)
     return session, [n for n in ("logits", "cam", "features", "foreground") if n in names]
 
 
@@ -167,11 +174,12 @@ def mean_auroc(figures: dict[str, dict[str, float]]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
-def fit(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing) -> tuple[dict, dict, bytes]:
+def fit(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing, near_tie_margin: float | None = None
+        ) -> tuple[dict, dict, bytes]:
     """(the card's `calibration`, its `ood`, the OOD file's bytes) for an exported graph with a
-    `features` output: the bank from the training images, the temperature and threshold from the
-    validation images, the battery's figures against them."""
-    session, names = session_outputs(onnx_path)
+    `features` output (as it serves: see session_outputs): the bank from the training images, the
+    temperature and threshold from the validation images, the battery's figures against them."""
+    session, names = session_outputs(onnx_path, near_tie_margin)
     data = load_data(cfg.replace(synthetic_train=min(cfg.synthetic_train, BANK_IMAGES), image_size=prep.crop))
     val_images, val_labels = dataset_arrays(data.val, 10_000)
     val_logits, val_features = run_batches(session, names, prep.normalize(val_images))

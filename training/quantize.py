@@ -9,6 +9,15 @@ the int8 model (the OOD bank and temperature are then fitted on its own outputs,
 
 Parity is measured against the float32 ONNX graph on validation images, on what a user sees:
 the same top-1, the same heatmap, the same box. A version that misses any bound is not int8.
+
+int8 rounding flips near-ties: a model unsure of many images (a real-object model at 80% top-1)
+disagrees with float32 on 3-5% of them, every one a near-tie (BENCHMARKS.md). Where only the
+agreement bound is missed, the export tries a near-tie fallback: images whose int8 top-2 logit gap
+is at most a margin are answered again by the float32 graph, which the version keeps beside the
+int8 one. The margin is the largest gap among the validation images int8 flipped; the agreement
+it gives is measured on images it was not fitted on (ten folds, each fitted on the others), and
+the fallback is kept only where that agreement meets the bound and the mix still costs at most
+MAX_FALLBACK_COST of float32's time.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.cam import BoxRule, Geometry, class_boxes, iou
+from app.registry import FLOAT32_FILE
 from app.scoring import softmax
 
 CALIBRATION_IMAGES = 256  # training images the activation ranges are taken from
@@ -29,6 +39,8 @@ MIN_AGREEMENT = 0.99  # share of images with float32's top-1
 MIN_CAM_CORRELATION = 0.99  # mean Pearson correlation of the top class's CAM with float32's
 MIN_BOX_IOU = 0.9  # median IoU of the top class's box with float32's
 CONFIDENT = 0.5  # float32's top softmax score above which agreement is also given on its own
+MAX_FALLBACK_COST = 0.8  # int8 plus its fallback share of float32, as a share of float32's time
+FOLDS = 10  # the near-tie margin's agreement is measured on each tenth, fitted on the rest
 
 
 class QuantizationError(RuntimeError):
@@ -111,8 +123,9 @@ def box_ious(cams_a: np.ndarray, cams_b: np.ndarray, classes: np.ndarray, rule: 
 
 def parity(float_path: Path, int8_path: Path, inputs: np.ndarray, labels: np.ndarray, rule: BoxRule) -> dict:
     """The int8 model against the float32 one on normalised validation inputs: top-1 agreement, CAM
-    correlation, box IoU, each one's top-1, file sizes and speed. QuantizationError when it
-    misses MIN_AGREEMENT, MIN_CAM_CORRELATION or MIN_BOX_IOU."""
+    correlation, box IoU, each one's top-1, file sizes and speed, and `near_ties` where a near-tie
+    fallback was tried (see near_tie_fallback). QuantizationError when it misses MIN_CAM_CORRELATION
+    or MIN_BOX_IOU, or MIN_AGREEMENT with no fallback that reaches it."""
     logits_f, cams_f, foreground_f = _outputs(float_path, inputs)
     logits_q, cams_q, foreground_q = _outputs(int8_path, inputs)
     top = logits_f.argmax(1)
@@ -140,7 +153,59 @@ def parity(float_path: Path, int8_path: Path, inputs: np.ndarray, labels: np.nda
     }
     missed = [f"{name} {result[name]:.4f} < {bound}" for name, bound in result["bounds"].items()
               if result[name] < bound]
+    if len(missed) == 1 and missed[0].startswith("top1_agreement"):  # the CAMs and boxes agree: near-ties
+        result["near_ties"] = near_tie_fallback(logits_f, logits_q, result)
+        if result["near_ties"]["kept"]:
+            return result
+        missed[0] += f" (with a near-tie fallback: {result['near_ties']['refused']})"
     if missed:
         raise QuantizationError(f"the int8 model differs from float32: {', '.join(missed)} "
                                 f"(on {len(inputs)} validation images)", result)
     return result
+
+
+def top2_gap(logits: np.ndarray) -> np.ndarray:
+    """Per image, its top logit minus its second: how near a tie its answer is."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def fallback_margin(logits_f: np.ndarray, logits_q: np.ndarray) -> float:
+    """The largest int8 top-2 gap among the images whose int8 top-1 is not float32's (-1: none
+    flipped); images at or under it are answered by float32."""
+    flipped = logits_f.argmax(1) != logits_q.argmax(1)
+    return float(top2_gap(logits_q)[flipped].max()) if flipped.any() else -1.0
+
+
+def served_top1(logits_f: np.ndarray, logits_q: np.ndarray, margin: float) -> np.ndarray:
+    """The top-1 the int8 model with a fallback at `margin` answers."""
+    return np.where(top2_gap(logits_q) <= margin, logits_f.argmax(1), logits_q.argmax(1))
+
+
+def near_tie_fallback(logits_f: np.ndarray, logits_q: np.ndarray, figures: dict) -> dict:
+    """The near-tie fallback for an int8 model that misses only the agreement bound: its margin,
+    the share of images it sends to float32, the agreement it gives on images it was not fitted on
+    (FOLDS folds of the validation images, each with the margin fitted on the others, pooled) and
+    what the mix costs; `kept` where that agreement meets MIN_AGREEMENT and the cost
+    MAX_FALLBACK_COST. A new image is a flip beyond the largest of F flipped gaps with probability
+    1/(F+1) at most where images are alike (exchangeable), so on new images like the validation
+    ones the rule misses about one in n; what the folds measure is that, at 0.9 n."""
+    fold = np.arange(len(logits_f)) % FOLDS
+    agree = []
+    for k in range(FOLDS):
+        fit, test = fold != k, fold == k
+        margin = fallback_margin(logits_f[fit], logits_q[fit])
+        agree.append(served_top1(logits_f[test], logits_q[test], margin) == logits_f[test].argmax(1))
+    margin = fallback_margin(logits_f, logits_q)
+    share = float((top2_gap(logits_q) <= margin).mean())
+    ms_f, ms_q = figures["float32"]["ms_per_image"], figures["int8"]["ms_per_image"]
+    cost = (ms_q + share * ms_f) / ms_f
+    held_out = float(np.concatenate(agree).mean())
+    out = {"file": FLOAT32_FILE, "margin": margin, "share": round(share, 4),
+           "top1_agreement": float((served_top1(logits_f, logits_q, margin) == logits_f.argmax(1)).mean()),
+           "top1_agreement_held_out": held_out, "cost": round(cost, 3),
+           "bounds": {"top1_agreement_held_out": MIN_AGREEMENT, "cost": MAX_FALLBACK_COST}}
+    why = ([f"held-out agreement {held_out:.4f} < {MIN_AGREEMENT}"] if held_out < MIN_AGREEMENT else []) + \
+          ([f"it costs {cost:.2f} of float32's time (it sends {share:.0%} of images to float32) > {MAX_FALLBACK_COST}"]
+           if cost > MAX_FALLBACK_COST else [])
+    return {"kept": not why, **out, **({"refused": "; ".join(why)} if why else {})}

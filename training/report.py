@@ -385,7 +385,12 @@ def _box_training_table(c: dict) -> str:
 def _precision_table(q: dict) -> str:
     """float32 and int8 side by side, as measured when the int8 model was made (training.quantize)."""
     e = html.escape
-    head = ("<p>int8 kept: it serves in float32's place.</p>" if q.get("kept") else
+    near = q.get("near_ties") or {}
+    head = ("<p>int8 kept: it serves in float32's place.</p>" if q.get("kept") and not near.get("kept") else
+            f"<p>int8 kept, its near-ties answered by float32: an image whose int8 top-2 logit gap is at most "
+            f"{near.get('margin', 0):.3f} runs again in float32 ({near.get('share', 0):.1%} of the validation images; "
+            f"top-1 agreement {near.get('top1_agreement_held_out', 0):.1%} on images the gap was not fitted on, "
+            f"about {near.get('cost', 0):.2f} of float32's time).</p>" if q.get("kept") else
             f"<p>int8 refused, float32 serves: {e(str(q.get('refused', '')))}</p>")
     if "float32" not in q:
         return head
@@ -396,7 +401,7 @@ def _precision_table(q: dict) -> str:
              f"{i['ms_per_image']:.3f}")]
     cells = "".join(f"<tr><th>{e(a)}</th><td>{e(b)}</td><td>{e(c)}</td></tr>" for a, b, c in rows)
     return (f"{head}<table><tr><th></th><th>float32</th><th>int8</th></tr>{cells}</table>"
-            f"<p>On {q['images']} validation images: int8 gives float32's top-1 on {q['top1_agreement']:.1%}"
+            f"<p>On {q['images']} validation images: int8 on its own gives float32's top-1 on {q['top1_agreement']:.1%}"
             + (f" ({q['top1_agreement_confident']:.1%} of the {q['confident_share']:.0%} where float32's top score "
                f"is at least {CONFIDENT})" if q.get("top1_agreement_confident") is not None else "") + ", "
             f"the top class's CAM correlates at {q['cam_correlation']:.4f} (lowest {q['cam_correlation_min']:.4f}), "
