@@ -46,9 +46,10 @@ def test_upload_see_labels_overlay_and_switch_label(server, browser, tmp_path, t
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page.goto(url)
     page.wait_for_function("document.querySelector('#model-info').textContent.includes('v1')")
+    assert not page.is_visible("#overlay")  # no empty viewer before the first answer
     page.set_input_files("#file", str(tmp_path / "shape.jpg"))
     page.wait_for_selector("#labels li")
-    assert page.locator("#labels li").count() == 5
+    assert page.locator("#labels li").count() == 5 and page.is_visible("#overlay")
     page.wait_for_function("(() => { const i = document.querySelector('#overlay'); return i.complete && i.naturalWidth > 0 })()")
     first_src = page.get_attribute("#overlay", "src")
     second = page.locator("#labels li").nth(1)
