@@ -22,7 +22,7 @@ from .card import ModelCard
 from .imaging import release_freed_memory
 from .preprocess import Preprocessing
 from .registry import FLOAT32_FILE, MODEL_FILE
-from .scoring import OpenWorldError, Scorer
+from .scoring import OpenWorldError, Scorer, top2_gap
 
 log = logging.getLogger("rescam.engine")
 
@@ -158,8 +158,7 @@ def answer_near_ties(outputs: list[np.ndarray], logits: np.ndarray, batch: np.nd
     """Rewrite in place the rows of `outputs` (the int8 graph's, for `names`) whose top-2 logit gap
     is at most `margin` with the float32 graph's answer for them; returns how many (int8 flips
     near-ties; training/quantize.py)."""
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    near = np.flatnonzero(top2[:, 1] - top2[:, 0] <= margin)
+    near = np.flatnonzero(top2_gap(logits) <= margin)
     if len(near):
         for kept, fresh in zip(outputs, float32.run(names, {"input": np.ascontiguousarray(batch[near])})):
             kept[near] = fresh

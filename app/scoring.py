@@ -38,6 +38,12 @@ class OpenWorldError(ValueError):
     """An OOD file that does not match its card; the message says how."""
 
 
+def top2_gap(logits: np.ndarray) -> np.ndarray:
+    """Per image, its top logit minus its second: how near a tie its answer is."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of (n, classes) logits divided by `temperature`, in float64."""
     z = np.asarray(logits, dtype=np.float64) / temperature

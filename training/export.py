@@ -32,7 +32,7 @@ from torch import nn
 from app.cam import BoxRule, box_free_rule
 from app.preprocess import Preprocessing
 from app.registry import CARD_FILE, FLOAT32_FILE, MODEL_FILE, WEIGHTS_FILE
-from app.scoring import OOD_FILE
+from app.scoring import OOD_FILE, top2_gap
 from models import ResNet
 
 from . import foreground as pc1
@@ -181,8 +181,7 @@ def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: s
     tol_cams = max(floor, relative * max(float(np.abs(m).max()) for m in (cams_t, *fg_t)))
     tol_features = max(floor, relative * float(np.abs(features_t).max()))
     if precision == "float16":
-        top2 = np.sort(logits_t, axis=1)[:, -2:]
-        clear = top2[:, 1] - top2[:, 0] > 2 * tol_logits
+        clear = top2_gap(logits_t) > 2 * tol_logits
     else:
         clear = np.ones(len(inputs), dtype=bool)
     same_top1 = bool((logits_o.argmax(1) == logits_t.argmax(1))[clear].all())

@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from app.cam import BoxRule, Geometry, class_boxes, iou
 from app.registry import FLOAT32_FILE
-from app.scoring import softmax
+from app.scoring import softmax, top2_gap
 
 CALIBRATION_IMAGES = 256  # training images the activation ranges are taken from
 PARITY_IMAGES = 1000  # validation images parity is measured on, at most
@@ -162,12 +162,6 @@ def parity(float_path: Path, int8_path: Path, inputs: np.ndarray, labels: np.nda
         raise QuantizationError(f"the int8 model differs from float32: {', '.join(missed)} "
                                 f"(on {len(inputs)} validation images)", result)
     return result
-
-
-def top2_gap(logits: np.ndarray) -> np.ndarray:
-    """Per image, its top logit minus its second: how near a tie its answer is."""
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
 
 
 def fallback_margin(logits_f: np.ndarray, logits_q: np.ndarray) -> float:
