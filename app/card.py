@@ -66,14 +66,20 @@ class ModelCard:
         return str(self.extra.get("precision") or "float32")
 
     @property
-    def near_tie_margin(self) -> float | None:
-        """For an int8 version that answers its near-ties in float32 (training/quantize.py): the top-2
-        logit gap at or under which an image is run again by the float32 graph beside it."""
+    def near_ties(self) -> dict[str, Any] | None:
+        """For an int8 version that answers its near-ties in float32 (training/quantize.py): the
+        card's `quantization.near_ties` entry (margin, share, held-out agreement, cost); else None."""
         q = self.extra.get("quantization")
         near = q.get("near_ties") if isinstance(q, dict) and q.get("kept") and self.precision == "int8" else None
-        if not isinstance(near, dict) or not near.get("kept"):
+        return near if isinstance(near, dict) and near.get("kept") else None
+
+    @property
+    def near_tie_margin(self) -> float | None:
+        """The top-2 logit gap at or under which an image is run again by the float32 graph beside
+        the int8 one (see near_ties); None for every other version."""
+        if self.near_ties is None:
             return None
-        margin = near.get("margin")
+        margin = self.near_ties.get("margin")
         if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin):
             raise CardError(f"card's quantization.near_ties.margin is not a number: {margin!r:.50}")
         return float(margin)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.cam import BoxRule, box_free_rule
+from app.card import ModelCard
 from app.preprocess import Preprocessing
 from app.registry import CARD_FILE, FLOAT32_FILE, MODEL_FILE, WEIGHTS_FILE
 from app.scoring import OOD_FILE, top2_gap
@@ -268,9 +269,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
     if precision == "int8":
         card["quantization"] = int8_in_place(onnx_path, cfg, prep, card, int8_fallback)
         card["precision"] = "int8" if card["quantization"]["kept"] else "float32"
-    near_ties = (card.get("quantization") or {}).get("near_ties") or {}
     card["calibration"], card["ood"], bank = open_world.fit(onnx_path, cfg, prep,
-                                                            near_ties["margin"] if near_ties.get("kept") else None)
+                                                            ModelCard.from_dict(card).near_tie_margin)
     (out_dir / OOD_FILE).write_bytes(bank)
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     if mirror:  # the card's figures are the graph's as it serves, each image with its mirror

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from app.card import ModelCard
 from app.jobspec import JobResult, JobSpec
 from app.registry import CARD_FILE, GATE_FILE, Registry
 
@@ -110,9 +111,8 @@ def run_job(spec: JobSpec) -> JobResult | None:
 
 def near_tie_share(card: dict) -> float | None:
     """The share of validation images an int8 version answers in float32 (training/quantize.py)."""
-    q = card.get("quantization") or {}
-    near = q.get("near_ties") or {}
-    return near.get("share") if card.get("precision") == "int8" and near.get("kept") else None
+    near = ModelCard.from_dict(card).near_ties
+    return None if near is None else near.get("share")
 
 
 def _saved(result: JobResult, run_dir: Path) -> JobResult:
