@@ -127,10 +127,8 @@ def render(seed: int, split: str, index: int, size: int = 64, with_object: bool 
     return Sample(image, label, box, mask)
 
 
-# Fewer images are generated in this process (1,000 take about a second). A fork pool is for the
-# training sets, at the start of a training process: forked from a process whose ONNX Runtime or
-# BLAS threads hold a lock, a child can wait on it for ever (a test process hung so, evaluating
-# the shipped model's 1,000 validation images after other tests had run sessions).
+# Fewer images are generated in this process (1,000 take about a second), where starting workers
+# would cost more than it saves.
 PARALLEL_FROM = 5000
 
 
@@ -157,9 +155,10 @@ def generate(seed: int, split: str, count: int, size: int = 64, start: int = 0, 
         return _generate_serial(seed, split, count, size, start)
     bounds = np.linspace(0, count, workers * 4 + 1).astype(int)
     jobs = [(seed, split, int(b - a), size, start + int(a)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    # fork where there is one, as torch's DataLoader workers do: the children run numpy and Pillow
-    # only, and unlike spawn it does not re-run the caller's main script
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # never a plain fork: forked from a process whose ONNX Runtime or BLAS threads hold a lock, a
+    # child waits on it for ever (a test process hung so, scoring the shipped model's validation
+    # images after other tests had run sessions). A fork server is a fresh single-threaded process.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         parts = list(pool.map(_generate_serial, *zip(*jobs)))
     return tuple(np.concatenate(arrays) for arrays in zip(*parts))

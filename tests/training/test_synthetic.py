@@ -34,16 +34,22 @@ def test_objects_cover_the_size_range_and_every_class():
     assert extent.min() < 0.25 and extent.max() > 0.6 and extent.max() <= 0.75  # 70% plus a pixel of rasterisation
 
 
-def test_parallel_generation_equals_serial():
-    """In a fresh process, as the trainer runs it: a fork pool started from this test process,
-    which holds ONNX Runtime and BLAS threads by now, could hang (training/synthetic.py)."""
+def test_parallel_generation_equals_serial_in_a_process_that_holds_threads():
+    """As the trainer and the evaluation of a model run it: from a process whose torch and ONNX
+    Runtime thread pools have run (where a forked worker could wait on a held lock for ever), the
+    parallel path gives the serial path's bytes."""
     import subprocess
     import sys
     from pathlib import Path
 
     from training.synthetic import PARALLEL_FROM
 
-    code = ("import hashlib, sys; from training.synthetic import generate\n"
+    code = ("import hashlib, io, torch, onnxruntime as ort\n"
+            "from training.synthetic import generate\n"
+            "net = torch.nn.Conv2d(3, 8, 3)\n"
+            "buffer = io.BytesIO(); torch.onnx.export(net, torch.zeros(64, 3, 32, 32), buffer, input_names=['x'], dynamo=False)\n"
+            "ort.InferenceSession(buffer.getvalue()).run(None, {'x': torch.rand(64, 3, 32, 32).numpy()})\n"
+            "torch.rand(512, 512) @ torch.rand(512, 512)\n"
             f"for w in (1, 2):\n"
             f"    arrays = generate(5, 'val', {PARALLEL_FROM}, size=24, start=40, workers=w)\n"
             "    print(hashlib.sha256(b''.join(a.tobytes() for a in arrays)).hexdigest())")
