@@ -9,7 +9,7 @@ on the same photographs: an objects model's near-OOD set), handwritten digits (`
 `test/`), and uniform noise. A model's own kind of images are its in-distribution test set: the
 share of them called unknown is the cost of the verdict, the others' AUROC and FPR@95 its power.
 
-Methods: the served one (the card's: KNN, k=5, on the version's bank of every stage's pooled
+Methods: the served one (the card's: KNN at the card's k, on the version's bank of every stage's pooled
 features), and for comparison softmax (MSP), max-logit, energy, KNN at k=1 on the same bank, KNN
 at k=1 on the last stage's pooled features alone (what the first version of this used), and
 Mahalanobis on the last stage's (class means and a shared covariance of the training images'
@@ -117,7 +117,7 @@ def evaluate(name: str, directory: Path, images: dict[str, list[Image.Image]]) -
         "mahalanobis, last stage": lambda lg, f: maha(f[:, -last:]),
     }
     # a smaller bank is a cheaper verdict (the similarity reads the whole bank per image): the
-    # same KNN on a stable random share of the served bank, at k=5 and at k scaled with it
+    # same KNN on a stable random share of the served bank, at the served k and at k scaled with it
     for size in (10_000, 5_000):
         if len(scorer.bank) > size:
             small = scorer.bank[np.sort(np.random.default_rng(0).choice(len(scorer.bank), size, replace=False))]

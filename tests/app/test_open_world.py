@@ -14,6 +14,7 @@ import pytest
 from app.registry import CARD_FILE, MODEL_FILE, Registry
 from app.scoring import OOD_FILE
 from tests.conftest import client_for, image_bytes, shape_jpeg
+from training.open_world import neighbours
 
 TOKEN = "open-world-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,7 +61,7 @@ def test_the_tiny_models_card_and_files_carry_calibration_and_its_ood_detector(t
     cal, ood = card["calibration"], card["ood"]
     assert cal["temperature"] > 0 and cal["images"] == 64 and 0 <= cal["ece_after"] <= 1
     assert 0 <= cal["ece_by_chance"] < 0.5  # 64 images judge calibration only roughly
-    assert ood["method"] == "knn" and ood["k"] == 5 and ood["tpr"] == 0.95
+    assert ood["method"] == "knn" and ood["k"] == neighbours(512, ood["training_images"]) and ood["tpr"] == 0.95
     assert ood["fit_images"] == 512 and ood["features"] == 16 + 32 + 64  # resnet8's three stages
     assert (tiny_model.export / OOD_FILE).stat().st_size == ood["bytes"]
     assert {"noise", "colour fields"} <= set(ood["battery"]) and 0 <= ood["battery_auroc"] <= 1
@@ -71,7 +72,8 @@ def test_every_answer_says_whether_the_image_is_one_of_the_models_classes(regist
         body = c.post("/v1/predict?top_k=3", content=shape_jpeg(), headers={"content-type": "image/jpeg"}).json()
         [result] = body["results"]
         ow = result["open_world"]
-        assert ow["method"].startswith("knn (k=5") and ow["calibrated"] is True and ow["temperature"] > 0
+        k = json.loads((registry.version_dir("default", 1) / CARD_FILE).read_text())["ood"]["k"]
+        assert ow["method"].startswith(f"knn (k={k}, ") and ow["calibrated"] is True and ow["temperature"] > 0
         assert isinstance(ow["unknown"], bool) and ow["unknown"] == (ow["ood_score"] > ow["threshold"])
         for p in result["predictions"]:
             assert 0 <= p["score"] <= 1 and 0 <= p["raw_score"] <= 1 and p["cam_url"]  # the CAM stays viewable
