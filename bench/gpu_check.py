@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -217,10 +216,9 @@ def load(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: f
     shares = [concurrency // processes + (k < concurrency % processes) for k in range(processes)]
     shares = [s for s in shares if s]
     started = time.perf_counter()
-    # not a plain fork: this process has run ONNX Runtime and torch, and a forked child can wait for
-    # ever on a lock one of their threads held (training/synthetic.py hung a CI run so)
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(len(shares)) as pool:
+    from training.synthetic import worker_context
+
+    with worker_context().Pool(len(shares)) as pool:  # this process has run ONNX Runtime and torch
         parts = pool.map(_client, [(port, path, bodies, s, seconds) for s in shares])
     elapsed = time.perf_counter() - started
     times = [t for part in parts for t in part]

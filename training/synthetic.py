@@ -132,6 +132,15 @@ def render(seed: int, split: str, index: int, size: int = 64, with_object: bool 
 PARALLEL_FROM = 5000
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How worker processes start: never a plain fork. Forked from a process whose ONNX Runtime or
+    BLAS threads hold a lock, a child waits on it for ever (a test process hung so, scoring the
+    shipped model's validation images after other tests had run sessions). A fork server is a
+    fresh single-threaded process; spawn where there is none."""
+    return multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                       else "spawn")
+
+
 def _generate_serial(seed: int, split: str, count: int, size: int, start: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     images = np.empty((count, size, size, 3), dtype=np.uint8)
@@ -155,10 +164,6 @@ def generate(seed: int, split: str, count: int, size: int = 64, start: int = 0, 
         return _generate_serial(seed, split, count, size, start)
     bounds = np.linspace(0, count, workers * 4 + 1).astype(int)
     jobs = [(seed, split, int(b - a), size, start + int(a)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    # never a plain fork: forked from a process whose ONNX Runtime or BLAS threads hold a lock, a
-    # child waits on it for ever (a test process hung so, scoring the shipped model's validation
-    # images after other tests had run sessions). A fork server is a fresh single-threaded process.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
         parts = list(pool.map(_generate_serial, *zip(*jobs)))
     return tuple(np.concatenate(arrays) for arrays in zip(*parts))
