@@ -25,10 +25,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SMALL_JOB = {"recipe": "demo", "architecture": "resnet8", "image_size": 32, "batch_size": 16, "epochs": 4,
              "options": {"val_fraction": 0.3, "warmup_steps": 0, "lr": 0.05}}
 CLASS_COLOURS = ((230, 40, 40), (40, 80, 240), (40, 200, 60), (240, 220, 40))
-# the default recipe (auto: size from the images, augmentation, best epoch kept), with a smaller floor
-# the auto recipe, kept short: its floor of 60 steps or 20 epochs, whichever is more, within 2 minutes
-# the budget is a cap that never binds: the steps are the test's to assert (120 s cut a plan of
-# 140 steps to 59 on a machine busy with other work)
+# the default recipe (auto: size from the images, augmentation, best epoch kept), kept short: its
+# floor of 60 steps or 20 epochs, whichever is more. The budget is a cap that never binds: the steps
+# are the test's to assert (120 s cut a plan of 140 steps to 59 on a machine busy with other work)
 AUTO_JOB = {"architecture": "resnet8", "batch_size": 32,
             "options": {"epochs": 20, "min_steps": 60, "time_budget_s": 1200}}
 

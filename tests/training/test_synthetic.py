@@ -44,11 +44,9 @@ def test_parallel_generation_equals_serial_in_a_process_that_holds_threads():
 
     from training.synthetic import PARALLEL_FROM
 
-    code = ("import hashlib, io, torch, onnxruntime as ort\n"
+    code = ("import hashlib, torch, onnxruntime as ort\n"
             "from training.synthetic import generate\n"
-            "net = torch.nn.Conv2d(3, 8, 3)\n"
-            "buffer = io.BytesIO(); torch.onnx.export(net, torch.zeros(64, 3, 32, 32), buffer, input_names=['x'], dynamo=False)\n"
-            "ort.InferenceSession(buffer.getvalue()).run(None, {'x': torch.rand(64, 3, 32, 32).numpy()})\n"
+            "ort.InferenceSession('app/default_model/model.onnx').run(None, {'input': torch.rand(64, 3, 64, 64).numpy()})\n"
             "torch.rand(512, 512) @ torch.rand(512, 512)\n"
             f"for w in (1, 2):\n"
             f"    arrays = generate(5, 'val', {PARALLEL_FROM}, size=24, start=40, workers=w)\n"
