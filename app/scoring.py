@@ -13,6 +13,11 @@ report, the live model's figures behind the promotion gate and the benchmarks al
   threshold calls at most 5% of new images of the model's classes unknown, with 95% confidence
   (tolerance_threshold, on the validation images). Chosen by measurement over softmax, energy,
   max-logit, Mahalanobis and the last stage's features alone (BENCHMARKS.md, "Open world").
+  Where the bank also holds made-up outliers (the embedded shapes and shuffled tiles of training
+  images, for a model of other data), an image nearer its nearest outlier than its k-th training
+  image scores that much higher (`contrasted`): the drawn marks that sit among a small set's
+  training images move out, and images far from both are scored as before (BENCHMARKS.md, "Made-up
+  outliers in the bank").
   A version exported before this (no features output, no bank) is scored by its energy and has
   no threshold: its answers say `unknown: null` and `method: energy`.
 """
@@ -122,6 +127,11 @@ def knn_distance(features: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     return 1.0 - np.partition(similarity, -k, axis=1)[:, -k].astype(np.float64)
 
 
+def contrasted(to_training: np.ndarray, to_outliers: np.ndarray) -> np.ndarray:
+    """The distance to the training images, plus how much nearer the image is to a made-up outlier."""
+    return to_training + np.maximum(0.0, to_training - to_outliers)
+
+
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     """The probability that an unknown image scores above a known one (ties count half)."""
     from scipy.stats import rankdata
@@ -154,9 +164,10 @@ def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = TPR) -> floa
     return float((unknown <= np.quantile(known, tpr)).mean())
 
 
-def bank_bytes(bank: np.ndarray) -> bytes:
+def bank_bytes(bank: np.ndarray, outliers: np.ndarray | None = None) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, bank=bank.astype(np.float16))
+    extra = {} if outliers is None else {"outliers": outliers.astype(np.float16)}
+    np.savez(buf, bank=bank.astype(np.float16), **extra)
     return buf.getvalue()
 
 
@@ -175,6 +186,7 @@ class OodSpec:
     bytes: int
     threshold: float
     tpr: float = TPR
+    outliers: int = 0  # made-up outliers' features in the file beside the bank (see contrasted)
 
     @classmethod
     def from_card(cls, d: Any) -> OodSpec | None:
@@ -182,7 +194,7 @@ class OodSpec:
             return None
         try:
             return cls("knn", int(d["k"]), str(d["file"]), str(d["sha256"]), int(d["bytes"]), float(d["threshold"]),
-                       float(d.get("tpr", TPR)))
+                       float(d.get("tpr", TPR)), int(d.get("outliers", 0)))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -219,12 +231,13 @@ class Verdict:
 class Scorer:
     """A version's scoring: its temperature and OOD detector (or the fallback for older versions)."""
 
-    def __init__(self, temperature: float | None = None, spec: OodSpec | None = None, bank: np.ndarray | None = None
-                 ) -> None:
+    def __init__(self, temperature: float | None = None, spec: OodSpec | None = None, bank: np.ndarray | None = None,
+                 outliers: np.ndarray | None = None) -> None:
         self.temperature = temperature
         self.spec = spec if bank is not None else None
         # float32 and C-contiguous once, not per request: its transpose is then BLAS's own layout
         self.bank = None if bank is None else np.ascontiguousarray(bank, dtype=np.float32)
+        self.outliers = None if outliers is None or bank is None else np.ascontiguousarray(outliers, dtype=np.float32)
 
     @classmethod
     def load(cls, directory: Path, temperature: float | None, spec: OodSpec | None) -> Scorer:
@@ -236,11 +249,16 @@ class Scorer:
         try:
             with np.load(io.BytesIO(data)) as z:
                 bank = np.asarray(z["bank"], dtype=np.float32)
+                outliers = np.asarray(z["outliers"], dtype=np.float32) if spec.outliers else None
         except (OSError, ValueError, KeyError) as e:
             raise OpenWorldError(f"its OOD file {spec.file} is not a feature bank: {e}") from None
         if bank.ndim != 2 or not len(bank) or not np.isfinite(bank).all():
             raise OpenWorldError(f"its OOD file {spec.file} holds {bank.shape}, not (images, features)")
-        return cls(temperature, spec, bank)
+        wrong = outliers is not None and outliers.shape != (spec.outliers, bank.shape[1])
+        if wrong or (outliers is not None and not np.isfinite(outliers).all()):
+            raise OpenWorldError(f"its OOD file {spec.file} holds outliers of {outliers.shape}, not the card's "
+                                 f"({spec.outliers}, {bank.shape[1]})")
+        return cls(temperature, spec, bank, outliers)
 
     @property
     def calibrated(self) -> bool:
@@ -248,7 +266,10 @@ class Scorer:
 
     @property
     def method(self) -> str:
-        return f"knn (k={self.spec.k}, {len(self.bank)} training images)" if self.spec else "energy"
+        if self.spec is None:
+            return "energy"
+        made_up = f", {len(self.outliers)} made-up outliers" if self.outliers is not None else ""
+        return f"knn (k={self.spec.k}, {len(self.bank)} training images{made_up})"
 
     @property
     def threshold(self) -> float | None:
@@ -260,9 +281,12 @@ class Scorer:
 
     def ood_scores(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
         """(n,) higher for images less like the training data."""
-        if self.spec is not None and features is not None:
-            return knn_distance(features, self.bank, self.spec.k)
-        return energy(logits)
+        if self.spec is None or features is None:
+            return energy(logits)
+        to_training = knn_distance(features, self.bank, self.spec.k)
+        if self.outliers is None:
+            return to_training
+        return contrasted(to_training, knn_distance(features, self.outliers, 1))
 
     def verdicts(self, logits: np.ndarray, features: np.ndarray | None = None) -> list[Verdict]:
         """One Verdict per row of (n, classes) logits and (n, features) pooled features."""

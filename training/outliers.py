@@ -38,10 +38,15 @@ def shuffled_tiles(x: torch.Tensor, generator: torch.Generator, grid: int = 4) -
     return torch.nn.functional.pad(out, (0, w - tw * grid, 0, h - th * grid))
 
 
-def outlier_source(cfg, classes: list[str]) -> str:
-    """cfg.outliers, or `tiles` where the shapes may be the model's own: the synthetic data, or a
+def shapes_may_be_its_own(cfg, classes: list[str]) -> bool:
+    """Whether the synthetic shapes may be images of the model's own classes: the synthetic data, or a
     data set with a class named as one of the shapes (a model must not learn its classes unknown)."""
-    if cfg.outliers == "tiles" or not (cfg.data == "synthetic" or set(classes) & set(synthetic.CLASSES)):
+    return cfg.data == "synthetic" or bool(set(classes) & set(synthetic.CLASSES))
+
+
+def outlier_source(cfg, classes: list[str]) -> str:
+    """cfg.outliers, or `tiles` where the shapes may be the model's own."""
+    if cfg.outliers == "tiles" or not shapes_may_be_its_own(cfg, classes):
         return cfg.outliers
     log.info("outliers: tiles, not %s: this model's classes include the synthetic shapes'", cfg.outliers)
     return "tiles"

@@ -137,3 +137,34 @@ def test_a_damaged_ood_file_is_refused_with_what_is_wrong(tmp_path, damage):
         spec = spec_for(blob)
     with pytest.raises(scoring.OpenWorldError, match="OOD file ood.npz"):
         scoring.Scorer.load(tmp_path, 1.0, spec)
+
+
+def test_an_image_nearer_a_made_up_outlier_than_the_training_images_scores_that_much_higher(tmp_path):
+    bank = scoring.l2_normalised(np.eye(4)[:2])
+    outliers = scoring.l2_normalised(np.array([[0.0, 0.0, 1.0, 0.0]]))
+    blob = scoring.bank_bytes(bank, outliers)
+    (tmp_path / scoring.OOD_FILE).write_bytes(blob)
+    spec = scoring.OodSpec("knn", 1, scoring.OOD_FILE, scoring.file_digest(blob), len(blob), 0.3, outliers=1)
+    scorer = scoring.Scorer.load(tmp_path, None, spec)
+    plain = scoring.Scorer(None, spec, bank)
+    features = np.array([[1.0, 0.1, 0, 0], [0, 0, 1.0, 0.2], [0, 0, 0, 1.0]])  # a training image, an outlier, neither
+    with_outliers, without = scorer.ood_scores(None, features), plain.ood_scores(None, features)
+    to_outlier = 1 - 1 / np.hypot(1.0, 0.2)
+    np.testing.assert_allclose(with_outliers, [without[0], 2 * without[1] - to_outlier, without[2]], atol=1e-3)
+    assert with_outliers[1] > without[1] + 0.9  # 1.0 from the bank, ~0.02 from the outlier
+    assert "1 made-up outliers" in scorer.method and "outliers" not in plain.method
+
+
+def test_outliers_that_do_not_match_the_card_are_refused(tmp_path):
+    bank = scoring.l2_normalised(np.eye(3))
+    blob = scoring.bank_bytes(bank, bank[:2])
+    (tmp_path / scoring.OOD_FILE).write_bytes(blob)
+    spec = scoring.OodSpec("knn", 1, scoring.OOD_FILE, scoring.file_digest(blob), len(blob), 0.3, outliers=5)
+    with pytest.raises(scoring.OpenWorldError, match=r"outliers of \(2, 3\), not the card's \(5, 3\)"):
+        scoring.Scorer.load(tmp_path, 1.0, spec)
+    no_outliers = scoring.bank_bytes(bank)
+    (tmp_path / scoring.OOD_FILE).write_bytes(no_outliers)
+    spec = scoring.OodSpec("knn", 1, scoring.OOD_FILE, scoring.file_digest(no_outliers), len(no_outliers), 0.3,
+                           outliers=2)
+    with pytest.raises(scoring.OpenWorldError, match="not a feature bank"):
+        scoring.Scorer.load(tmp_path, 1.0, spec)
