@@ -94,6 +94,12 @@ def run_batches(session: ort.InferenceSession, names: list[str], x: np.ndarray, 
     return out[0], out[1] if len(out) > 1 else None
 
 
+def prepared_shapes(seed: int, split: str, count: int, prep: Preprocessing) -> np.ndarray:
+    """`count` embedded shapes of a split, drawn at least 64 px wide, through the card's preprocessing."""
+    drawn = synthetic.generate(seed, split, count, max(64, prep.crop))[0]
+    return np.stack([prep.crop_resize(Image.fromarray(a))[0] for a in drawn])
+
+
 def made_up_outliers(cfg: TrainConfig, classes: list[str], prep: Preprocessing, training: np.ndarray, count: int
                      ) -> np.ndarray | None:
     """`count` images of none of the model's classes, uint8 (N, crop, crop, 3) through the card's
@@ -102,8 +108,7 @@ def made_up_outliers(cfg: TrainConfig, classes: list[str], prep: Preprocessing, 
     set with a class named as one): there the tiles alone gave nothing and cost the digits' shapes."""
     if count < 2 or shapes_may_be_its_own(cfg, classes):
         return None
-    drawn = synthetic.generate(cfg.seed, "outliers", count // 2, max(64, prep.crop), workers=1)[0]
-    drawn = np.stack([prep.crop_resize(Image.fromarray(a))[0] for a in drawn])
+    drawn = prepared_shapes(cfg.seed, "outliers", count // 2, prep)
     generator = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randint(len(training), (count - count // 2,), generator=generator)
     tiles = shuffled_tiles(torch.from_numpy(training[pick.numpy()]).permute(0, 3, 1, 2), generator)
@@ -176,8 +181,7 @@ def battery(cfg: TrainConfig, prep: Preprocessing, size: int = BATTERY_SIZE, see
         return np.stack([prep.crop_resize(im)[0] for im in images])
 
     if not cfg.data.startswith("synthetic"):
-        images = synthetic.generate(seed, "test", size, max(64, prep.crop))[0]
-        yield "shapes", prepared(Image.fromarray(a) for a in images)
+        yield "shapes", prepared_shapes(seed, "test", size, prep)
     rng = np.random.default_rng(seed)
     yield "noise", prepared(_noise(rng, 96) for _ in range(size))
     yield "colour fields", prepared(_blobs(rng, 96) for _ in range(size))
