@@ -62,7 +62,8 @@ class OnnxModel:
 
     def battery(self, cfg: TrainConfig, known: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
         """training.open_world.battery_figures of this model against the `known` OOD scores."""
-        return battery_figures(self.scorer, self.session, self.names, cfg, self.card.preprocessing, known)
+        return battery_figures(self.scorer, self.session, self.names, cfg, list(self.card.labels),
+                               self.card.preprocessing, known)
 
 
 def scored_images(model_dir: str | Path, cfg: TrainConfig, batch_size: int = 64, desc: str = "scoring"

@@ -172,15 +172,16 @@ def _crop(rng: np.random.Generator, photo: np.ndarray) -> Image.Image:
     return Image.fromarray(photo[y:y + side, x:x + side])
 
 
-def battery(cfg: TrainConfig, prep: Preprocessing, size: int = BATTERY_SIZE, seed: int = 0
+def battery(cfg: TrainConfig, classes: list[str], prep: Preprocessing, size: int = BATTERY_SIZE, seed: int = 0
             ) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, uint8 (N, crop, crop, 3)) sets of images of none of the model's classes: the embedded
-    shapes (unless the model was trained on them), uniform noise, smooth colour fields, and the
-    photographs scikit-image ships (where installed), each through the card's preprocessing."""
+    """(name, uint8 (N, crop, crop, 3)) sets of images of none of the model's `classes`: the embedded
+    shapes (unless they may be its own, as for the made-up outliers), uniform noise, smooth colour
+    fields, and the photographs scikit-image ships (where installed), each through the card's
+    preprocessing."""
     def prepared(images) -> np.ndarray:
         return np.stack([prep.crop_resize(im)[0] for im in images])
 
-    if not cfg.data.startswith("synthetic"):
+    if not shapes_may_be_its_own(cfg, classes):
         yield "shapes", prepared_shapes(seed, "test", size, prep)
     rng = np.random.default_rng(seed)
     yield "noise", prepared(_noise(rng, 96) for _ in range(size))
@@ -191,11 +192,12 @@ def battery(cfg: TrainConfig, prep: Preprocessing, size: int = BATTERY_SIZE, see
 
 
 def battery_figures(scorer: scoring.Scorer, session: ort.InferenceSession, names: list[str], cfg: TrainConfig,
-                    prep: Preprocessing, known: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+                    classes: list[str], prep: Preprocessing, known: np.ndarray
+                    ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """AUROC, FPR at 95% TPR and the share called unknown of each battery set against `known` (the
     validation images' OOD scores); and each set's scores (the report's histograms)."""
     figures, scores = {}, {}
-    for name, images in battery(cfg, prep):
+    for name, images in battery(cfg, classes, prep):
         logits, features = run_batches(session, names, prep.normalize(images))
         unknown = scores[name] = scorer.ood_scores(logits, features)
         figures[name] = {"auroc": round(scoring.auroc(known, unknown), 4),
@@ -256,7 +258,7 @@ def fit(onnx_path: Path, cfg: TrainConfig, prep: Preprocessing, near_tie_margin:
     threshold, above = scoring.tolerance_threshold(known)
     ood |= {"threshold": round(threshold, 6), "val_above_threshold": above}
     scorer = scoring.Scorer(temperature, scoring.OodSpec.from_card(ood), bank, outliers)
-    ood["battery"], _ = battery_figures(scorer, session, names, cfg, prep, known)
+    ood["battery"], _ = battery_figures(scorer, session, names, cfg, data.classes, prep, known)
     ood["battery_auroc"] = mean_auroc(ood["battery"])
     log.info("open world: T=%.3f (ECE %.4f -> %.4f; %.4f by chance alone on %d images), KNN threshold %.4f on %d "
              "training images (%d of %d validation images above it); battery AUROC %s", temperature,

@@ -12,7 +12,7 @@ from app import scoring
 from training import synthetic
 from training.config import TrainConfig
 from training.data import preprocessing
-from training.open_world import IMAGES_PER_NEIGHBOUR, K, made_up_outliers, neighbours
+from training.open_world import IMAGES_PER_NEIGHBOUR, K, battery, made_up_outliers, neighbours
 
 
 def test_k_grows_with_the_training_set_and_scales_with_the_share_the_bank_holds():
@@ -50,6 +50,16 @@ def test_a_model_whose_classes_may_be_the_shapes_gets_no_made_up_outliers(data, 
     cfg = TrainConfig(data=data, image_size=32)
     images = np.zeros((4, 32, 32, 3), np.uint8)
     assert made_up_outliers(cfg, classes, preprocessing(cfg), images, 100) is None
+
+
+@pytest.mark.parametrize("data, classes, shapes_measured", [
+    ("synthetic", list(synthetic.CLASSES), False), ("folder:/x", ["star", "moon"], False),
+    ("folder:/x", ["cat", "dog"], True)])
+def test_the_battery_holds_the_shapes_only_where_they_cannot_be_the_models_own(data, classes, shapes_measured):
+    cfg = TrainConfig(data=data, image_size=32)
+    sets = dict(battery(cfg, classes, preprocessing(cfg), size=4))
+    assert ("shapes" in sets) is shapes_measured
+    assert {"noise", "colour fields"} <= set(sets) and all(len(images) == 4 for images in sets.values())
 
 
 def test_a_model_of_other_data_serves_with_the_outliers_on_its_card_and_in_its_file(tmp_path):

@@ -65,7 +65,7 @@ def test_the_shipped_model_tells_its_shapes_from_photographs_and_noise():
 
     shapes = synthetic.generate(0, "test", 400, prep.crop)[0]
     assert called_unknown(shapes) <= 0.10
-    others = dict(battery(TrainConfig.from_dict(card.extra["training_config"]), prep))
+    others = dict(battery(TrainConfig.from_dict(card.extra["training_config"]), list(card.labels), prep))
     assert set(others) == {"noise", "colour fields", "photographs"}
     for name, images in others.items():
         assert called_unknown(images) >= 0.85, name
