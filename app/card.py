@@ -60,6 +60,12 @@ class ModelCard:
         return bool(flip.get("on")) if isinstance(flip, dict) else False
 
     @property
+    def test_time_zoom(self) -> bool:
+        """Whether the graph takes a second look around the object its CAM finds (training/zoom.py)."""
+        zoom = self.extra.get("test_time_zoom")
+        return bool(zoom.get("on")) if isinstance(zoom, dict) else False
+
+    @property
     def precision(self) -> str:
         """The graph's arithmetic: float32, float16 (GPUs) or int8 (CPUs); inputs and outputs are
         float32 in all three."""

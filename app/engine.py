@@ -331,5 +331,5 @@ class Engine:
         return {"name": self.name, "version": self.version, "provider": self.provider,
                 "architecture": self.card.architecture, "precision": self.card.precision, "labels": list(self.labels),
                 "input_size": self.prep.crop, "open_world": self.scorer.method, "calibrated": self.scorer.calibrated,
-                "test_time_flip": self.card.test_time_flip,
+                "test_time_flip": self.card.test_time_flip, "test_time_zoom": self.card.test_time_zoom,
                 **({"near_tie_margin": self.near_tie_margin} if self.near_ties is not None else {})}

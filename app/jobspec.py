@@ -26,9 +26,9 @@ JOB_SETTINGS = frozenset({
     "synthetic_val", "val_fraction", "mean", "std", "augment", "epochs", "max_steps", "min_steps", "time_budget_s",
     "time_budget_max_s",
     "fill_budget", "keep_best", "adapt", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
-    "warmup_steps", "milestones", "label_smoothing", "cutmix", "ema", "flip", "test_time_flip", "logit_norm",
-    "outlier_exposure", "outliers", "box_loss", "freeze_bn", "seed", "precision", "channels_last", "compile",
-    "log_every",
+    "warmup_steps", "milestones", "label_smoothing", "cutmix", "ema", "flip", "test_time_flip", "test_time_zoom",
+    "logit_norm", "outlier_exposure", "outliers", "box_loss", "freeze_bn", "seed", "precision", "channels_last",
+    "compile", "log_every",
 })
 
 

@@ -228,7 +228,8 @@ class Predictor:
         return PredictAnswer(
             id=pid, model=ModelRef(name=engine.name, version=engine.version,
                                    architecture=engine.card.architecture, precision=engine.card.precision,
-                                   test_time_flip=engine.card.test_time_flip),
+                                   test_time_flip=engine.card.test_time_flip,
+                                   test_time_zoom=engine.card.test_time_zoom),
             cam_threshold=rule.value if rule.name == "threshold" and not rule.on_foreground else None,
             box_rule=BoxRuleAnswer(rule=str(rule), name=rule.name, value=rule.value, map=rule.source, source=source),
             provider=engine.provider, results=[a for a, _ in outcomes],

@@ -79,6 +79,9 @@ class ModelRef(BaseModel):
     precision: str = Field("float32", description="the graph's arithmetic: float32, float16 or int8")
     test_time_flip: bool = Field(False, description="the graph averages each image with its left-right mirror "
                                                     "(twice the inference; chosen per model where it measured better)")
+    test_time_zoom: bool = Field(False, description="the graph takes a second look around the object its CAM finds, "
+                                                    "the crop's CAM put back in place and averaged with the image's "
+                                                    "(twice the inference; chosen per model where it measured better)")
 
 
 class BoxRuleAnswer(BaseModel):

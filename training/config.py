@@ -35,6 +35,9 @@ class TrainConfig:
     # the exported graph averages each image with its mirror (twice the inference); None: on where
     # the validation images say it pays (training/export.py)
     test_time_flip: bool | None = False
+    # the exported graph takes a second look around the object its CAM finds (twice the inference);
+    # None: on where the validation images say it pays (training/zoom.py)
+    test_time_zoom: bool | None = False
     # optimisation
     epochs: int = 6
     max_steps: int | None = None  # stop after this many optimizer steps (the paper counts iterations)
@@ -126,7 +129,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "auto": dict(architecture="resnet20", data="synthetic", image_size=0, adapt=True, epochs=160, min_steps=1500,
                  time_budget_s=480, time_budget_max_s=960, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4,
                  schedule="cosine", warmup_steps=50, augment="shift-scale", keep_best=True, box_loss=12.0,
-                 test_time_flip=None, fill_budget=True),
+                 test_time_flip=None, test_time_zoom=None, fill_budget=True),
     # The default model the repository ships (app/default_model): about 4 minutes on 2 CPU cores
     # (BENCHMARKS.md). resnet20 with a strided stem sees 64x64 images at the cost of 32x32 ones
     # (small shapes need the pixels; its 8x8 CAM localizes better than a 16x16 one); one pass over

@@ -37,7 +37,7 @@ from app.scoring import OOD_FILE, top2_gap
 from models import ResNet
 
 from . import foreground as pc1
-from . import open_world, quantize
+from . import open_world, quantize, zoom
 from .config import TrainConfig
 from .data import load_data, preprocessing
 from .foreground import Foreground
@@ -73,13 +73,31 @@ class CamGraph(nn.Module):
     stage alone cannot, AUROC 0.91 -> 0.97 on a digits model; BENCHMARKS.md, "Open world"), and,
     with a fitted `foreground`, the last feature map on its first principal component."""
 
-    def __init__(self, model: ResNet, foreground: Foreground | None = None, mirror: bool = False) -> None:
+    def __init__(self, model: ResNet, foreground: Foreground | None = None, mirror: bool = False,
+                 zoom: bool = False) -> None:
         super().__init__()
         self.model = model
         self.foreground = foreground
         self.mirror = mirror
+        self.zoom = zoom
+        # the network's arithmetic (float16 in HalfCamGraph); what lies between the looks (the
+        # mirror's average, the zoom's window, crop and put-back) is float32 whatever it is
+        self.dtype = next(model.parameters(), torch.empty(0)).dtype
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        first = self.looked(x)
+        if not self.zoom:
+            return first
+        # test-time zoom (training/zoom.py): a second look around the object; the CAMs averaged with
+        # the crop's put back in place, the logits their mean; features and foreground from the image
+        logits, cam, *rest = first
+        cx, cy, half = zoom.window(logits, cam)
+        second = self.looked(zoom.crop(x, cx, cy, half))[1]
+        cam = (cam + zoom.put_back(second, self.model.fc.bias.float(), cx, cy, half)) / 2
+        return (cam.mean((2, 3)), cam, *rest)
+
+    def looked(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs of one look at x: one pass, or with `mirror`, x and its mirror averaged."""
         if not self.mirror:
             return self.one_pass(x)
         # test-time flip: each image and its mirror in one batch, their outputs averaged, the
@@ -93,13 +111,13 @@ class CamGraph(nn.Module):
         return tuple(averaged)
 
     def one_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        maps = self.model.forward_stages(x)
+        maps = self.model.forward_stages(x.to(self.dtype))
         features = maps[-1]
         pooled = torch.cat([F.normalize(m.mean(dim=(2, 3)), dim=1) for m in maps], dim=1)
         outputs = (self.model.forward_head(features), self.model.forward_cam(features), pooled)
         if self.foreground is not None:
             outputs += (self.foreground.project(features),)
-        return outputs
+        return tuple(t.float() for t in outputs)
 
 
 def output_names(foreground: Foreground | None) -> list[str]:
@@ -110,23 +128,26 @@ class HalfCamGraph(nn.Module):
     """CamGraph with float16 weights and arithmetic behind float32 input and outputs, so the service
     feeds and reads it as any other export (for GPUs, whose tensor cores run float16)."""
 
-    def __init__(self, model: ResNet, foreground: Foreground | None = None, mirror: bool = False) -> None:
+    def __init__(self, model: ResNet, foreground: Foreground | None = None, mirror: bool = False,
+                 zoom: bool = False) -> None:
         super().__init__()
-        self.graph = CamGraph(copy.deepcopy(model).half(), foreground, mirror)
+        self.graph = CamGraph(copy.deepcopy(model).half(), foreground, mirror, zoom)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(t.float() for t in self.graph(x.half()))
+        return self.graph(x)  # it casts: the input to float16 for each pass, each pass's outputs to float32
 
 
 def export_onnx(model: ResNet, path: Path, image_size: int, card: dict | None = None,
-                precision: str = "float32", foreground: Foreground | None = None, mirror: bool = False) -> None:
+                precision: str = "float32", foreground: Foreground | None = None, mirror: bool = False,
+                zoom: bool = False) -> None:
     """Export the model as it is (the caller chooses eval mode), with a dynamic batch axis; its
     arithmetic in `precision` (PRECISIONS), its input and outputs float32 either way; the
-    `foreground` output where one is given; with `mirror`, each image averaged with its mirror."""
+    `foreground` output where one is given; with `mirror`, each image averaged with its mirror; with
+    `zoom`, a second look around the object (training/zoom.py)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, model.conv1.in_channels, image_size, image_size)
-    graph = (HalfCamGraph(model, foreground, mirror) if precision == "float16"
-             else CamGraph(model, foreground, mirror))
+    graph = (HalfCamGraph(model, foreground, mirror, zoom) if precision == "float16"
+             else CamGraph(model, foreground, mirror, zoom))
     names = output_names(foreground)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -161,7 +182,8 @@ def embed_card(path: Path, card: dict) -> None:
 
 
 def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: str = "float32",
-                 foreground: Foreground | None = None, mirror: bool = False) -> dict[str, float]:
+                 foreground: Foreground | None = None, mirror: bool = False, zoom: bool = False
+                 ) -> dict[str, float]:
     """ONNX Runtime (CPU) against the float32 torch model in eval mode on the same normalised
     inputs: each output within TOLERANCE or FLOAT32_RELATIVE of its largest magnitude and the same
     top-1 everywhere; a float16 export within HALF_TOLERANCE of each output's largest magnitude, the
@@ -169,7 +191,7 @@ def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: s
     The foreground map, where there is one, is held to the CAMs' tolerance."""
     reference = reference.eval()
     with torch.no_grad():
-        torch_outputs = CamGraph(reference, foreground, mirror)(torch.from_numpy(inputs))
+        torch_outputs = CamGraph(reference, foreground, mirror, zoom)(torch.from_numpy(inputs))
         logits_t, cams_t, features_t, *fg_t = (t.numpy() for t in torch_outputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits_o, cams_o, features_o, *fg_o = session.run(output_names(foreground), {"input": inputs})
@@ -178,8 +200,10 @@ def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: s
     diff_cams = max([float(np.abs(cams_o - cams_t).max())] + [float(np.abs(a - b).max()) for a, b in zip(fg_o, fg_t)])
     diff_features = float(np.abs(features_o - features_t).max())
     relative, floor = (HALF_TOLERANCE, 0.0) if precision == "float16" else (FLOAT32_RELATIVE, TOLERANCE)
-    tol_logits = max(floor, relative * float(np.abs(logits_t).max()))
-    tol_cams = max(floor, relative * max(float(np.abs(m).max()) for m in (cams_t, *fg_t)))
+    # a second look's CAM is put back scaled by up to 1 / (its smallest side)^2, its rounding too
+    amplified = zoom_amplification() if zoom else 1.0
+    tol_logits = max(floor, relative * float(np.abs(logits_t).max())) * amplified
+    tol_cams = max(floor, relative * max(float(np.abs(m).max()) for m in (cams_t, *fg_t))) * amplified
     tol_features = max(floor, relative * float(np.abs(features_t).max()))
     if precision == "float16":
         clear = top2_gap(logits_t) > 2 * tol_logits
@@ -192,6 +216,12 @@ def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: s
     if diff_logits > tol_logits or diff_cams > tol_cams or diff_features > tol_features or not same_top1:
         raise ParityError(f"ONNX Runtime disagrees with torch: {result}")
     return result
+
+
+def zoom_amplification() -> float:
+    """How much the put-back scales the crop's CAM at most (training/zoom.py): the share of the
+    image the smallest window covers, inverted."""
+    return 1.0 / zoom.SIDE[0] ** 2
 
 
 def git_revision() -> str | None:
@@ -260,12 +290,19 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
     card = make_card(ckpt, cfg, model, prep, feature_size, foreground)
     card["test_time_flip"] = choose_test_time_flip(model, cfg, prep)
     mirror = card["test_time_flip"]["on"]
+    card["test_time_zoom"] = choose_test_time_zoom(model, cfg, prep, foreground, mirror)
+    if precision == "float16" and card["test_time_zoom"]["on"]:
+        # float16's rounding moves the crops: the objects model's CAMs then differed from float32's
+        # by 1.02x the float16 tolerance, so a half-precision graph looks once
+        card["test_time_zoom"] = {**card["test_time_zoom"], "on": False,
+                                  "left_off": "float16: its crops move with float16's rounding"}
+    looks = {"mirror": mirror, "zoom": card["test_time_zoom"]["on"]}
     graph_precision = "float32" if precision == "int8" else precision
     card["precision"] = graph_precision
     onnx_path = out_dir / MODEL_FILE
     (out_dir / FLOAT32_FILE).unlink(missing_ok=True)  # an earlier int8 export's, into the same folder
-    export_onnx(model, onnx_path, prep.crop, card, graph_precision, foreground, mirror)
-    card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg), graph_precision, foreground, mirror)
+    export_onnx(model, onnx_path, prep.crop, card, graph_precision, foreground, **looks)
+    card["parity"] = check_parity(model, onnx_path, parity_inputs(cfg), graph_precision, foreground, **looks)
     if precision == "int8":
         card["quantization"] = int8_in_place(onnx_path, cfg, prep, card, int8_fallback)
         card["precision"] = "int8" if card["quantization"]["kept"] else "float32"
@@ -273,11 +310,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: st
                                                             ModelCard.from_dict(card).near_tie_margin)
     (out_dir / OOD_FILE).write_bytes(bank)
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    if mirror:  # the card's figures are the graph's as it serves, each image with its mirror
+    if any(looks.values()):  # the card's figures are the graph's as it serves: mirror, second look
         from .compare import evaluate_onnx
 
         served = evaluate_onnx(out_dir, cfg, battery=False)  # open_world.fit measured the battery on this file
-        card["metrics"] = {**card["metrics"], "top1_without_flip": card["metrics"].get("top1"),
+        card["metrics"] = {**card["metrics"], "top1_one_pass": card["metrics"].get("top1"),
                            **{k: served[k] for k in SERVED_FIGURES if k in served}}
         (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     embed_card(onnx_path, card)
@@ -307,6 +344,30 @@ def choose_test_time_flip(model: ResNet, cfg: TrainConfig, prep: Preprocessing) 
     averaged = float(((alone + mirrored).argmax(1) == truth).float().mean())
     return {"on": averaged > top1, "decided_by": "validation", "images": len(labels),
             "val_top1": round(top1, 4), "val_top1_averaged": round(averaged, 4)}
+
+
+def choose_test_time_zoom(model: ResNet, cfg: TrainConfig, prep: Preprocessing, foreground: Foreground | None,
+                          mirror: bool) -> dict[str, Any]:
+    """Whether the graph takes a second look around the object (training/zoom.py): as the run's
+    `test_time_zoom` says, or, where it says None, measured on the validation images through the
+    graph as it would serve (with its mirror where chosen): on when the second look is right
+    zoom.MIN_GAIN more often, as it doubles the inference (objects: +2.5 and +3.4 points on
+    validation, +2 on held-out composites; BENCHMARKS.md, "Test-time zoom")."""
+    if cfg.test_time_zoom is not None:
+        return {"on": bool(cfg.test_time_zoom), "decided_by": "setting"}
+    images, labels = open_world.dataset_arrays(load_data(cfg.replace(synthetic_train=0, image_size=prep.crop)).val,
+                                               10_000)
+    once, twice = CamGraph(model, foreground, mirror).eval(), CamGraph(model, foreground, mirror, zoom=True).eval()
+    right = {"once": 0, "twice": 0}
+    with torch.no_grad():
+        for start in range(0, len(images), 256):
+            x = torch.from_numpy(prep.normalize(images[start:start + 256]))
+            truth = torch.from_numpy(labels[start:start + 256])
+            right["once"] += int((once(x)[0].argmax(1) == truth).sum())
+            right["twice"] += int((twice(x)[0].argmax(1) == truth).sum())
+    top1, zoomed = right["once"] / max(len(labels), 1), right["twice"] / max(len(labels), 1)
+    return {"on": zoomed - top1 >= zoom.MIN_GAIN, "decided_by": "validation", "images": len(labels),
+            "val_top1": round(top1, 4), "val_top1_zoomed": round(zoomed, 4)}
 
 
 def fit_foreground(model: ResNet, ckpt: dict, cfg: TrainConfig, prep: Preprocessing) -> Foreground:

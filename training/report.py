@@ -159,7 +159,7 @@ def _build(model_dir: Path, cfg: TrainConfig, curves: dict, out: Path, card_json
                "metrics": {k: v for k, v in card.metrics.items() if not isinstance(v, dict)},
                "confusion": confusion.tolist(), "localization": localization, "gallery": gallery,
                "box_training": box_training(card_json, localization, baseline),
-               "test_time_flip": card_json.get("test_time_flip"),
+               "test_time_flip": card_json.get("test_time_flip"), "test_time_zoom": card_json.get("test_time_zoom"),
                "curves": {k: len(v) for k, v in curves.items()}}
     _plot_curves(curves, out / "curves.png")
     _plot_confusion(confusion, list(card.labels), out / "confusion.png")
@@ -409,15 +409,25 @@ def _precision_table(q: dict) -> str:
             f"bounds {e(json.dumps(q['bounds']))}.</p>")
 
 
-def flip_text(flip: dict | None) -> str:
-    """Whether the graph averages each image with its mirror, and what decided it."""
-    if not flip:
+def choice_text(choice: dict | None, on: str, measured: str, measured_as: str) -> str:
+    """Whether the graph does something more at test time (test-time flip, test-time zoom): `on`
+    says what; what decided it, with the validation top-1 alone and under `measured`."""
+    if not choice:
         return "off (exported before the choice)"
-    said = "on: each image averaged with its mirror" if flip["on"] else "off"
-    if flip.get("decided_by") != "validation":
+    said = on if choice["on"] else f"off ({choice['left_off']})" if choice.get("left_off") else "off"
+    if choice.get("decided_by") != "validation":
         return f"{said} (set for the run)"
-    return (f"{said} (validation top-1 {flip['val_top1']:.1%} alone, {flip['val_top1_averaged']:.1%} averaged, "
-            f"{flip['images']} images)")
+    return (f"{said} (validation top-1 {choice['val_top1']:.1%} alone, {choice[measured]:.1%} {measured_as}, "
+            f"{choice['images']} images)")
+
+
+def flip_text(flip: dict | None) -> str:
+    return choice_text(flip, "on: each image averaged with its mirror", "val_top1_averaged", "averaged")
+
+
+def zoom_text(zoom: dict | None) -> str:
+    return choice_text(zoom, "on: a second look around the object, averaged with the image's", "val_top1_zoomed",
+                       "with a second look")
 
 
 def _html(figures: dict, folder: Path) -> str:
@@ -429,7 +439,8 @@ def _html(figures: dict, folder: Path) -> str:
                     f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in shown)
     parts = [f"<h2>Figures</h2><table>{table}<tr><th>box rule</th><td>{e(figures['box_rule'])}</td></tr>"
              f"<tr><th>precision</th><td>{e(figures.get('precision') or 'float32')}</td></tr>"
-             f"<tr><th>test-time flip</th><td>{e(flip_text(figures.get('test_time_flip')))}</td></tr></table>"]
+             f"<tr><th>test-time flip</th><td>{e(flip_text(figures.get('test_time_flip')))}</td></tr>"
+             f"<tr><th>test-time zoom</th><td>{e(zoom_text(figures.get('test_time_zoom')))}</td></tr></table>"]
     for name, heading in (("curves", "Training"), ("confusion", "Confusion"), ("localization", "Localization"),
                           ("ood", "Open world: images of none of its classes"),
                           ("reliability", "Calibration")):

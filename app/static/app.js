@@ -141,7 +141,8 @@ function selectImage(i) {
   const m = state.answer.model;
   const rule = state.answer.box_rule;
   $("answered").textContent = `answered by ${m.name} v${m.version} (${m.architecture}${precisionTag(m.precision)}) on ${state.answer.provider}` +
-    (m.test_time_flip ? " · each image averaged with its mirror" : "") + (rule ? ` · boxes: ${rule.rule} (${rule.source})` : "");
+    (m.test_time_flip ? " · each image averaged with its mirror" : "") +
+    (m.test_time_zoom ? " · a second look around the object" : "") + (rule ? ` · boxes: ${rule.rule} (${rule.source})` : "");
   $("box-note").textContent = boxNote(rule);
   const t = r.timings;
   $("timings").textContent = `decode ${t.decode_ms} ms · queue ${t.queue_ms} ms · inference ${t.inference_ms} ms · ` +

@@ -38,7 +38,7 @@ def test_predict_multipart_answers_labels_boxes_and_overlay_urls(client, tiny_mo
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == {"name": "default", "version": tiny_model.version, "architecture": "resnet8",
-                             "precision": "float32", "test_time_flip": False}
+                             "precision": "float32", "test_time_flip": False, "test_time_zoom": False}
     [result] = body["results"]
     assert (result["width"], result["height"]) == (64, 64)
     preds = result["predictions"]

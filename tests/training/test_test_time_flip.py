@@ -26,7 +26,7 @@ def test_a_mirrored_export_is_the_mean_of_each_image_and_its_mirror(tiny_model, 
     mirrored = export_checkpoint(tmp_path / "ckpt.pth", tmp_path / "export")
     card = json.loads((mirrored / "card.json").read_text())
     assert card["test_time_flip"] == {"on": True, "decided_by": "setting"} and card["parity"]["same_top1"]
-    assert "top1_without_flip" in card["metrics"]  # the card's top1 is the averaged graph's, as it serves
+    assert "top1_one_pass" in card["metrics"]  # the card's top1 is the averaged graph's, as it serves
     assert ModelCard.load(mirrored / "card.json").test_time_flip and not ModelCard.load(tiny_model.export / "card.json"
                                                                                        ).test_time_flip
     x = parity_inputs(tiny_model.config, count=6)
@@ -98,4 +98,4 @@ def test_a_job_judges_a_mirrored_model_by_what_it_will_serve(tmp_path):
     assert json.loads((tmp_path / "run" / "export" / "card.json").read_text())["test_time_flip"]["on"] is True
     served = evaluate_onnx(result.export, config_for(spec))
     assert result.metrics["top1"] == served["top1"] and result.metrics["gt_known_loc"] == served["gt_known_loc"]
-    assert "top1_without_flip" in result.metrics  # what training measured on the image alone
+    assert "top1_one_pass" in result.metrics  # what training measured on the image alone
