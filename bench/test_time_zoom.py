@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,14 +25,6 @@ from training.export import export_checkpoint  # noqa: E402
 from training.open_world import run_batches, session_outputs  # noqa: E402
 
 SIZES = ((0.0, 0.2), (0.2, 0.35), (0.35, 0.5), (0.5, 0.7), (0.7, 9.0))
-
-
-def export_with(checkpoint: Path, zoom: bool, out: Path) -> Path:
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    ckpt["config"]["test_time_zoom"] = zoom
-    with tempfile.TemporaryDirectory() as scratch:
-        torch.save(ckpt, Path(scratch) / "checkpoint.pth")
-        return export_checkpoint(Path(scratch) / "checkpoint.pth", out)
 
 
 def answers(version: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,8 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch)
-        one = export_with(args.checkpoint, False, out / "one-look")
-        two = export_with(args.checkpoint, True, out / "zoom")
+        one = export_checkpoint(args.checkpoint, out / "one-look", settings={"test_time_zoom": False})
+        two = export_checkpoint(args.checkpoint, out / "zoom", settings={"test_time_zoom": True})
         print(json.dumps({"zoom_card": ModelCard.load(two / "card.json").extra.get("test_time_zoom")}))
         for split in args.split or ["test"]:
             files = sorted(p for p in (args.folder / split).glob("*/*") if p.is_file())

@@ -42,6 +42,7 @@ from .config import TrainConfig
 from .data import load_data, preprocessing
 from .foreground import Foreground
 from .train import checkpoint_architecture, load_checkpoint_model
+from .zoom import MOST_SCALE
 
 log = logging.getLogger(__name__)
 OPSET = 18
@@ -86,10 +87,12 @@ class CamGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         first = self.looked(x)
-        if not self.zoom:
-            return first
-        # test-time zoom (training/zoom.py): a second look around the object; the CAMs averaged with
-        # the crop's put back in place, the logits their mean; features and foreground from the image
+        return self.looked_again(x, first) if self.zoom else first
+
+    def looked_again(self, x: torch.Tensor, first: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Test-time zoom (training/zoom.py): a second look around the object the `first` look's CAM
+        finds; the CAMs averaged with the crop's put back in place, the logits their mean; features
+        and foreground the first look's, from the image."""
         logits, cam, *rest = first
         cx, cy, half = zoom.window(logits, cam)
         second = self.looked(zoom.crop(x, cx, cy, half))[1]
@@ -201,7 +204,7 @@ def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: s
     diff_features = float(np.abs(features_o - features_t).max())
     relative, floor = (HALF_TOLERANCE, 0.0) if precision == "float16" else (FLOAT32_RELATIVE, TOLERANCE)
     # a second look's CAM is put back scaled by up to 1 / (its smallest side)^2, its rounding too
-    amplified = zoom_amplification() if zoom else 1.0
+    amplified = MOST_SCALE if zoom else 1.0
     tol_logits = max(floor, relative * float(np.abs(logits_t).max())) * amplified
     tol_cams = max(floor, relative * max(float(np.abs(m).max()) for m in (cams_t, *fg_t))) * amplified
     tol_features = max(floor, relative * float(np.abs(features_t).max()))
@@ -216,12 +219,6 @@ def check_parity(reference: ResNet, path: Path, inputs: np.ndarray, precision: s
     if diff_logits > tol_logits or diff_cams > tol_cams or diff_features > tol_features or not same_top1:
         raise ParityError(f"ONNX Runtime disagrees with torch: {result}")
     return result
-
-
-def zoom_amplification() -> float:
-    """How much the put-back scales the crop's CAM at most (training/zoom.py): the share of the
-    image the smallest window covers, inverted."""
-    return 1.0 / zoom.SIDE[0] ** 2
 
 
 def git_revision() -> str | None:
@@ -275,13 +272,15 @@ def parity_inputs(cfg: TrainConfig, count: int = 32) -> np.ndarray:
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, precision: str = "float32",
-                      int8_fallback: bool = False) -> Path:
+                      int8_fallback: bool = False, settings: dict[str, Any] | None = None) -> Path:
     """Checkpoint -> out_dir with the files a registry version holds (model, card, weights),
     parity-checked; `precision` float16 for GPUs (see HalfCamGraph), int8 for CPUs (see
     training.quantize). An int8 model that fails its parity check raises QuantizationError, or
-    with `int8_fallback` leaves the float32 one in its place, the card saying why. Returns out_dir."""
+    with `int8_fallback` leaves the float32 one in its place, the card saying why. `settings` replace
+    the run's own (e.g. test_time_zoom: measuring an export choice on a trained model). Returns out_dir."""
     out_dir = Path(out_dir)
     model, ckpt = load_checkpoint_model(checkpoint)
+    ckpt["config"] = {**ckpt["config"], **(settings or {})}
     cfg = TrainConfig.from_dict(ckpt["config"])
     prep = preprocessing(cfg)
     with torch.no_grad():
@@ -357,14 +356,15 @@ def choose_test_time_zoom(model: ResNet, cfg: TrainConfig, prep: Preprocessing, 
         return {"on": bool(cfg.test_time_zoom), "decided_by": "setting"}
     images, labels = open_world.dataset_arrays(load_data(cfg.replace(synthetic_train=0, image_size=prep.crop)).val,
                                                10_000)
-    once, twice = CamGraph(model, foreground, mirror).eval(), CamGraph(model, foreground, mirror, zoom=True).eval()
+    graph = CamGraph(model, foreground, mirror).eval()
     right = {"once": 0, "twice": 0}
     with torch.no_grad():
         for start in range(0, len(images), 256):
             x = torch.from_numpy(prep.normalize(images[start:start + 256]))
             truth = torch.from_numpy(labels[start:start + 256])
-            right["once"] += int((once(x)[0].argmax(1) == truth).sum())
-            right["twice"] += int((twice(x)[0].argmax(1) == truth).sum())
+            first = graph.looked(x)
+            right["once"] += int((first[0].argmax(1) == truth).sum())
+            right["twice"] += int((graph.looked_again(x, first)[0].argmax(1) == truth).sum())
     top1, zoomed = right["once"] / max(len(labels), 1), right["twice"] / max(len(labels), 1)
     return {"on": zoomed - top1 >= zoom.MIN_GAIN, "decided_by": "validation", "images": len(labels),
             "val_top1": round(top1, 4), "val_top1_zoomed": round(zoomed, 4)}

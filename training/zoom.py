@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 SPREAD = 3.0  # the crop's side: this many times the CAM's spread (2.5-3.5 measured alike; 3 the best)
 SIDE = (0.4, 1.0)  # the crop's side, as a share of the image's side
+# the most the put-back scales the crop's CAM (and its rounding): the smallest window's share, inverted
+MOST_SCALE = 1.0 / SIDE[0] ** 2
 MIN_GAIN = 0.01  # validation top-1 a second pass must add to be kept: it doubles the inference
 
 

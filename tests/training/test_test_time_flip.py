@@ -20,10 +20,7 @@ def outputs(path, x):
 
 
 def test_a_mirrored_export_is_the_mean_of_each_image_and_its_mirror(tiny_model, tmp_path):
-    ckpt = torch.load(tiny_model.checkpoint, map_location="cpu", weights_only=False)
-    ckpt["config"]["test_time_flip"] = True
-    torch.save(ckpt, tmp_path / "ckpt.pth")
-    mirrored = export_checkpoint(tmp_path / "ckpt.pth", tmp_path / "export")
+    mirrored = export_checkpoint(tiny_model.checkpoint, tmp_path / "export", settings={"test_time_flip": True})
     card = json.loads((mirrored / "card.json").read_text())
     assert card["test_time_flip"] == {"on": True, "decided_by": "setting"} and card["parity"]["same_top1"]
     assert "top1_one_pass" in card["metrics"]  # the card's top1 is the averaged graph's, as it serves

@@ -54,10 +54,7 @@ def test_a_crops_cam_put_back_keeps_its_mean_and_lies_where_the_crop_came_from()
 
 
 def test_a_zoomed_export_serves_a_cam_that_explains_its_score(tiny_model, tmp_path):
-    ckpt = torch.load(tiny_model.checkpoint, map_location="cpu", weights_only=False)
-    ckpt["config"]["test_time_zoom"] = True
-    torch.save(ckpt, tmp_path / "ckpt.pth")
-    zoomed = export_checkpoint(tmp_path / "ckpt.pth", tmp_path / "export")
+    zoomed = export_checkpoint(tiny_model.checkpoint, tmp_path / "export", settings={"test_time_zoom": True})
     card = json.loads((zoomed / "card.json").read_text())
     assert card["test_time_zoom"] == {"on": True, "decided_by": "setting"} and card["parity"]["same_top1"]
     assert "top1_one_pass" in card["metrics"]  # the card's top1 is the graph's as it serves
@@ -126,10 +123,8 @@ def test_the_zoom_is_measured_on_the_validation_images_and_kept_only_where_it_pa
 
 
 def test_a_float16_export_looks_once_and_says_why(tiny_model, tmp_path):
-    ckpt = torch.load(tiny_model.checkpoint, map_location="cpu", weights_only=False)
-    ckpt["config"]["test_time_zoom"] = True
-    torch.save(ckpt, tmp_path / "ckpt.pth")
-    half = export_checkpoint(tmp_path / "ckpt.pth", tmp_path / "export", precision="float16")
+    half = export_checkpoint(tiny_model.checkpoint, tmp_path / "export", precision="float16",
+                             settings={"test_time_zoom": True})
     card = ModelCard.load(half / "card.json")
     assert card.precision == "float16" and not card.test_time_zoom
     assert card.extra["test_time_zoom"]["left_off"].startswith("float16")
