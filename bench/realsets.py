@@ -164,6 +164,8 @@ CUTOUT_SPLITS = {"train": 800, "val": 160, "test": 160, "unseen": 160}
 def _cutouts(folder: Path, longest: int = 192) -> list[Image.Image]:
     """Each drawing as RGBA cropped to its opaque pixels, its longest side at most `longest`;
     drawings without transparency (no outline to cut along) are left out."""
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} is missing: the objects sets need Debian's drawings (apt-get install openclipart-png)")
     out = []
     for p in sorted(folder.rglob("*.png")):
         with Image.open(p) as im:
