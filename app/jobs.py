@@ -114,7 +114,9 @@ class JobRunner:
             data = f"folder:{folder}"
             boxes = str(folder / BOXES_FILE) if (folder / BOXES_FILE).is_file() else None
         init, live = None, self.registry.deployed(model)
-        if r.get("init") == "live" and live is not None:
+        if r.get("init") in ("scratch", "shapes"):
+            settings["shapes_start"] = r["init"] == "shapes"
+        elif r.get("init") == "live" and live is not None:
             weights = self.registry.version_dir(model, live).resolve() / WEIGHTS_FILE
             init = str(weights) if weights.exists() else None
         elif str(r.get("init", "")).startswith("file:"):

@@ -27,9 +27,13 @@ JOB_SETTINGS = frozenset({
     "time_budget_max_s",
     "fill_budget", "keep_best", "adapt", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
     "warmup_steps", "milestones", "label_smoothing", "cutmix", "ema", "flip", "test_time_flip", "test_time_zoom",
-    "logit_norm", "outlier_exposure", "outliers", "box_loss", "freeze_bn", "seed", "precision", "channels_last",
-    "compile", "log_every",
+    "logit_norm", "outlier_exposure", "outliers", "box_loss", "freeze_bn", "shapes_start", "seed", "precision",
+    "channels_last", "compile", "log_every",
 })
+
+# a job's `init` besides file:NAME and torchvision:NAME: where its weights begin. auto: as the recipe
+# says (scratch today); shapes: the shipped shapes model's weights where the network is the same
+STARTS = ("auto", "scratch", "shapes", "live")
 
 
 class JobFileError(ValueError):

@@ -19,7 +19,7 @@ from models.names import TORCHVISION_WEIGHTS
 from .datasets import DatasetError, Datasets, check_name
 from .job_store import ACTIVE, JobStore
 from .jobs import JobRunner
-from .jobspec import JOB_SETTINGS
+from .jobspec import JOB_SETTINGS, STARTS
 from .live_models import LiveModels
 from .model_manager import cancel
 from .registry import RegistryError, check_model_name
@@ -87,7 +87,7 @@ class Retraining:
         return self.jobs.create({**body.model_dump(), "model": self.target_model(body)}, self.data_root / "runs")
 
     def _check_init(self, init: str) -> None:
-        if init in ("scratch", "live"):
+        if init in STARTS:
             return
         kind, _, name = init.partition(":")
         if kind == "torchvision":
@@ -98,7 +98,8 @@ class Retraining:
         try:
             check_name(name, "weights file")
         except DatasetError as e:
-            raise JobRefused(422, f"init must be scratch, live, file:NAME or torchvision:NAME; {e.message}") from None
+            raise JobRefused(422, f"init must be {', '.join(STARTS)}, file:NAME or torchvision:NAME; "
+                                  f"{e.message}") from None
         if kind != "file" or not (self.data_root / "weights" / name).is_file():
             raise JobRefused(404 if kind == "file" else 422,
                              f"init {init!r}: no such file in {self.data_root}/weights")

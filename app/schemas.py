@@ -228,8 +228,10 @@ class JobRequest(BaseModel):
                                                     "up to 960 s (options.time_budget_max_s) where 480 would show "
                                                     "each image fewer than 160 times; a budget given here is not "
                                                     "stretched")
-    init: str = Field("scratch", max_length=200,
-                      description="scratch | live (the live version's weights) | file:NAME (a torchvision-format "
+    init: str = Field("auto", max_length=200,
+                      description="auto (the recipe's start: scratch today) | scratch | shapes (the shipped shapes "
+                                  "model's weights, all but the head, where the planned network is the same, else "
+                                  "scratch) | live (the live version's weights) | file:NAME (a torchvision-format "
                                   "state_dict, .pth or .safetensors, in the data root's weights/ folder) | "
                                   "torchvision:NAME (torchvision's ImageNet weights, e.g. torchvision:resnet50: "
                                   "from the torch hub cache, or downloaded with their SHA-256 checked)")

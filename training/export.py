@@ -252,6 +252,8 @@ def make_card(ckpt: dict, cfg: TrainConfig, model: ResNet, prep: Preprocessing, 
         **({"foreground": foreground.card()} if foreground is not None else {}),
         # training images whose CAM the box-fit loss fitted to their box (0: boxes only calibrated the rule)
         "boxes_fitted": (ckpt.get("plan") or {}).get("boxes_fitted", 0),
+        # where its weights began: scratch, the shipped shapes model's (training.weights) or an init file
+        "start": (ckpt.get("plan") or {}).get("start", "scratch"),
         "data_fingerprint": ckpt.get("fingerprint"),
         "metrics": metrics,
         "training_config": ckpt["config"],

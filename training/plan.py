@@ -63,15 +63,18 @@ class Plan:
     architecture: str = ""  # e.g. "resnet20 16/32/64": the network and its stage widths
     boxes_fitted: int = 0  # training images whose CAM the box-fit loss fits to their box
     stretched_budget_s: float | None = None  # the time budget as stretched for these steps; None: as set
+    start: str = "scratch"  # where the weights began: scratch, "the shapes model's weights", or the init file
 
     def describe(self, train_images: int) -> str:
         eta = f", about {self.expected_s / 60:.1f} min" if self.expected_s else ""
         boxes = f", CAMs fitted to {self.boxes_fitted} boxes" if self.boxes_fitted else ""
         stretched = (f" (the time budget stretched to {self.stretched_budget_s / 60:.1f} min for them)"
                      if self.stretched_budget_s else "")
-        return (f"plan: {self.architecture or 'the network'}, {self.steps} optimizer steps ({self.epochs} epochs of "
-                f"{train_images} images, batch {self.batch_size}), {self.image_size} px, augmentation {self.augment}"
-                f"{boxes}, {self.device} {self.precision}{eta}; steps set by {self.limited_by}{stretched}")
+        start = f" from {self.start}" if self.start != "scratch" else ""
+        return (f"plan: {self.architecture or 'the network'}{start}, {self.steps} optimizer steps ({self.epochs} "
+                f"epochs of {train_images} images, batch {self.batch_size}), {self.image_size} px, "
+                f"augmentation {self.augment}{boxes}, {self.device} {self.precision}{eta}; steps set by "
+                f"{self.limited_by}{stretched}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

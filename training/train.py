@@ -37,7 +37,7 @@ from .losses import box_fit_loss
 from .outliers import Outliers, outlier_source
 from .plan import (MASKED_AUGMENTATIONS, Plan, adapt_augmentation, adapt_to_data, augment_batch, choose_precision,
                    learning_at_the_end, make_plan, scale_to_budget, time_steps)
-from .weights import load_state
+from .weights import load_state, start_from_shapes
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pth"
@@ -243,6 +243,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
             cfg = grown
             plan = make_plan(cfg, steps_per_epoch, batch_size, len(data.train), len(data.val), timed, device.type,
                              precision, fitted)
+        if cfg.init:
+            plan = dataclasses.replace(plan, start=Path(cfg.init).name)
+        elif cfg.shapes_start and start_from_shapes(model):
+            plan = dataclasses.replace(plan, start="the shapes model's weights")
     total_steps, epochs = plan.steps, plan.epochs
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

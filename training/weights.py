@@ -1,7 +1,8 @@
 """Starting weights for fine-tuning (`--init`): a torch state_dict (`.pth`, a rescam checkpoint or
 a registry version's weights.pth), a `.safetensors` file, or a torchvision ResNet name (`resnet50`):
 found in the local torch hub cache, else downloaded from torchvision's own address into it, its
-SHA-256 checked against the prefix in torchvision's file name, where the host can reach it."""
+SHA-256 checked against the prefix in torchvision's file name, where the host can reach it. And,
+without `--init`, the shipped shapes model's weights where the network is the same (`shapes_start`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ IMAGENET_NAMES = set(TORCHVISION_WEIGHTS)  # torchvision's, trained on ImageNet
 # torchvision's own address; RESCAM_WEIGHTS_URL names a mirror (or, in the tests, a loopback server)
 WEIGHTS_URL = "https://download.pytorch.org/models/"
 DOWNLOAD_TIMEOUT_S = 30
+# the shipped shapes model's weights (100,000 synthetic images): a start that needs no download
+SHAPES_WEIGHTS = Path(__file__).resolve().parents[1] / "app" / "default_model" / "weights.pth"
 
 
 class InitError(ValueError):
@@ -86,3 +89,18 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise InitError(f"{path} holds a {type(state).__name__}, not a state_dict")
     return state.get("model", state)
+
+
+def start_from_shapes(model: torch.nn.Module) -> bool:
+    """Load the shipped shapes model's weights into `model`, all but its classifier head (the head
+    keeps its fresh initialisation: its classes are shapes), where every other parameter has the
+    same name and shape; True if loaded. A network of another architecture or width is left as it is
+    (False): the start is a bonus of the default network, never a constraint on the plan."""
+    if not SHAPES_WEIGHTS.is_file():
+        return False
+    state = {k: v for k, v in load_state(str(SHAPES_WEIGHTS)).items() if not k.startswith("fc.")}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):
+        return False
+    model.load_state_dict(state, strict=False)
+    return True

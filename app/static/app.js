@@ -522,7 +522,9 @@ function planText(plan) {
   // where the budget would have cut a model still far from its epochs, it stretched (training/plan.py)
   const stretched = plan.stretched_budget_s ?
     ` (the time budget stretched to ${Math.round(plan.stretched_budget_s / 60)} min for them)` : "";
-  return `plan: ${plan.architecture || "the network"} at ${plan.image_size} px · ${plan.steps} steps ` +
+  // where its weights began: scratch, the shipped shapes model's (training/weights.py) or a file
+  const start = plan.start && plan.start !== "scratch" ? ` from ${plan.start}` : "";
+  return `plan: ${plan.architecture || "the network"}${start} at ${plan.image_size} px · ${plan.steps} steps ` +
     `(set by ${plan.limited_by})${stretched} · ${plan.augment}${boxes} · ${plan.device || "cpu"} ` +
     `${plan.precision || "float32"}${eta}`;
 }

@@ -402,6 +402,10 @@ def test_a_job_spec_names_absolute_paths_whatever_the_settings_say(tiny_model, t
     assert spec.export_precision == "float32"
     int8 = runner.spec_for(store.create({"dataset": "pets", "precision": "int8"}, Path("data") / "runs"))
     assert int8.export_precision == "int8"
+    # where the weights begin: the recipe's choice unless the job names scratch or the shapes model's
+    for init, settings in (("auto", {}), ("scratch", {"shapes_start": False}), ("shapes", {"shapes_start": True})):
+        spec = runner.spec_for(store.create({"dataset": "pets", "init": init}, Path("data") / "runs"))
+        assert spec.settings == settings and spec.init is None, init
 
 
 def test_a_trainer_outlives_a_killed_service_and_its_result_is_promoted_once(env):

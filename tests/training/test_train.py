@@ -161,3 +161,26 @@ def test_a_budget_far_larger_than_the_plan_trains_a_wider_network_for_more_steps
     assert 8 <= ckpt["step"] <= 100 and ckpt["finished"]
     plans = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [p["steps"] for p in plans if p["event"] == "plan"][0] == ckpt["step"]
+
+
+def test_a_run_asked_to_start_from_the_shipped_shapes_model_where_the_network_is_the_same(tmp_path):
+    from training.weights import SHAPES_WEIGHTS, load_state
+
+    shipped = load_state(str(SHAPES_WEIGHTS))
+    cfg = recipe("auto", **{**TINY, "architecture": "resnet20", "synthetic_train": 64, "lr": 0.0}, data="synthetic",
+                 epochs=1, min_steps=0, weight_decay=0.0, time_budget_s=None, fill_budget=False, box_loss=0.0,
+                 test_time_flip=False, shapes_start=True)
+    model, ckpt = load_checkpoint_model(train(cfg, tmp_path / "run"))
+    assert ckpt["plan"]["start"] == "the shapes model's weights"
+    torch.testing.assert_close(model.layer3[2].conv2.weight, shipped["layer3.2.conv2.weight"])  # lr 0
+    assert not torch.equal(model.fc.weight, shipped["fc.weight"])  # the head's classes are shapes: fresh
+
+
+def test_a_network_the_shapes_weights_do_not_fit_is_left_as_built():
+    from models import create_model
+    from training.weights import start_from_shapes
+
+    for net in (create_model("resnet20", num_classes=8, widths=[8, 16, 32]), create_model("resnet8", num_classes=8)):
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        assert not start_from_shapes(net)
+        assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
